@@ -1,0 +1,96 @@
+// Attention of one step as a flat work list of uniform tasks (DESIGN.md, "Plan"; XY-Serve's
+// Meta-Attention). A task is one request, one KV head, one query tile and one KV span: the
+// matmul-softmax-matmul pattern on tiles of fixed size. The query tile packs the query heads
+// that share the KV head (GQA) with the request's query tokens, so a decode (one token) still
+// fills `group` rows and a verify of k+1 tokens fills (k+1) * group rows.
+//
+// Long KV spans are split at fixed multiples of `kv_split` positions. Splitting by position,
+// never by what else is in the batch, keeps every row's reduction order independent of the
+// batch, of chunking and of prefix hits, which the exact invariances need. Split tasks write
+// partial results (un-normalised output, row max, row sum) that a merge step combines by
+// log-sum-exp in split order.
+#pragma once
+
+#include <cstdint>
+#include <ostream>
+#include <vector>
+
+#include "xyserve/meta/step_plan.h"
+
+namespace xy::meta {
+
+enum class MaskKind : uint8_t {
+  kNone,    // every key of the span is visible to every row of the tile
+  kCausal,  // key k visible from query position p iff k <= p
+  kWindow,  // causal, and also k > p - window
+};
+
+const char* mask_kind_name(MaskKind kind);
+
+struct AttentionShape {
+  int32_t num_heads = 0;     // query heads
+  int32_t num_kv_heads = 0;  // KV heads; num_heads % num_kv_heads == 0
+  int32_t window = 0;        // sliding window in tokens for this layer; 0: none
+
+  int32_t group() const { return num_heads / num_kv_heads; }
+};
+
+struct WorkListOptions {
+  // Query rows per tile (query tokens x heads of a GQA group). 64 matches one Hopper wgmma M.
+  int32_t tile_rows = 64;
+  // KV spans are cut at multiples of this many positions (a multiple of the block size).
+  int32_t kv_split = 1024;
+};
+
+struct AttentionTask {
+  int32_t request = 0;   // index into StepPlan::requests
+  int32_t kv_head = 0;
+  int32_t q_begin = 0;   // request-local index of the first query token of the tile
+  int32_t q_count = 0;   // query tokens in the tile; rows = q_count * group
+  int32_t kv_begin = 0;  // KV positions [kv_begin, kv_end)
+  int32_t kv_end = 0;
+  MaskKind mask = MaskKind::kNone;
+  int32_t partial = -1;  // partial-result slot, or -1 to write the normalised output directly
+  int64_t cost = 0;      // (query row, visible key) pairs: the work the task does
+};
+
+// The split tasks of one (request, kv head, query tile), merged in split order into the output.
+struct MergeGroup {
+  int32_t request = 0;
+  int32_t kv_head = 0;
+  int32_t q_begin = 0;
+  int32_t q_count = 0;
+  int32_t first_partial = 0;  // its partial slots are [first_partial, first_partial + num_partials)
+  int32_t num_partials = 0;
+};
+
+struct AttentionWorkList {
+  std::vector<AttentionTask> tasks;  // sorted by cost, largest first
+  std::vector<MergeGroup> merges;
+  int32_t num_partials = 0;     // partial slots; each holds tile_rows rows
+  int32_t max_tile_tokens = 0;  // query tokens per tile (tile_rows / group)
+  int64_t total_cost() const;
+};
+
+// Builds the work list of a step. Preconditions: shape valid, options.tile_rows >= group,
+// every request's positions consistent with the plan.
+AttentionWorkList build_attention_work_list(const StepPlan& plan, const AttentionShape& shape,
+                                            const WorkListOptions& options = {});
+
+// Number of (query, key) pairs visible between query positions [q_pos_begin, q_pos_end) and
+// keys [kv_begin, kv_end) under causal masking with an optional window (0: none).
+int64_t visible_pairs(int32_t q_pos_begin, int32_t q_pos_end, int32_t kv_begin, int32_t kv_end,
+                      int32_t window);
+
+// How the tasks are dealt to a persistent grid of `num_workers` workers.
+enum class DealPolicy {
+  kSymmetricRoundRobin,  // XY-Serve: 0,1,..,n-1,n-1,..,1,0,0,1,.. over tasks sorted by cost
+  kGreedy,               // each task to the least-loaded worker so far (LPT)
+};
+// Returns, for each worker, the indices of its tasks in execution order.
+std::vector<std::vector<int32_t>> deal_tasks(const AttentionWorkList& list, int32_t num_workers,
+                                             DealPolicy policy);
+
+std::ostream& operator<<(std::ostream& out, const AttentionWorkList& list);
+
+}  // namespace xy::meta
