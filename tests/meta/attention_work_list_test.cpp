@@ -107,7 +107,9 @@ TEST(AttentionWorkList, TasksCoverEveryVisiblePairExactlyOnce) {
       ASSERT_GT(pairs, 0) << "a task with nothing to compute";
       EXPECT_EQ(t.cost, pairs * shape.group());
       EXPECT_EQ(t.mask == MaskKind::kNone, all_visible);
-      if (shape.window == 0) EXPECT_NE(t.mask, MaskKind::kWindow);
+      if (shape.window == 0) {
+        EXPECT_NE(t.mask, MaskKind::kWindow);
+      }
       cost += t.cost;
     }
     int64_t want_cost = 0;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "xyserve/common/dtype.h"
@@ -47,5 +48,16 @@ struct ModelConfig {
 
 // Reads and validates config.json in `dir`. Throws ModelError naming the file and field.
 ModelConfig load_config(const std::filesystem::path& dir);
+
+// Parses the text of a config.json; `source` starts every error message (the file's path).
+ModelConfig parse_config_json(std::string_view text, const std::string& source);
+
+// The Hugging Face config.json for `config`, in the form transformers writes for its
+// architecture (the inverse of load_config). Throws InvalidArgument if the config is not
+// something that architecture can express (e.g. a Llama with a sliding window).
+std::string config_to_json(const ModelConfig& config);
+
+// The torch_dtype string for a dtype: "bfloat16", "float16", "float32".
+std::string_view torch_dtype_name(DType dtype);
 
 }  // namespace xy::model

@@ -59,6 +59,9 @@ struct ModelWeights {
 struct LoadOptions {
   // Called as tensors are resolved and their bytes touched: (bytes done, bytes total).
   std::function<void(size_t, size_t)> on_progress;
+  // Read every page of every weight while loading (so the progress bar measures the disk, and the
+  // first forward pass does not stall on page faults). Off: pages are read on first use.
+  bool prefault = false;
 };
 
 // Loads config.json and the safetensors weights (single file or sharded through
