@@ -9,10 +9,12 @@
 
 namespace xy::meta {
 
-// One request's share of a step. Its query rows are at positions
-// [num_computed_tokens, num_computed_tokens + num_new_tokens) and see the KV of every earlier
-// position of the same request (the causal mask with the offset that chunking and prefix hits
-// create).
+// One request's share of a step. Its j-th new row writes its K and V into KV slot
+// num_computed_tokens + j and is rotated by RoPE at StepPlan::positions[first_row + j] (the
+// same number, except for draft-tree rows, whose position is their depth in the tree). A row
+// sees the KV of every computed slot of the same request and of the new rows before it (the
+// causal mask with the offset that chunking and prefix hits create), or, for a draft tree,
+// only of its ancestors in the tree.
 struct ScheduledRequest {
   int64_t request_id = 0;
   int32_t num_computed_tokens = 0;  // positions already in the KV cache
@@ -24,6 +26,25 @@ struct ScheduledRequest {
   // How many of this request's last rows need logits: 1 to sample the next token, 0 for a
   // prefill chunk that does not reach the end of the prompt.
   int32_t num_logits_rows = 0;
+  // Speculative verify with a draft tree: tree_parents[j] is the index of new row j's parent
+  // among this step's new rows, -1 for row 0 (whose parent is the last computed token), and
+  // parents come before children. Empty: a chain, which is plain causal.
+  std::vector<int32_t> tree_parents;
+};
+
+// Copy KV slots [0, num_tokens) of block src_block into dst_block, in every layer: the
+// copy-on-write of a shared, partly filled block. Runs before the step's forward pass.
+struct KvBlockCopy {
+  int32_t src_block = 0;
+  int32_t dst_block = 0;
+  int32_t num_tokens = 0;
+};
+
+// Move one KV slot to another, in every layer: compaction of an accepted draft-tree path into
+// consecutive slots. Runs before the step's forward pass, after the block copies, in order.
+struct KvSlotMove {
+  int32_t src_block = 0, src_slot = 0;
+  int32_t dst_block = 0, dst_slot = 0;
 };
 
 struct StepPlan {
@@ -31,6 +52,8 @@ struct StepPlan {
   std::vector<int32_t> token_ids;  // [M]
   std::vector<int32_t> positions;  // [M]
   std::vector<ScheduledRequest> requests;
+  std::vector<KvBlockCopy> kv_copies;
+  std::vector<KvSlotMove> kv_moves;
 
   int32_t num_rows() const { return int32_t(token_ids.size()); }
   int32_t num_logits_rows() const {
