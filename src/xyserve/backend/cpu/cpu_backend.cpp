@@ -1,0 +1,222 @@
+#include "xyserve/backend/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "xyserve/backend/cpu/gemm.h"
+#include "xyserve/common/check.h"
+#include "xyserve/common/error.h"
+
+namespace xy::backend::cpu {
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Appends the tensor, converted to fp32, to `out` after checking its shape.
+void append_f32(const model::WeightTensor& t, const std::vector<int64_t>& shape,
+                std::vector<float>& out) {
+  if (!t.present()) throw ModelError(cat("tensor '", t.name, "' is missing"));
+  if (t.shape != shape) {
+    throw ModelError(cat("tensor '", t.name, "' has wrong shape; expected ", shape_str(shape),
+                         ", got ", shape_str(t.shape)));
+  }
+  const size_t n = size_t(t.num_elements());
+  XY_CHECK(t.num_bytes == n * dtype_size(t.dtype), "tensor ", t.name, " byte size");
+  const size_t base = out.size();
+  out.resize(base + n);
+  convert_to_f32(t.dtype, t.data, out.data() + base, n);
+}
+
+std::vector<float> to_f32(const model::WeightTensor& t, const std::vector<int64_t>& shape) {
+  std::vector<float> out;
+  append_f32(t, shape, out);
+  return out;
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(const model::ModelWeights& weights, const CpuBackendOptions& options)
+    : config_(weights.config),
+      rope_(weights.config.rope, weights.config.head_dim),
+      kv_(weights.config.num_layers, options.num_kv_blocks, options.block_size,
+          weights.config.num_kv_heads, weights.config.head_dim),
+      pool_(options.num_threads) {
+  const auto& c = config_;
+  const int64_t h = c.hidden_size, hd = c.head_dim, inter = c.intermediate_size;
+  q_dim_ = c.num_heads * hd;
+  kv_dim_ = c.num_kv_heads * hd;
+  qkv_dim_ = q_dim_ + 2 * kv_dim_;
+  XY_CHECK(c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads == 0, "heads ", c.num_heads,
+           " kv_heads ", c.num_kv_heads);
+  XY_CHECK(int64_t(weights.layers.size()) == c.num_layers, "layers ", weights.layers.size());
+
+  embed_ = to_f32(weights.embed_tokens, {c.vocab_size, h});
+  final_norm_ = to_f32(weights.final_norm, {h});
+  const bool tied = weights.lm_head.data == weights.embed_tokens.data;
+  if (!tied) lm_head_ = to_f32(weights.lm_head, {c.vocab_size, h});
+
+  layers_.resize(size_t(c.num_layers));
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const model::LayerWeights& w = weights.layers[size_t(i)];
+    Layer& l = layers_[size_t(i)];
+    l.input_norm = to_f32(w.input_norm, {h});
+    append_f32(w.q_proj, {q_dim_, h}, l.qkv);
+    append_f32(w.k_proj, {kv_dim_, h}, l.qkv);
+    append_f32(w.v_proj, {kv_dim_, h}, l.qkv);
+    if (c.qkv_bias) {
+      append_f32(w.q_bias, {q_dim_}, l.qkv_bias);
+      append_f32(w.k_bias, {kv_dim_}, l.qkv_bias);
+      append_f32(w.v_bias, {kv_dim_}, l.qkv_bias);
+    }
+    if (c.qk_norm) {
+      l.q_norm = to_f32(w.q_norm, {hd});
+      l.k_norm = to_f32(w.k_norm, {hd});
+    }
+    l.o_proj = to_f32(w.o_proj, {h, q_dim_});
+    l.post_norm = to_f32(w.post_attention_norm, {h});
+    append_f32(w.gate_proj, {inter, h}, l.gate_up);
+    append_f32(w.up_proj, {inter, h}, l.gate_up);
+    l.down = to_f32(w.down_proj, {h, inter});
+    l.window = size_t(i) < c.sliding_window.size() ? int32_t(c.sliding_window[size_t(i)]) : 0;
+  }
+}
+
+CpuBackend::~CpuBackend() = default;
+
+void CpuBackend::check_plan(const meta::StepPlan& plan) const {
+  XY_CHECK(plan.block_size == kv_.block_size(), "plan block_size ", plan.block_size, " != backend ",
+           kv_.block_size());
+  XY_CHECK(plan.positions.size() == plan.token_ids.size(), "positions ", plan.positions.size(),
+           " != token_ids ", plan.token_ids.size());
+  int32_t next_row = 0;
+  for (const auto& r : plan.requests) {
+    // Rows of a request are contiguous and in plan order; new row j is at position
+    // num_computed_tokens + j, or + its depth in a draft tree: attention derives each row's
+    // position from that.
+    XY_CHECK(r.first_row == next_row, "request ", r.request_id, " first_row ", r.first_row,
+             " expected ", next_row);
+    XY_CHECK(r.num_logits_rows >= 0 && r.num_logits_rows <= r.num_new_tokens, "request ",
+             r.request_id, " logits rows ", r.num_logits_rows, " of ", r.num_new_tokens);
+    XY_CHECK(int64_t(r.block_table.size()) * kv_.block_size() >=
+                 int64_t(r.num_computed_tokens) + r.num_new_tokens,
+             "request ", r.request_id, " block table too short");
+    const bool tree = !r.tree_parents.empty();
+    XY_CHECK(!tree || int32_t(r.tree_parents.size()) == r.num_new_tokens, "request ", r.request_id,
+             " tree_parents ", r.tree_parents.size(), " for ", r.num_new_tokens, " rows");
+    for (int32_t i = 0; i < r.num_new_tokens; ++i) {
+      int32_t depth = i;
+      if (tree) {
+        const int32_t parent = r.tree_parents[size_t(i)];
+        XY_CHECK(i == 0 ? parent == -1 : parent >= 0 && parent < i, "request ", r.request_id,
+                 " tree row ", i, " parent ", parent);
+        depth = 0;
+        for (int32_t a = i; a > 0; a = r.tree_parents[size_t(a)]) ++depth;
+      }
+      XY_CHECK(plan.positions[size_t(r.first_row + i)] == r.num_computed_tokens + depth, "request ",
+               r.request_id, " row ", i, " position ", plan.positions[size_t(r.first_row + i)],
+               " expected ", r.num_computed_tokens + depth);
+    }
+    next_row += r.num_new_tokens;
+  }
+  XY_CHECK(next_row == plan.num_rows(), "requests cover ", next_row, " of ", plan.num_rows(),
+           " rows");
+}
+
+void CpuBackend::reserve_rows(int64_t m, int64_t num_logits_rows) {
+  const int64_t rows = std::max(m, num_logits_rows);
+  if (rows <= capacity_rows_) return;
+  const auto& c = config_;
+  capacity_rows_ = rows;
+  hidden_.resize(size_t(rows * c.hidden_size));
+  normed_.resize(size_t(rows * c.hidden_size));
+  proj_.resize(size_t(rows * c.hidden_size));
+  last_.resize(size_t(rows * c.hidden_size));
+  qkv_.resize(size_t(rows * qkv_dim_));
+  attn_.resize(size_t(rows * q_dim_));
+  gate_up_.resize(size_t(rows * 2 * c.intermediate_size));
+  act_.resize(size_t(rows * c.intermediate_size));
+  cos_.resize(size_t(rows * c.head_dim / 2));
+  sin_.resize(size_t(rows * c.head_dim / 2));
+}
+
+void CpuBackend::run_layer(const meta::StepPlan& plan, const Layer& l, int64_t index) {
+  const auto& c = config_;
+  const int64_t m = plan.num_rows(), h = c.hidden_size, hd = c.head_dim;
+  const int64_t inter = c.intermediate_size;
+  float* q = qkv_.data();
+  float* k = q + q_dim_;
+  float* v = k + kv_dim_;
+
+  // Attention block: x += o_proj(attn(rope(qkv(norm(x)))))
+  rms_norm(hidden_.data(), l.input_norm.data(), m, h, c.rms_norm_eps, normed_.data());
+  linear(normed_.data(), m, h, l.qkv.data(), qkv_dim_,
+         l.qkv_bias.empty() ? nullptr : l.qkv_bias.data(), qkv_.data(), &pool_);
+  if (c.qk_norm) {  // Qwen3: RMSNorm over each head of q and k, before RoPE
+    for (int64_t i = 0; i < m; ++i) {
+      rms_norm(q + i * qkv_dim_, l.q_norm.data(), c.num_heads, hd, c.rms_norm_eps,
+               q + i * qkv_dim_);
+      rms_norm(k + i * qkv_dim_, l.k_norm.data(), c.num_kv_heads, hd, c.rms_norm_eps,
+               k + i * qkv_dim_);
+    }
+  }
+  apply_rope(q, m, c.num_heads, hd, qkv_dim_, cos_.data(), sin_.data());
+  apply_rope(k, m, c.num_kv_heads, hd, qkv_dim_, cos_.data(), sin_.data());
+  kv_.write(index, plan, k, v, qkv_dim_);
+
+  AttentionLayerArgs args;
+  args.plan = &plan;
+  args.q = q;
+  args.q_row_stride = qkv_dim_;
+  args.kv = kv_.layer(index);
+  args.num_heads = c.num_heads;
+  args.window = l.window;
+  args.scale = float(1.0 / std::sqrt(double(hd)));
+  args.out = attn_.data();
+  attention_.run(args, &pool_);
+  linear(attn_.data(), m, q_dim_, l.o_proj.data(), h, nullptr, proj_.data(), &pool_);
+  add_inplace(hidden_.data(), proj_.data(), m * h);
+
+  // MLP block: x += down(silu(gate(norm(x))) * up(norm(x)))
+  rms_norm(hidden_.data(), l.post_norm.data(), m, h, c.rms_norm_eps, normed_.data());
+  linear(normed_.data(), m, h, l.gate_up.data(), 2 * inter, nullptr, gate_up_.data(), &pool_);
+  for (int64_t i = 0; i < m; ++i) {
+    const float* gate = gate_up_.data() + i * 2 * inter;
+    silu_mul(gate, gate + inter, inter, act_.data() + i * inter);
+  }
+  linear(act_.data(), m, inter, l.down.data(), h, nullptr, proj_.data(), &pool_);
+  add_inplace(hidden_.data(), proj_.data(), m * h);
+}
+
+void CpuBackend::forward(const meta::StepPlan& plan, std::vector<float>& logits) {
+  check_plan(plan);
+  const auto& c = config_;
+  const int64_t m = plan.num_rows(), h = c.hidden_size;
+  const int64_t num_logits = plan.num_logits_rows();
+  logits.resize(size_t(num_logits * c.vocab_size));
+  kv_.apply_copies_and_moves(plan);
+  if (m == 0) return;
+  reserve_rows(m, num_logits);
+
+  embedding_gather(embed_.data(), c.vocab_size, h, plan.token_ids, hidden_.data());
+  rope_.fill_tables(plan.positions, cos_.data(), sin_.data());
+  for (int64_t i = 0; i < c.num_layers; ++i) run_layer(plan, layers_[size_t(i)], i);
+
+  // Only the rows that need logits go through the final norm and the LM head: each request's
+  // last num_logits_rows rows, in plan order.
+  int64_t out_row = 0;
+  for (const auto& r : plan.requests) {
+    for (int32_t j = r.num_new_tokens - r.num_logits_rows; j < r.num_new_tokens; ++j, ++out_row) {
+      std::copy_n(hidden_.data() + (r.first_row + j) * h, h, last_.data() + out_row * h);
+    }
+  }
+  if (num_logits == 0) return;
+  rms_norm(last_.data(), final_norm_.data(), num_logits, h, c.rms_norm_eps, last_.data());
+  const float* head = lm_head_.empty() ? embed_.data() : lm_head_.data();
+  linear(last_.data(), num_logits, h, head, c.vocab_size, nullptr, logits.data(), &pool_);
+}
+
+}  // namespace xy::backend::cpu

@@ -1,0 +1,78 @@
+// The fp32 reference backend: runs a StepPlan through the model on the CPU over a paged KV
+// cache: plain rows (prefill chunks, decodes), draft-tree verify rows, and the plan's KV block
+// copies and slot moves. Every row's result is bitwise independent of the batch it is in
+// (gemm.h, attention.h), so batched = alone, chunked prefill = unchunked and a verified draft
+// row = the same token decoded alone hold exactly.
+//
+// Threading: forward() runs on the engine thread only; it spreads GEMM column blocks and
+// attention tasks over the backend's own persistent pool (options.num_threads).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "xyserve/backend/backend.h"
+#include "xyserve/backend/cpu/attention.h"
+#include "xyserve/backend/cpu/kv_cache.h"
+#include "xyserve/backend/cpu/ops.h"
+#include "xyserve/backend/cpu/thread_pool.h"
+#include "xyserve/model/weights.h"
+
+namespace xy::backend::cpu {
+
+struct CpuBackendOptions {
+  int32_t num_kv_blocks = 0;  // > 0
+  int32_t block_size = 16;
+  int num_threads = 0;  // 0: hardware concurrency
+};
+
+class CpuBackend : public Backend {
+ public:
+  // Converts every weight to fp32 (owned; `weights` may be freed afterwards). Throws ModelError
+  // naming the tensor when a shape does not match the config.
+  CpuBackend(const model::ModelWeights& weights, const CpuBackendOptions& options);
+  ~CpuBackend() override;
+
+  void forward(const meta::StepPlan& plan, std::vector<float>& logits) override;
+
+  int64_t vocab_size() const override { return config_.vocab_size; }
+  int32_t num_kv_blocks() const override { return kv_.num_blocks(); }
+  int32_t block_size() const override { return kv_.block_size(); }
+  const model::ModelConfig& config() const { return config_; }
+
+ private:
+  struct Layer {
+    std::vector<float> input_norm;  // [hidden]
+    std::vector<float> qkv;         // [q_dim + 2 * kv_dim, hidden]: q_proj, k_proj, v_proj stacked
+    std::vector<float> qkv_bias;    // [q_dim + 2 * kv_dim] or empty
+    std::vector<float> q_norm;      // [head_dim] or empty
+    std::vector<float> k_norm;      // [head_dim] or empty
+    std::vector<float> o_proj;      // [hidden, q_dim]
+    std::vector<float> post_norm;   // [hidden]
+    std::vector<float> gate_up;     // [2 * intermediate, hidden]: gate_proj, up_proj stacked
+    std::vector<float> down;        // [hidden, intermediate]
+    int32_t window = 0;             // sliding window in tokens, 0: full
+  };
+
+  void check_plan(const meta::StepPlan& plan) const;
+  void reserve_rows(int64_t m, int64_t num_logits_rows);
+  void run_layer(const meta::StepPlan& plan, const Layer& layer, int64_t index);
+
+  model::ModelConfig config_;
+  int64_t q_dim_ = 0, kv_dim_ = 0, qkv_dim_ = 0;
+  std::vector<float> embed_;  // [vocab, hidden]
+  std::vector<float> final_norm_;
+  std::vector<float> lm_head_;  // [vocab, hidden]; empty when tied to embed_
+  std::vector<Layer> layers_;
+  Rope rope_;
+  PagedKvCache kv_;
+  ThreadPool pool_;
+  AttentionRunner attention_;
+
+  // Step buffers, grown when M grows and otherwise reused.
+  int64_t capacity_rows_ = 0;
+  std::vector<float> hidden_, normed_, qkv_, attn_, proj_, gate_up_, act_, cos_, sin_, last_;
+};
+
+}  // namespace xy::backend::cpu
