@@ -66,7 +66,10 @@ struct LoadOptions {
 
 // Loads config.json and the safetensors weights (single file or sharded through
 // model.safetensors.index.json) from `dir`. Throws ModelError naming the file and the field or
-// tensor, with expected against found.
+// tensor, with expected against found. Every tensor is checked (presence, shape, bounds inside
+// its file) before any data is read. Tensors the architecture does not use are ignored; a
+// missing lm_head is allowed only with tie_word_embeddings (lm_head then views embed_tokens).
+// Thread-safe (no shared state); the result is immutable and may be read from any thread.
 std::unique_ptr<ModelWeights> load_model(const std::filesystem::path& dir,
                                          const LoadOptions& options = {});
 
