@@ -138,3 +138,48 @@ TEST(CpuBackend, WrongWeightShapeIsAModelErrorNamingTheTensor) {
 
 }  // namespace
 }  // namespace xy::backend::cpu
+
+namespace xy::backend::cpu {
+namespace {
+
+// Past kv_split (512) positions a row's KV span is cut into pieces merged by log-sum-exp. The
+// pieces are fixed by position, so feeding a long prompt in one step, in odd chunks, or a token
+// at a time gives bitwise equal logits, with and without a sliding window.
+TEST(CpuBackend, LongContextSplitSpansGiveTheSameLogitsHoweverThePromptIsChunked) {
+  for (const char* arch : {"llama", "mistral"}) {
+    const fs::path dir = fs::path(XY_BINARY_DIR) / "backend_test_models" / (std::string("long_") + arch);
+    model::write_random_checkpoint(model::preset_config(arch, "tiny"), dir, 91);
+    const auto weights = model::load_model(dir);
+    const int64_t vocab = weights->config.vocab_size;
+    std::mt19937 rng(6);
+    const int32_t n = 1300;
+    std::vector<std::vector<int32_t>> seqs(1);
+    for (int32_t i = 0; i < n; ++i) seqs[0].push_back(int32_t(rng() % uint32_t(vocab)));
+    CpuBackendOptions options;
+    options.block_size = kBlockSize;
+    options.num_kv_blocks = n / kBlockSize + 8;
+    options.num_threads = 2;
+
+    // Logits of the last 3 rows, each way.
+    auto last_rows = [&](const std::vector<int32_t>& chunks, uint32_t seed) {
+      CpuBackend backend(*weights, options);
+      Batcher b(backend, seqs, seed);
+      std::vector<float> all;
+      for (int32_t c : chunks) {
+        const auto l = b.step({{0, c}});
+        all.insert(all.end(), l.begin(), l.end());
+      }
+      return std::vector<float>(all.end() - 3 * vocab, all.end());
+    };
+    const auto whole = last_rows({n}, 1);
+    std::vector<int32_t> odd = {511, 2, 300, 257};
+    odd.push_back(n - 511 - 2 - 300 - 257);
+    std::vector<int32_t> tail(1, n - 40);
+    for (int i = 0; i < 40; ++i) tail.push_back(1);
+    EXPECT_EQ(0, std::memcmp(whole.data(), last_rows(odd, 2).data(), whole.size() * sizeof(float))) << arch;
+    EXPECT_EQ(0, std::memcmp(whole.data(), last_rows(tail, 3).data(), whole.size() * sizeof(float))) << arch;
+  }
+}
+
+}  // namespace
+}  // namespace xy::backend::cpu

@@ -245,6 +245,34 @@ TEST_P(TorchParity, LogitsAndGreedyContinuationMatchTorch) {
   }
 }
 
+// Past 512 positions the KV span of a row is split into pieces that the work list merges by
+// log-sum-exp: the merged result must still match torch's plain softmax.
+TEST(TorchParityLong, SplitKvSpansMatchTorchPastTheSplitSize) {
+  constexpr int32_t kLong = 1100;
+  for (const char* arch : {"llama", "mistral"}) {
+    const fs::path dir = fs::path(XY_BINARY_DIR) / "backend_test_models" / (std::string("long_parity_") + arch);
+    model::write_random_checkpoint(model::preset_config(arch, "tiny"), dir, /*seed=*/4321);
+    const auto weights = model::load_model(dir);
+    const int64_t vocab = weights->config.vocab_size;
+    std::mt19937 rng(7);
+    std::vector<int32_t> prompt(kLong);
+    for (auto& t : prompt) t = int32_t(rng() % uint32_t(vocab));
+    TorchResult ref;
+    std::string error;
+    ASSERT_TRUE(run_torch(dir, prompt, 1, ref, error)) << error;
+    CpuBackendOptions options;
+    options.block_size = kBlockSize;
+    options.num_kv_blocks = kLong / kBlockSize + 8;
+    options.num_threads = 2;
+    CpuBackend backend(*weights, options);
+    SequenceRunner seq(backend, kLong + 1, 5);
+    const std::vector<float> full = seq.feed(prompt, kLong);
+    const double err = max_rel_error(full, ref.logits, vocab);
+    EXPECT_LE(err, kMaxRelError) << arch;
+    std::printf("[ parity ] long %-19s %d tokens max|a-b|/max|ref| = %.3g\n", arch, kLong, err);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Architectures, TorchParity, ::testing::ValuesIn(parity_cases()),
                          [](const auto& info) { return info.param.name; });
 

@@ -14,6 +14,7 @@ const char* mask_kind_name(MaskKind kind) {
     case MaskKind::kNone: return "none";
     case MaskKind::kCausal: return "causal";
     case MaskKind::kWindow: return "window";
+    case MaskKind::kTree: return "tree";
   }
   return "?";
 }
@@ -62,20 +63,29 @@ AttentionWorkList build_attention_work_list(const StepPlan& plan, const Attentio
   list.max_tile_tokens = tile_tokens;
   for (int32_t r = 0; r < int32_t(plan.requests.size()); ++r) {
     const ScheduledRequest& req = plan.requests[size_t(r)];
+    const bool tree = !req.tree_parents.empty();
+    XY_CHECK(!tree || int32_t(req.tree_parents.size()) == req.num_new_tokens,
+             "request ", req.request_id, ": tree_parents has ", req.tree_parents.size(),
+             " entries for ", req.num_new_tokens, " rows");
     for (int32_t q0 = 0; q0 < req.num_new_tokens; q0 += tile_tokens) {
       const int32_t q_count = std::min(tile_tokens, req.num_new_tokens - q0);
-      const int32_t pos_begin = req.num_computed_tokens + q0;
-      const int32_t pos_end = pos_begin + q_count;
-      // Keys visible to any row of the tile: [first visible to the first row, last query].
-      const int32_t kv_lo = shape.window > 0 ? std::max(0, pos_begin - shape.window + 1) : 0;
-      const int32_t kv_hi = pos_end;
+      const int32_t* pos = plan.positions.data() + req.first_row + q0;
+      const int32_t pos_min = *std::min_element(pos, pos + q_count);
+      const int32_t pos_max = *std::max_element(pos, pos + q_count);
+      // Keys visible to any row of the tile: [first visible to the lowest row, highest row].
+      const int32_t kv_lo = shape.window > 0 ? std::max(0, pos_min - shape.window + 1) : 0;
+      const int32_t kv_hi = pos_max + 1;
       // The span cut at fixed multiples of `split`, so a row always sees the same pieces.
-      std::vector<std::pair<int32_t, int32_t>> spans;
-      for (int32_t s = (kv_lo / split) * split; s < kv_hi; s += split)
-        spans.emplace_back(std::max(s, kv_lo), std::min(s + split, kv_hi));
+      std::vector<std::tuple<int32_t, int32_t, int64_t>> spans;  // begin, end, visible pairs
+      for (int32_t s = (kv_lo / split) * split; s < kv_hi; s += split) {
+        const int32_t kb = std::max(s, kv_lo), ke = std::min(s + split, kv_hi);
+        int64_t pairs = 0;
+        for (int32_t i = 0; i < q_count; ++i) pairs += visible_pairs(pos[i], pos[i] + 1, kb, ke, shape.window);
+        if (pairs > 0) spans.emplace_back(kb, ke, pairs);
+      }
       for (int32_t h = 0; h < shape.num_kv_heads; ++h) {
         const int32_t first_partial = list.num_partials;
-        for (const auto& [kb, ke] : spans) {
+        for (const auto& [kb, ke, pairs] : spans) {
           AttentionTask t;
           t.request = r;
           t.kv_head = h;
@@ -83,8 +93,10 @@ AttentionWorkList build_attention_work_list(const StepPlan& plan, const Attentio
           t.q_count = q_count;
           t.kv_begin = kb;
           t.kv_end = ke;
-          t.mask = mask_for(pos_begin, pos_end, kb, ke, shape.window);
-          t.cost = visible_pairs(pos_begin, pos_end, kb, ke, shape.window) * shape.group();
+          t.mask = tree && ke > req.num_computed_tokens
+                       ? MaskKind::kTree
+                       : mask_for(pos_min, pos_max + 1, kb, ke, shape.window);
+          t.cost = pairs * shape.group();
           t.partial = spans.size() > 1 ? list.num_partials++ : -1;
           list.tasks.push_back(t);
         }

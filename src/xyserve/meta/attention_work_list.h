@@ -23,6 +23,8 @@ enum class MaskKind : uint8_t {
   kNone,    // every key of the span is visible to every row of the tile
   kCausal,  // key k visible from query position p iff k <= p
   kWindow,  // causal, and also k > p - window
+  kTree,    // draft-tree rows: keys before the step's rows as causal (and window); among the
+            // step's rows, only the row's ancestors (ScheduledRequest::tree_parents)
 };
 
 const char* mask_kind_name(MaskKind kind);
@@ -72,8 +74,10 @@ struct AttentionWorkList {
   int64_t total_cost() const;
 };
 
-// Builds the work list of a step. Preconditions: shape valid, options.tile_rows >= group,
-// every request's positions consistent with the plan.
+// Builds the work list of a step. A row's position is plan.positions[first_row + j] (for a
+// draft tree, num_computed_tokens + its depth), so a tree row sees keys at positions up to its
+// own: the computed ones and one ancestor at each depth. Spans that no row of the tile can see
+// get no task. Preconditions: shape valid, options.tile_rows >= group.
 AttentionWorkList build_attention_work_list(const StepPlan& plan, const AttentionShape& shape,
                                             const WorkListOptions& options = {});
 

@@ -58,7 +58,8 @@ void attend_partial(const AttentionTaskArgs& a) {
     const int32_t position = a.num_computed + depth;
     int32_t lo = a.kv_begin, hi = a.kv_end;
     if (a.mask != MaskKind::kNone) hi = std::min(hi, position + 1);
-    if (a.mask == MaskKind::kWindow) lo = std::max(lo, position - a.window + 1);
+    if (a.mask == MaskKind::kWindow || (a.mask == MaskKind::kTree && a.window > 0))
+      lo = std::max(lo, position - a.window + 1);
     for (int32_t g = 0; g < a.group_size; ++g) {
       const float* q = a.q + i * a.q_row_stride + g * head_dim;
       float* o = a.out + i * a.out_row_stride + g * head_dim;
@@ -117,7 +118,8 @@ void normalize_partial(float* o, float sum, int64_t head_dim) {
   for (int64_t d = 0; d < head_dim; ++d) o[d] *= inv;
 }
 
-void AttentionRunner::run(const AttentionLayerArgs& args, ThreadPool* pool) {
+void AttentionRunner::run(const AttentionLayerArgs& args, const meta::AttentionWorkList& work,
+                          ThreadPool* pool) {
   const meta::StepPlan& plan = *args.plan;
   const int64_t num_kv_heads = args.kv.num_kv_heads;
   const int64_t head_dim = args.kv.head_dim;
@@ -125,61 +127,83 @@ void AttentionRunner::run(const AttentionLayerArgs& args, ThreadPool* pool) {
            " not a multiple of num_kv_heads ", num_kv_heads);
   const int32_t group = int32_t(args.num_heads / num_kv_heads);
   const int64_t row_stride = args.num_heads * head_dim;
+  const size_t tile_rows = size_t(work.max_tile_tokens) * size_t(group);
+  const size_t num_tasks = work.tasks.size();
+  int32_t max_new = 0;
+  for (const auto& r : plan.requests) max_new = std::max(max_new, r.num_new_tokens);
 
-  tasks_.clear();
-  int64_t max_rows = 0;
-  for (size_t r = 0; r < plan.requests.size(); ++r) {
-    if (plan.requests[r].num_new_tokens == 0) continue;
-    max_rows = std::max<int64_t>(max_rows, plan.requests[r].num_new_tokens);
-    for (int64_t h = 0; h < num_kv_heads; ++h) tasks_.push_back({int32_t(r), int32_t(h)});
-  }
-  // Per task slots, so tasks on different threads never share scratch.
-  const size_t stats_per_task = size_t(2 * max_rows * group);
-  if (stats_.size() < tasks_.size() * stats_per_task) stats_.resize(tasks_.size() * stats_per_task);
-  if (scratch_.size() < tasks_.size() * size_t(args.kv.block_size)) {
-    scratch_.resize(tasks_.size() * size_t(args.kv.block_size));
-  }
-  if (paths_.size() < tasks_.size() * size_t(max_rows))
-    paths_.resize(tasks_.size() * size_t(max_rows));
+  auto grow = [](auto& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+  };
+  grow(partial_out_, size_t(work.num_partials) * tile_rows * size_t(head_dim));
+  grow(partial_stats_, size_t(work.num_partials) * 2 * tile_rows);
+  grow(stats_, num_tasks * 2 * tile_rows);
+  grow(scratch_, num_tasks * size_t(args.kv.block_size));
+  grow(paths_, num_tasks * size_t(max_new));
 
   auto run_task = [&](int64_t t) {
-    const Task& task = tasks_[size_t(t)];
+    const meta::AttentionTask& task = work.tasks[size_t(t)];
     const meta::ScheduledRequest& req = plan.requests[size_t(task.request)];
-    float* stats = stats_.data() + size_t(t) * stats_per_task;
+    const int64_t first_row = req.first_row + task.q_begin;
     AttentionTaskArgs a;
-    a.q = args.q + req.first_row * args.q_row_stride + task.kv_head * group * head_dim;
+    a.q = args.q + first_row * args.q_row_stride + task.kv_head * group * head_dim;
     a.q_row_stride = args.q_row_stride;
-    a.num_rows = req.num_new_tokens;
+    a.num_rows = task.q_count;
     a.group_size = group;
     a.num_computed = req.num_computed_tokens;
-    a.row_begin = 0;
+    a.row_begin = task.q_begin;
     a.tree_parents = req.tree_parents;
-    a.path_scratch = paths_.data() + size_t(t) * size_t(max_rows);
-    a.mask = args.window > 0 ? MaskKind::kWindow : MaskKind::kCausal;
+    a.path_scratch = paths_.data() + size_t(t) * size_t(max_new);
+    a.mask = task.mask;
     a.window = args.window;
     a.kv = args.kv;
     a.block_table = req.block_table;
     a.kv_head = task.kv_head;
-    a.kv_begin = 0;
-    a.kv_end = req.num_computed_tokens + req.num_new_tokens;
+    a.kv_begin = task.kv_begin;
+    a.kv_end = task.kv_end;
     a.scale = args.scale;
-    a.out = args.out + req.first_row * row_stride + task.kv_head * group * head_dim;
-    a.out_row_stride = row_stride;
-    a.row_max = stats;
-    a.row_sum = stats + a.num_rows * group;
     a.scratch = scratch_.data() + size_t(t) * size_t(args.kv.block_size);
-    attend_partial(a);
-    for (int32_t i = 0; i < a.num_rows; ++i) {
-      for (int32_t g = 0; g < group; ++g) {
-        normalize_partial(a.out + i * row_stride + g * head_dim, a.row_sum[i * group + g],
-                          head_dim);
+    if (task.partial < 0) {  // the tile's only span: normalise straight into the output
+      a.out = args.out + first_row * row_stride + task.kv_head * group * head_dim;
+      a.out_row_stride = row_stride;
+      a.row_max = stats_.data() + size_t(t) * 2 * tile_rows;
+      a.row_sum = a.row_max + tile_rows;
+      attend_partial(a);
+      for (int32_t i = 0; i < a.num_rows; ++i)
+        for (int32_t g = 0; g < group; ++g)
+          normalize_partial(a.out + i * row_stride + g * head_dim, a.row_sum[i * group + g], head_dim);
+    } else {
+      a.out = partial_out_.data() + size_t(task.partial) * tile_rows * size_t(head_dim);
+      a.out_row_stride = group * head_dim;
+      a.row_max = partial_stats_.data() + size_t(task.partial) * 2 * tile_rows;
+      a.row_sum = a.row_max + tile_rows;
+      attend_partial(a);
+    }
+  };
+  // Each merge group folds its partials in KV order, so the reduction order of a row is fixed
+  // by its position alone.
+  auto run_merge = [&](int64_t i) {
+    const meta::MergeGroup& mg = work.merges[size_t(i)];
+    const meta::ScheduledRequest& req = plan.requests[size_t(mg.request)];
+    for (int32_t row = 0; row < mg.q_count * group; ++row) {
+      float* o = args.out + (req.first_row + mg.q_begin + row / group) * row_stride +
+                 (mg.kv_head * group + row % group) * head_dim;
+      float m = -std::numeric_limits<float>::infinity(), l = 0.0f;
+      std::fill_n(o, head_dim, 0.0f);
+      for (int32_t p = mg.first_partial; p < mg.first_partial + mg.num_partials; ++p) {
+        const float* po = partial_out_.data() + (size_t(p) * tile_rows + size_t(row)) * size_t(head_dim);
+        const float* ps = partial_stats_.data() + size_t(p) * 2 * tile_rows;
+        merge_partial(o, m, l, po, ps[row], ps[tile_rows + size_t(row)], head_dim);
       }
+      normalize_partial(o, l, head_dim);
     }
   };
   if (pool) {
-    pool->parallel_for(int64_t(tasks_.size()), run_task);
+    pool->parallel_for(int64_t(num_tasks), run_task);
+    pool->parallel_for(int64_t(work.merges.size()), run_merge);
   } else {
-    for (size_t t = 0; t < tasks_.size(); ++t) run_task(int64_t(t));
+    for (size_t t = 0; t < num_tasks; ++t) run_task(int64_t(t));
+    for (size_t i = 0; i < work.merges.size(); ++i) run_merge(int64_t(i));
   }
 }
 

@@ -15,17 +15,17 @@
 #include <vector>
 
 #include "xyserve/backend/cpu/kv_cache.h"
+#include "xyserve/meta/attention_work_list.h"
 #include "xyserve/meta/step_plan.h"
 
 namespace xy::backend::cpu {
 
 class ThreadPool;
 
-enum class MaskKind : uint8_t {
-  kNone,    // every key of the span is visible
-  kCausal,  // key k visible from the query at position p iff k <= p
-  kWindow,  // causal and k > p - window
-};
+// kNone: every key of the span is visible; kCausal: key k visible from the query at position p
+// iff k <= p; kWindow: causal and k > p - window; kTree: causal over positions where keys of the
+// step's rows are the row's ancestors (see tree_parents), and the window when window > 0.
+using MaskKind = meta::MaskKind;
 
 struct AttentionTaskArgs {
   // q of (row i, group head g) is at q + i * q_row_stride + g * head_dim: the first of the
@@ -87,22 +87,20 @@ struct AttentionLayerArgs {
   float* out = nullptr;  // [M, num_heads, head_dim], normalized
 };
 
-// Runs the attention of one layer for every request of the plan: for now one task per
-// (request, KV head) over the request's whole KV span, spread over the pool. Holds the
-// per-thread scratch, grown once and reused (no allocation per step after warm-up).
+// Runs the attention of one layer: every task of the step's work list (meta/), then the
+// log-sum-exp merge of split spans in split order. The work list is built once per step and
+// shared by the layers with the same window. Holds the partial buffers and per-task scratch,
+// grown once and reused (no allocation per step after warm-up).
 class AttentionRunner {
  public:
-  void run(const AttentionLayerArgs& args, ThreadPool* pool);
+  void run(const AttentionLayerArgs& args, const meta::AttentionWorkList& work, ThreadPool* pool);
 
  private:
-  struct Task {
-    int32_t request;
-    int32_t kv_head;
-  };
-  std::vector<Task> tasks_;
-  std::vector<float> stats_;    // per task: max and sum of its rows
-  std::vector<float> scratch_;  // per task: block_size scores
-  std::vector<int32_t> paths_;  // per task: a tree row's ancestors
+  std::vector<float> partial_out_;    // [num_partials, tile rows, head_dim]
+  std::vector<float> partial_stats_;  // [num_partials, 2, tile rows]: max then sum
+  std::vector<float> stats_;          // per task: max and sum of its rows
+  std::vector<float> scratch_;        // per task: block_size scores
+  std::vector<int32_t> paths_;        // per task: a tree row's ancestors
 };
 
 }  // namespace xy::backend::cpu

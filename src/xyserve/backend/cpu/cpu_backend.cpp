@@ -46,6 +46,9 @@ CpuBackend::CpuBackend(const model::ModelWeights& weights, const CpuBackendOptio
           weights.config.num_kv_heads, weights.config.head_dim),
       pool_(options.num_threads) {
   const auto& c = config_;
+  const int32_t bs = options.block_size;
+  work_options_.kv_split = (work_options_.kv_split + bs - 1) / bs * bs;
+  work_options_.tile_rows = std::max<int32_t>(work_options_.tile_rows, int32_t(c.num_heads / c.num_kv_heads));
   const int64_t h = c.hidden_size, hd = c.head_dim, inter = c.intermediate_size;
   q_dim_ = c.num_heads * hd;
   kv_dim_ = c.num_kv_heads * hd;
@@ -176,7 +179,7 @@ void CpuBackend::run_layer(const meta::StepPlan& plan, const Layer& l, int64_t i
   args.window = l.window;
   args.scale = float(1.0 / std::sqrt(double(hd)));
   args.out = attn_.data();
-  attention_.run(args, &pool_);
+  attention_.run(args, work_list_for(l.window), &pool_);
   linear(attn_.data(), m, q_dim_, l.o_proj.data(), h, nullptr, proj_.data(), &pool_);
   add_inplace(hidden_.data(), proj_.data(), m * h);
 
@@ -191,6 +194,13 @@ void CpuBackend::run_layer(const meta::StepPlan& plan, const Layer& l, int64_t i
   add_inplace(hidden_.data(), proj_.data(), m * h);
 }
 
+const meta::AttentionWorkList& CpuBackend::work_list_for(int32_t window) const {
+  for (const auto& [w, list] : work_lists_)
+    if (w == window) return list;
+  XY_CHECK(false, "no attention work list for window ", window);
+  return work_lists_.front().second;
+}
+
 void CpuBackend::forward(const meta::StepPlan& plan, std::vector<float>& logits) {
   check_plan(plan);
   const auto& c = config_;
@@ -203,6 +213,15 @@ void CpuBackend::forward(const meta::StepPlan& plan, std::vector<float>& logits)
 
   embedding_gather(embed_.data(), c.vocab_size, h, plan.token_ids, hidden_.data());
   rope_.fill_tables(plan.positions, cos_.data(), sin_.data());
+  // Plan once, run many: one attention work list per distinct window, shared by its layers.
+  work_lists_.clear();
+  for (const Layer& l : layers_) {
+    bool have = false;
+    for (const auto& [window, list] : work_lists_) have |= window == l.window;
+    if (have) continue;
+    meta::AttentionShape shape{int32_t(c.num_heads), int32_t(c.num_kv_heads), l.window};
+    work_lists_.emplace_back(l.window, meta::build_attention_work_list(plan, shape, work_options_));
+  }
   for (int64_t i = 0; i < c.num_layers; ++i) run_layer(plan, layers_[size_t(i)], i);
 
   // Only the rows that need logits go through the final norm and the LM head: each request's

@@ -68,7 +68,13 @@ class CpuBackend : public Backend {
   Rope rope_;
   PagedKvCache kv_;
   ThreadPool pool_;
+  const meta::AttentionWorkList& work_list_for(int32_t window) const;
+
   AttentionRunner attention_;
+  // Tiles of 64 rows as on the GPU; KV split every 512 positions (a multiple of every block
+  // size the engine allows), fixed by position so that results do not depend on the batch.
+  meta::WorkListOptions work_options_{64, 512};
+  std::vector<std::pair<int32_t, meta::AttentionWorkList>> work_lists_;  // per window, this step
 
   // Step buffers, grown when M grows and otherwise reused.
   int64_t capacity_rows_ = 0;
