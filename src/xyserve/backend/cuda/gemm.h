@@ -1,0 +1,67 @@
+// SmoothGEMM: a small family of fixed-tile bf16 GEMMs y = x Wᵀ for Hopper (sm_90a), one of which
+// serves each bucket of M (DESIGN.md, "virtual padding"): M is never padded in memory, rows past
+// M are zero-filled on load and skipped on store, so one compiled tile serves every M of its
+// bucket. Which kernel runs for which (M, N, K) is decided by measurement (bench/cuda/gemm_bench),
+// never here.
+//
+// Threading: every function is thread-safe; launches go on the caller's stream.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+namespace xy::cuda {
+
+enum class GemmKernel {
+  // Weight-streaming stream-K kernels for small M: every SM streams an equal share of the
+  // (tile, k-block) iterations of W; partial tiles are summed in an fp32 workspace by the
+  // last CTA to finish the tile. kStreamT<t> keeps t tokens (rows of x) per tile and streams
+  // W in blocks of 128 rows x 64 columns; kStreamT<t>N<r>, r rows x 8192 / r columns.
+  // (t = 128, 32 x 256 for t = 32 and 16 x 512 were measured and never won: 2026-11-25.)
+  kStreamT16,
+  kStreamT32,
+  kStreamT64,
+  kStreamT16N64,
+  kStreamT32N64,
+  kStreamT64N64,
+  kStreamT16N32,
+  // TMA + wgmma, one producer and two consumer warpgroups, 128 x 256 or 128 x 128 output
+  // tile, persistent grid, split along K when the tiles are too few to fill the GPU; for
+  // mid and large M.
+  kWgmma128x256,
+  kWgmma128x128,
+};
+
+// Every kernel of the family, in the order above (for benchmarks and tests).
+std::span<const GemmKernel> all_gemm_kernels();
+const char* gemm_kernel_name(GemmKernel kernel);
+
+// y[M, N] = x[M, K] · W[N, K]ᵀ; all row-major bf16, fp32 accumulation.
+struct GemmArgs {
+  const __nv_bfloat16* x = nullptr;  // [m, k]
+  const __nv_bfloat16* w = nullptr;  // [n, k], as Hugging Face stores linear weights
+  __nv_bfloat16* y = nullptr;        // [m, n]; rows >= m are never written
+  int m = 0;
+  int n = 0;
+  int k = 0;
+  // Scratch of gemm_workspace_bytes(kernel, m, n, k) bytes (split-K partial sums; may be 0),
+  // zero-filled once when allocated; the kernels leave it zero-filled again, so it is reused across calls without a memset.
+  // Calls that share a workspace must be ordered (same stream).
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+
+// Empty when `kernel` can run this shape, else the reason (a static string).
+const char* gemm_unsupported_reason(GemmKernel kernel, int m, int n, int k);
+
+size_t gemm_workspace_bytes(GemmKernel kernel, int m, int n, int k);
+
+// Launches `kernel` on `stream`. Throws InvalidArgument naming the shape when the kernel
+// cannot run it or the workspace is too small; CudaError when the launch fails.
+void gemm_launch(GemmKernel kernel, const GemmArgs& args, cudaStream_t stream);
+
+}  // namespace xy::cuda

@@ -1,0 +1,341 @@
+// Large-M GEMM for Hopper: y[M, N] = x[M, K] · W[N, K]ᵀ with TMA and wgmma (sm_90a).
+//
+// A persistent grid (one CTA per SM) walks the output tiles; a CTA computes a 128 x kBN tile of y (kBN = 256 or 128; 128 doubles the CTAs for mid M). Warpgroup 0 is the producer: one of its threads
+// issues TMA loads of x and W blocks (64 columns of K each, 128-byte swizzle) into a
+// 4-stage shared-memory ring; each stage completes on a "full" mbarrier by transaction count.
+// Warpgroups 1 and 2 are consumers: each owns 64 rows of the tile and runs wgmma m64n256k16
+// (m64n128k16 for kBN = 128) with both operands K-major in shared memory, then releases the stage on its "empty"
+// mbarrier so the producer can refill it. The producer gives its registers to the consumers
+// (setmaxnreg), which hold 128 fp32 accumulators per thread.
+//
+// Virtual padding: x's tensor map is exactly [M, K], so TMA zero-fills the rows of the last
+// tile past M; those rows of y are not stored.
+//
+// Split-K: when M is small there are too few output tiles to fill the SMs (Llama-3-8B qkv at
+// M = 128: 48 tiles of 128x128 for 132 SMs), so each tile's K range is cut into `splits`
+// parts run by different CTAs (the host picks the count from a wave model, wgmma_splits()).
+// Parts are summed in an fp32 workspace by vector reductions at L2; the last CTA to finish a
+// tile, known from a per-tile counter, stores it and zeroes the workspace behind it, as the
+// stream-K kernel does (gemm_stream.cu).
+//
+// Tile 128x256 and 4 stages are the usual Hopper choice (192 KB of the 227 KB of shared memory,
+// 1 CTA per SM); 128x128 takes 6 stages (192 KB). Neither has been tuned on this code yet.
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "xyserve/backend/cuda/kernels/gemm_kernels.cuh"
+#include "xyserve/backend/cuda/kernels/gemm_ptx.cuh"
+#include "xyserve/backend/cuda/kernels/gemm_wgmma_ptx.cuh"
+
+namespace xy::cuda::gemm_detail {
+namespace {
+
+template <int kBN_>
+struct WgmmaTraits {
+  static_assert(kBN_ == 128 || kBN_ == 256, "wgmma wrappers exist for n = 128 and 256");
+  static constexpr int kBM = 128;
+  static constexpr int kBN = kBN_;
+  static constexpr int kBK = 64;  // 128 bytes: one swizzle row
+  // 128x256: 4 x 48 KB; 128x128 streams W with few CTAs at mid M, so it keeps more in flight.
+  static constexpr int kStages = kBN == 256 ? 4 : 6;
+  static constexpr int kConsumers = 2;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kATileBytes = kBM * kBK * 2;
+  static constexpr int kBTileBytes = kBN * kBK * 2;
+  static constexpr int kStageBytes = kATileBytes + kBTileBytes;
+  // +1024: dynamic shared memory is only 16-byte aligned; swizzled tiles need 1024.
+  static constexpr int kSmemBytes = kStages * kStageBytes + 1024;
+  // Rasterization: CTAs run in groups of kGroupM row tiles, column tiles varying fastest, so
+  // one wave of CTAs reads a band of x and of W that fits in L2 together.
+  static constexpr int kGroupM = 8;
+  static constexpr int kProducerRegs = 40;
+  static constexpr int kConsumerRegs = 232;
+  static_assert(kConsumers * 64 == kBM, "each consumer warpgroup owns 64 rows");
+  static_assert(128 * kProducerRegs + kConsumers * 128 * kConsumerRegs <= 65536,
+                "register file");
+};
+
+template <int kBN>
+__global__ void __launch_bounds__(WgmmaTraits<kBN>::kThreads, 1)
+    wgmma_gemm_kernel(const __grid_constant__ CUtensorMap map_x,
+                      const __grid_constant__ CUtensorMap map_w, __nv_bfloat16* __restrict__ y,
+                      int m, int n, int k, int splits, uint32_t* __restrict__ counters,
+                      float* __restrict__ partials) {
+  using T = WgmmaTraits<kBN>;
+  extern __shared__ unsigned char smem_raw[];
+  __shared__ __align__(8) uint64_t full_bar[T::kStages];
+  __shared__ __align__(8) uint64_t empty_bar[T::kStages];
+  __shared__ int s_is_last;
+  unsigned char* smem = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  unsigned char* a_tiles = smem;                              // [stage][128 rows][64] of x
+  unsigned char* b_tiles = smem + T::kStages * T::kATileBytes;  // [stage][256 rows][64] of W
+
+  const int num_m_tiles = (m + T::kBM - 1) / T::kBM;
+  const int num_n_tiles = n / T::kBN;
+  const int num_tiles = num_m_tiles * num_n_tiles;
+  const int num_work = num_tiles * splits;
+  const int total_k_blocks = k / T::kBK;
+  // A unit of work: one part (split) of one output tile. The grid is persistent: CTA b runs
+  // units b, b + gridDim.x, ..., so the producer fetches the next unit's first blocks while the
+  // consumers run the current unit's epilogue.
+  struct Work {
+    int tile, m_tile, n_tile, kb_begin, k_iters;
+  };
+  auto decode = [&](int work) {
+    Work w;
+    w.tile = work % num_tiles;
+    const int split = work / num_tiles;
+    // Grouped rasterization: kGroupM row tiles at a time, column tiles varying fastest.
+    const int group_size = T::kGroupM * num_n_tiles;
+    const int group = w.tile / group_size;
+    const int first_m = group * T::kGroupM;
+    const int group_m = min(num_m_tiles - first_m, T::kGroupM);
+    const int in_group = w.tile - group * group_size;
+    w.m_tile = first_m + in_group % group_m;
+    w.n_tile = in_group / group_m;
+    w.kb_begin = static_cast<int>(int64_t{total_k_blocks} * split / splits);
+    w.k_iters = static_cast<int>(int64_t{total_k_blocks} * (split + 1) / splits) - w.kb_begin;
+    return w;
+  };
+
+  const int warpgroup = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    ptx::prefetch_tensor_map(&map_x);
+    ptx::prefetch_tensor_map(&map_w);
+    for (int s = 0; s < T::kStages; ++s) {
+      ptx::mbarrier_init(&full_bar[s], 1);
+      ptx::mbarrier_init(&empty_bar[s], T::kConsumers);
+    }
+    ptx::fence_mbarrier_init();
+  }
+  __syncthreads();
+
+  // Both roles count K blocks over all of this CTA's units (g): stage g % kStages, phase
+  // g / kStages, so the ring runs on across units.
+  if (warpgroup == 0) {
+    // Producer: stage s is refilled once both consumers released its previous contents.
+    ptx::setmaxnreg_dec<T::kProducerRegs>();
+    if (threadIdx.x == 0) {
+      uint32_t g = 0;
+      for (int work = blockIdx.x; work < num_work; work += gridDim.x) {
+        const Work w = decode(work);
+        for (int it = 0; it < w.k_iters; ++it, ++g) {
+          const int s = g % T::kStages;
+          if (g >= T::kStages) ptx::mbarrier_wait(&empty_bar[s], ((g / T::kStages) - 1) & 1);
+          ptx::mbarrier_arrive_expect_tx(&full_bar[s], T::kStageBytes);
+          const int k0 = (w.kb_begin + it) * T::kBK;
+          ptx::tma_load_2d(a_tiles + s * T::kATileBytes, &map_x, &full_bar[s], k0, w.m_tile * T::kBM);
+          ptx::tma_load_2d(b_tiles + s * T::kBTileBytes, &map_w, &full_bar[s], k0, w.n_tile * T::kBN);
+        }
+      }
+    }
+  } else {
+    ptx::setmaxnreg_inc<T::kConsumerRegs>();
+    const int consumer = warpgroup - 1;
+    const bool leader = threadIdx.x % 128 == 0;
+    uint32_t g = 0;
+    for (int work = blockIdx.x; work < num_work; work += gridDim.x) {
+      const Work w = decode(work);
+      float d[kBN / 2];  // acc[64 rows of this warpgroup][kBN columns], wgmma fragment order
+#pragma unroll
+      for (int i = 0; i < kBN / 2; ++i) d[i] = 0.f;
+      for (int it = 0; it < w.k_iters; ++it, ++g) {
+        const int s = g % T::kStages;
+        ptx::mbarrier_wait(&full_bar[s], (g / T::kStages) & 1);
+        const uint64_t desc_a =
+            ptx::wgmma_desc_sw128(a_tiles + s * T::kATileBytes + consumer * 64 * 128);
+        const uint64_t desc_b = ptx::wgmma_desc_sw128(b_tiles + s * T::kBTileBytes);
+        ptx::wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < T::kBK / 16; ++ks) {
+          // Moving 16 columns along K inside the 128-byte swizzled row is +32 bytes, i.e. +2
+          // in the descriptor's address field (which counts 16-byte units).
+          if constexpr (kBN == 256) {
+            ptx::wgmma_m64n256k16_bf16(d, desc_a + 2 * ks, desc_b + 2 * ks, 1);
+          } else {
+            ptx::wgmma_m64n128k16_bf16(d, desc_a + 2 * ks, desc_b + 2 * ks, 1);
+          }
+        }
+        ptx::wgmma_commit();
+        // Keep this block's wgmmas in flight; the previous block's are done, so its stage can
+        // go back to the producer.
+        ptx::wgmma_wait<1>();
+        if (it > 0 && leader) ptx::mbarrier_arrive(&empty_bar[(g - 1) % T::kStages]);
+      }
+      ptx::wgmma_wait<0>();
+      if (w.k_iters > 0 && leader) ptx::mbarrier_arrive(&empty_bar[(g - 1) % T::kStages]);
+
+      bool store = true;
+      if (splits > 1) {
+        // Partial tiles in fragment order: thread t's d[4j .. 4j+3] are 16 contiguous bytes.
+        const int ct = threadIdx.x - 128;  // 0..255 over both consumers
+        float* part = partials + int64_t{w.tile} * T::kBM * T::kBN + consumer * 64 * T::kBN +
+                      (threadIdx.x % 128) * 4;
+        // A warp whose 16 rows all lie past M holds zeros: it adds nothing, so its part of the
+        // workspace stays zero (at M = 64, half of the reduction traffic).
+        const bool rows_live =
+            w.m_tile * T::kBM + consumer * 64 + ((threadIdx.x / 32) & 3) * 16 < m;
+        if (rows_live) {
+#pragma unroll
+          for (int j = 0; j < T::kBN / 8; ++j) {
+            ptx::red_add_v4(part + j * 512, d[4 * j], d[4 * j + 1], d[4 * j + 2], d[4 * j + 3]);
+          }
+        }
+        __threadfence();  // release: the reductions are ordered before the counter update
+        ptx::named_barrier_sync(1, 256);
+        if (ct == 0) {
+          s_is_last = atomicAdd(&counters[w.tile], 1u) == static_cast<uint32_t>(splits - 1);
+        }
+        ptx::named_barrier_sync(1, 256);
+        store = s_is_last;
+        if (store && rows_live) {
+          __threadfence();  // acquire: every other part's reductions are visible
+#pragma unroll
+          for (int j = 0; j < T::kBN / 8; ++j) {
+            float4* p = reinterpret_cast<float4*>(part + j * 512);
+            const float4 v = __ldcg(p);
+            __stcg(p, make_float4(0.f, 0.f, 0.f, 0.f));
+            d[4 * j] = v.x;
+            d[4 * j + 1] = v.y;
+            d[4 * j + 2] = v.z;
+            d[4 * j + 3] = v.w;
+          }
+        }
+        if (store && ct == 0) counters[w.tile] = 0;  // the next launch starts from zero
+      }
+      if (!store) continue;
+
+      // Epilogue. Fragment order of m64nNk16 (PTX 9.7.15.5.1.1): d[4j + r] is at row
+      // warp*16 + lane/4 (+8 for r >= 2), column 8j + 2*(lane%4) (+1 for odd r).
+      const int lane = threadIdx.x & 31;
+      const int warp = (threadIdx.x / 32) & 3;
+      const int row0 = w.m_tile * T::kBM + consumer * 64 + warp * 16 + (lane >> 2);
+      const int col0 = w.n_tile * T::kBN + (lane & 3) * 2;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = row0 + half * 8;
+        if (row < m) {
+          __nv_bfloat16* dst = y + int64_t{row} * n + col0;
+#pragma unroll
+          for (int j = 0; j < T::kBN / 8; ++j) {
+            *reinterpret_cast<__nv_bfloat162*>(dst + j * 8) =
+                __floats2bfloat162_rn(d[4 * j + 2 * half], d[4 * j + 2 * half + 1]);
+          }
+        }
+      }
+    }
+  }
+}
+
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// The driver's tensor-map encoder, reached through the runtime so that nothing links libcuda.
+EncodeTiledFn encode_tiled() {
+  static const EncodeTiledFn fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult status{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault,
+                                         &status) != cudaSuccess ||
+        status != cudaDriverEntryPointSuccess) {
+      ptr = nullptr;
+    }
+    return reinterpret_cast<EncodeTiledFn>(ptr);
+  }();
+  return fn;
+}
+
+// Tensor map of a row-major bf16 matrix [rows, cols], read in boxes of [box_rows, 64] with
+// 128-byte swizzle; reads past `rows` return zeros.
+bool make_map(CUtensorMap* map, const __nv_bfloat16* base, int rows, int cols, int box_rows) {
+  const EncodeTiledFn encode = encode_tiled();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<__nv_bfloat16*>(base), dims,
+                strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+int num_sms() {
+  static const int count = [] {
+    int device = 0, sms = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    return sms > 0 ? sms : 132;
+  }();
+  return count;
+}
+
+size_t counters_bytes(int num_tiles) { return (size_t(num_tiles) * 4 + 255) / 256 * 256; }
+
+template <int kBN>
+cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, int m,
+                   int n, int k, void* workspace, cudaStream_t stream) {
+  using T = WgmmaTraits<kBN>;
+  CUtensorMap map_x, map_w;
+  if (!make_map(&map_x, x, m, k, T::kBM) || !make_map(&map_w, w, n, k, T::kBN)) {
+    return cudaErrorInvalidValue;
+  }
+  static const cudaError_t attr_status = cudaFuncSetAttribute(
+      wgmma_gemm_kernel<kBN>, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes);
+  if (attr_status != cudaSuccess) return attr_status;
+  const int num_tiles = ((m + T::kBM - 1) / T::kBM) * (n / T::kBN);
+  const int splits = wgmma_splits(kBN, m, n, k);
+  auto* counters = static_cast<uint32_t*>(workspace);
+  auto* partials = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) +
+                                            counters_bytes(num_tiles));
+  if (splits > 1 && workspace == nullptr) return cudaErrorInvalidValue;
+  const int grid = std::min(num_tiles * splits, num_sms());  // 1 CTA per SM (shared memory)
+  wgmma_gemm_kernel<kBN><<<grid, T::kThreads, T::kSmemBytes, stream>>>(
+      map_x, map_w, y, m, n, k, splits, counters, partials);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+int wgmma_splits(int bn, int m, int n, int k) {
+  // Time ~ waves x (K blocks per CTA + kFixedBlocks): a CTA pays about 4 blocks' worth of
+  // pipeline fill and epilogue. Each part keeps >= 8 K blocks so the fill stays amortized.
+  constexpr double kFixedBlocks = 4;
+  const int tiles = ((m + 127) / 128) * (n / bn);
+  const int k_blocks = k / 64;
+  int best = 1;
+  double best_cost = 1e300;
+  for (int s = 1; s <= 16 && k_blocks / s >= 8; ++s) {
+    const double waves = (int64_t{tiles} * s + num_sms() - 1) / num_sms();
+    const double cost = waves * (double(k_blocks) / s + kFixedBlocks);
+    if (cost < best_cost * 0.97) {  // a split must win clearly: it costs a reduction
+      best = s;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
+size_t wgmma_workspace_bytes(int bn, int m, int n, int k) {
+  if (wgmma_splits(bn, m, n, k) == 1) return 0;
+  const int tiles = ((m + 127) / 128) * (n / bn);
+  return counters_bytes(tiles) + size_t(tiles) * 128 * bn * sizeof(float);
+}
+
+cudaError_t launch_wgmma(int bn, const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
+                         int m, int n, int k, void* workspace, cudaStream_t stream) {
+  switch (bn) {
+    case 128: return launch<128>(x, w, y, m, n, k, workspace, stream);
+    case 256: return launch<256>(x, w, y, m, n, k, workspace, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace xy::cuda::gemm_detail
