@@ -9,5 +9,6 @@ namespace xy::cli {
 
 int run_generate(const std::vector<std::string>& args);
 int run_make_model(const std::vector<std::string>& args);
+int run_bench(const std::vector<std::string>& args);  // bench offline
 
 }  // namespace xy::cli
