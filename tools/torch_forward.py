@@ -12,7 +12,13 @@ and their configs' documented fields, for Debian's python3-torch 1.13 on the CPU
 safetensors package (the header is parsed here) and no scaled_dot_product_attention (attention
 is written out). Computes in float64 by default, so it is a reference for the fp32 engine.
 
+With --perplexity the logits are left out and the JSON carries instead
+  "perplexity": exp(mean NLL of tokens[1:], each predicted from the tokens before it),
+  "mean_nll" and "num_predicted" (computed in the forward's dtype; log-softmax per row).
+
 usage: /usr/bin/python3 tools/torch_forward.py --model DIR --tokens 1,2,3 [--greedy N]
+           [--perplexity]
+       --tokens-file PATH reads the comma-separated ids from a file instead (long sequences).
 """
 import argparse
 import json
@@ -200,13 +206,21 @@ def argmax_lowest(row):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="Hugging Face model directory")
-    ap.add_argument("--tokens", required=True, help="comma-separated token ids")
+    source = ap.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tokens", help="comma-separated token ids")
+    source.add_argument("--tokens-file", help="file holding comma-separated token ids")
     ap.add_argument("--greedy", type=int, default=0, help="greedy tokens to generate")
     ap.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    ap.add_argument("--perplexity", action="store_true",
+                    help="print the perplexity of the tokens instead of their logits")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model = Model(args.model, getattr(torch, args.dtype))
-    tokens = [int(t) for t in args.tokens.split(",") if t.strip()]
+    text = args.tokens
+    if args.tokens_file is not None:
+        with open(args.tokens_file) as f:
+            text = f.read()
+    tokens = [int(t) for t in text.split(",") if t.strip()]
     logits = model.forward(tokens)
     seq = list(tokens)
     greedy = []
@@ -215,7 +229,18 @@ def main():
         nxt = argmax_lowest(last)
         greedy.append(nxt)
         seq.append(nxt)
-    json.dump({"logits": logits.tolist(), "greedy": greedy}, sys.stdout)
+    result = {"greedy": greedy}
+    if args.perplexity:
+        if len(tokens) < 2:
+            raise SystemExit("torch_forward.py: --perplexity needs at least 2 tokens")
+        log_probs = torch.log_softmax(logits[:-1], dim=-1)
+        targets = torch.tensor(tokens[1:], dtype=torch.long)
+        nll = -log_probs.gather(1, targets[:, None]).mean()
+        result.update({"perplexity": math.exp(float(nll)), "mean_nll": float(nll),
+                       "num_predicted": len(tokens) - 1})
+    else:
+        result["logits"] = logits.tolist()
+    json.dump(result, sys.stdout)
     sys.stdout.write("\n")
 
 
