@@ -65,4 +65,10 @@ struct StepPlan {
 
 std::ostream& operator<<(std::ostream& out, const StepPlan& plan);
 
+// Checks what every backend relies on (XY_CHECK: a broken plan is a bug in the scheduler): rows
+// of a request contiguous and in plan order; logits rows within the new rows; block tables
+// covering the new positions with ids below num_kv_blocks; draft trees well formed; row j's
+// position num_computed_tokens + j, or + its depth in a draft tree.
+void check_step_plan(const StepPlan& plan, int32_t block_size, int32_t num_kv_blocks);
+
 }  // namespace xy::meta

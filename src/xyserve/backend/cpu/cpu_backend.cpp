@@ -91,42 +91,7 @@ CpuBackend::CpuBackend(const model::ModelWeights& weights, const CpuBackendOptio
 CpuBackend::~CpuBackend() = default;
 
 void CpuBackend::check_plan(const meta::StepPlan& plan) const {
-  XY_CHECK(plan.block_size == kv_.block_size(), "plan block_size ", plan.block_size, " != backend ",
-           kv_.block_size());
-  XY_CHECK(plan.positions.size() == plan.token_ids.size(), "positions ", plan.positions.size(),
-           " != token_ids ", plan.token_ids.size());
-  int32_t next_row = 0;
-  for (const auto& r : plan.requests) {
-    // Rows of a request are contiguous and in plan order; new row j is at position
-    // num_computed_tokens + j, or + its depth in a draft tree: attention derives each row's
-    // position from that.
-    XY_CHECK(r.first_row == next_row, "request ", r.request_id, " first_row ", r.first_row,
-             " expected ", next_row);
-    XY_CHECK(r.num_logits_rows >= 0 && r.num_logits_rows <= r.num_new_tokens, "request ",
-             r.request_id, " logits rows ", r.num_logits_rows, " of ", r.num_new_tokens);
-    XY_CHECK(int64_t(r.block_table.size()) * kv_.block_size() >=
-                 int64_t(r.num_computed_tokens) + r.num_new_tokens,
-             "request ", r.request_id, " block table too short");
-    const bool tree = !r.tree_parents.empty();
-    XY_CHECK(!tree || int32_t(r.tree_parents.size()) == r.num_new_tokens, "request ", r.request_id,
-             " tree_parents ", r.tree_parents.size(), " for ", r.num_new_tokens, " rows");
-    for (int32_t i = 0; i < r.num_new_tokens; ++i) {
-      int32_t depth = i;
-      if (tree) {
-        const int32_t parent = r.tree_parents[size_t(i)];
-        XY_CHECK(i == 0 ? parent == -1 : parent >= 0 && parent < i, "request ", r.request_id,
-                 " tree row ", i, " parent ", parent);
-        depth = 0;
-        for (int32_t a = i; a > 0; a = r.tree_parents[size_t(a)]) ++depth;
-      }
-      XY_CHECK(plan.positions[size_t(r.first_row + i)] == r.num_computed_tokens + depth, "request ",
-               r.request_id, " row ", i, " position ", plan.positions[size_t(r.first_row + i)],
-               " expected ", r.num_computed_tokens + depth);
-    }
-    next_row += r.num_new_tokens;
-  }
-  XY_CHECK(next_row == plan.num_rows(), "requests cover ", next_row, " of ", plan.num_rows(),
-           " rows");
+  meta::check_step_plan(plan, kv_.block_size(), num_kv_blocks());
 }
 
 void CpuBackend::reserve_rows(int64_t m, int64_t num_logits_rows) {
