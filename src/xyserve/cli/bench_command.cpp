@@ -74,9 +74,11 @@ Percentiles percentiles(std::vector<double> v) {
 }  // namespace
 
 int run_bench(const std::vector<std::string>& args) {
+  if (!args.empty() && args[0] == "serve") return run_bench_serve({args.begin() + 1, args.end()});
   if (args.empty() || args[0] != "offline")
     throw InvalidArgument(
-        "bench: usage: xyserve bench offline --model DIR [flags] (add --help for the flags)");
+        "bench: usage: xyserve bench offline --model DIR [flags] | xyserve bench serve --base-url URL [flags]"
+        " (add --help for the flags)");
   FlagSet flags = bench_flags();
   flags.parse({args.begin() + 1, args.end()});
   if (flags.help_requested()) {

@@ -9,6 +9,8 @@ namespace xy::cli {
 
 int run_generate(const std::vector<std::string>& args);
 int run_make_model(const std::vector<std::string>& args);
-int run_bench(const std::vector<std::string>& args);  // bench offline
+int run_serve(const std::vector<std::string>& args);
+int run_bench(const std::vector<std::string>& args);        // offline | serve
+int run_bench_serve(const std::vector<std::string>& args);  // after `bench serve`
 
 }  // namespace xy::cli

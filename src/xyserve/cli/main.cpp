@@ -18,7 +18,8 @@ struct Command {
 constexpr Command kCommands[] = {
     {"generate", "generate text from a prompt, streamed to stdout", xy::cli::run_generate},
     {"make-model", "write a random-weight checkpoint in Hugging Face layout", xy::cli::run_make_model},
-    {"bench", "`bench offline`: throughput, TTFT and TPOT of the engine", xy::cli::run_bench},
+    {"serve", "serve a model over the OpenAI API (HTTP, SSE streaming)", xy::cli::run_serve},
+    {"bench", "`bench offline`: the engine alone; `bench serve`: an OpenAI-compatible server", xy::cli::run_bench},
 };
 
 void print_usage(std::FILE* out) {
