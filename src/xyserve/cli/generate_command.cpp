@@ -7,6 +7,10 @@
 #include <thread>
 
 #include "xyserve/backend/cpu/cpu_backend.h"
+#ifdef XY_HAVE_CUDA
+#include "xyserve/backend/cuda/cuda_backend.h"
+#include "xyserve/backend/cuda/device.h"
+#endif
 #include "xyserve/cli/commands.h"
 #include "xyserve/cli/flags.h"
 #include "xyserve/common/error.h"
@@ -32,7 +36,8 @@ FlagSet generate_flags() {
   f.add("presence-penalty", "F", "0.0", "penalise output tokens that appeared at all");
   f.add("seed", "N", "", "random seed: the same seed gives the same output");
   f.add_bool("ignore-eos", false, "keep generating past the end-of-sequence token");
-  f.add("device", "auto|cpu", "auto", "where to run (the CUDA backend is not wired in yet)");
+  f.add("device", "auto|cuda|cpu", "auto",
+        "where to run: auto is cuda when a GPU is present and xyserve was built with the CUDA backend");
   f.add("threads", "N", "0", "CPU threads; 0 uses every core");
   f.add("block-size", "N", "16", "tokens per KV cache block");
   f.add_bool("stats", false, "print token counts and speed to stderr at the end");
@@ -51,8 +56,17 @@ int run_generate(const std::vector<std::string>& args) {
   const std::string model_dir = flags.require("model");
   const std::string prompt = flags.require("prompt");
   const std::string device = flags.get("device");
-  if (device != "auto" && device != "cpu")
-    throw InvalidArgument(cat("generate: --device ", device, " is not available (auto|cpu)"));
+  if (device != "auto" && device != "cpu" && device != "cuda")
+    throw InvalidArgument(cat("generate: --device ", device, " is not one of auto|cuda|cpu"));
+  bool use_cuda = false;
+#ifdef XY_HAVE_CUDA
+  const bool have_gpu = xy::cuda::device_count() > 0;
+  if (device == "cuda" && !have_gpu) throw InvalidArgument("generate: --device cuda: no CUDA device found");
+  use_cuda = device == "cuda" || (device == "auto" && have_gpu);
+#else
+  if (device == "cuda")
+    throw InvalidArgument("generate: --device cuda: this xyserve was built without the CUDA backend (no nvcc)");
+#endif
 
   engine::GenerateOptions options;
   options.max_tokens = int32_t(flags.get_int("max-tokens"));
@@ -90,7 +104,20 @@ int run_generate(const std::vector<std::string>& args) {
                               options.max_tokens, ") exceeds the model's context of ",
                               weights->config.max_position_embeddings, " tokens"));
   backend_options.num_kv_blocks = int32_t((total + backend_options.block_size - 1) / backend_options.block_size);
-  backend::cpu::CpuBackend backend(*weights, backend_options);
+  std::unique_ptr<backend::Backend> backend_owner;
+  if (use_cuda) {
+#ifdef XY_HAVE_CUDA
+    backend::cuda::CudaBackendOptions cuda_options;
+    cuda_options.block_size = backend_options.block_size;
+    cuda_options.num_kv_blocks = backend_options.num_kv_blocks;  // one request: exactly what it needs
+    cuda_options.max_num_tokens = int32_t(std::max<int64_t>(total, 16));
+    cuda_options.max_logits_rows = 16;
+    backend_owner = std::make_unique<backend::cuda::CudaBackend>(*weights, cuda_options);
+#endif
+  } else {
+    backend_owner = std::make_unique<backend::cpu::CpuBackend>(*weights, backend_options);
+  }
+  backend::Backend& backend = *backend_owner;
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
 
   std::vector<int32_t> eos;
@@ -109,8 +136,8 @@ int run_generate(const std::vector<std::string>& args) {
   const double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::fputc('\n', stdout);
   if (flags.get_bool("stats")) {
-    std::fprintf(stderr, "load %.2f s; prompt %zu tokens; generated %zu tokens in %.3f s (%.1f tokens/s); finish: %s\n",
-                 load_s, prompt_ids.size(), result.output_ids.size(), gen_s,
+    std::fprintf(stderr, "device %s; load %.2f s; prompt %zu tokens; generated %zu tokens in %.3f s (%.1f tokens/s); finish: %s\n",
+                 use_cuda ? "cuda" : "cpu", load_s, prompt_ids.size(), result.output_ids.size(), gen_s,
                  double(result.output_ids.size()) / std::max(gen_s, 1e-9),
                  result.finish_reason == engine::FinishReason::kStop ? "stop" : "length");
   }

@@ -1,0 +1,181 @@
+// Baseline of the CUDA backend on a real model shape (default: the llama3-8b preset, random
+// weights): decode step time and MBU at several batch sizes, prefill tokens/s and MFU at several
+// lengths, and the device's copy bandwidth measured in the same run (the MBU ceiling).
+//
+//   decode_bench [--model DIR] [--preset llama3-8b] [--context 512] [--batches 1,8,32,128,256]
+//                [--prefill 1024,4096,8192] [--steps 20]
+// Without --model, writes the preset's random checkpoint to /tmp/xy-<preset> (once).
+//
+// Decode steps are B requests with `context` tokens already in the KV cache and one new row
+// each, built as StepPlans directly (no scheduler). The KV cache is zero-filled, not
+// prefilled: attention's cost does not depend on the values. A step is timed with CUDA events
+// around CudaBackend::run_step, so host planning and the plan upload are inside the figure;
+// the median of `steps` runs after 3 warm-ups is reported.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "xyserve/backend/cuda/cuda_backend.h"
+#include "xyserve/backend/cuda/cuda_check.h"
+#include "xyserve/backend/cuda/device.h"
+#include "xyserve/model/checkpoint_writer.h"
+#include "xyserve/model/presets.h"
+#include "xyserve/model/weights.h"
+
+namespace {
+
+using namespace xy;
+namespace fs = std::filesystem;
+
+std::vector<int> parse_list(const std::string& s) {
+  std::vector<int> out;
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    out.push_back(std::stoi(s.substr(i, j - i)));
+    i = j + 1;
+  }
+  return out;
+}
+
+// Device-to-device copy bandwidth, bytes read + written per second (METHOD.md's ceiling).
+double copy_bandwidth() {
+  const size_t bytes = size_t(2) << 30;
+  void *a = nullptr, *b = nullptr;
+  XY_CUDA_CHECK(cudaMalloc(&a, bytes));
+  XY_CUDA_CHECK(cudaMalloc(&b, bytes));
+  XY_CUDA_CHECK(cudaMemset(a, 1, bytes));
+  cudaEvent_t e0, e1;
+  XY_CUDA_CHECK(cudaEventCreate(&e0));
+  XY_CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int i = 0; i < 13; ++i) {
+    XY_CUDA_CHECK(cudaEventRecord(e0));
+    XY_CUDA_CHECK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
+    XY_CUDA_CHECK(cudaEventRecord(e1));
+    XY_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    XY_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    if (i >= 3) ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  XY_CUDA_CHECK(cudaFree(a));
+  XY_CUDA_CHECK(cudaFree(b));
+  return 2.0 * double(bytes) / (double(ms[ms.size() / 2]) * 1e-3);
+}
+
+// Median milliseconds of `steps` runs of the plan (after 3 warm-ups), timed with events.
+double time_step(backend::cuda::CudaBackend& be, const meta::StepPlan& plan, int steps) {
+  cudaEvent_t e0, e1;
+  XY_CUDA_CHECK(cudaEventCreate(&e0));
+  XY_CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int i = 0; i < steps + 3; ++i) {
+    XY_CUDA_CHECK(cudaEventRecord(e0, be.stream()));
+    be.run_step(plan);
+    XY_CUDA_CHECK(cudaEventRecord(e1, be.stream()));
+    XY_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    XY_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    if (i >= 3) ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model_dir, preset = "llama3-8b";
+  int context = 512, steps = 20;
+  std::vector<int> batches{1, 8, 32, 128, 256}, prefills{1024, 4096, 8192};
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--model") model_dir = v;
+    else if (k == "--preset") preset = v;
+    else if (k == "--context") context = std::stoi(v);
+    else if (k == "--batches") batches = parse_list(v);
+    else if (k == "--prefill") prefills = parse_list(v);
+    else if (k == "--steps") steps = std::stoi(v);
+    else { std::fprintf(stderr, "decode_bench: unknown flag %s\n", k.c_str()); return 2; }
+  }
+  if (cuda::device_count() == 0) { std::fprintf(stderr, "decode_bench: no CUDA device\n"); return 1; }
+  const cuda::DeviceInfo info = cuda::device_info(0);
+  if (model_dir.empty()) {
+    model_dir = "/tmp/xy-" + preset;
+    if (!fs::exists(fs::path(model_dir) / "config.json")) {
+      const auto t0 = std::chrono::steady_clock::now();
+      model::write_random_checkpoint(model::preset_config("", preset), model_dir, 1);
+      std::printf("wrote %s in %.1f s\n", model_dir.c_str(),
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  }
+  const double bw = copy_bandwidth();
+  const auto t_load = std::chrono::steady_clock::now();
+  model::LoadOptions lo;
+  lo.prefault = true;
+  const auto weights = model::load_model(model_dir, lo);
+  backend::cuda::CudaBackendOptions opt;
+  opt.max_num_tokens = std::max(8192, *std::max_element(prefills.begin(), prefills.end()));
+  opt.max_logits_rows = std::max(256, *std::max_element(batches.begin(), batches.end()));
+  backend::cuda::CudaBackend be(*weights, opt);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
+  const auto& c = be.config();
+  const int bs = be.block_size();
+  std::printf("device %s, %d SMs; model %s (%s): %.2f GB of bf16 weights, loaded + uploaded in %.1f s; "
+              "%d KV blocks of %d tokens; copy bandwidth %.0f GB/s (read + write)\n",
+              info.name.c_str(), info.num_sms, model_dir.c_str(), c.architecture.c_str(),
+              double(be.weight_bytes()) / 1e9, load_s, be.num_kv_blocks(), bs, bw / 1e9);
+
+  // Parameters that every token multiplies (all but the embedding table): 2 FLOP each.
+  const double matmul_params = double(be.weight_bytes()) / 2.0 - double(c.vocab_size * c.hidden_size);
+  std::printf("\n| batch | context | step ms | tokens/s | bytes read (GB) | MBU |\n|---|---|---|---|---|---|\n");
+  for (int b : batches) {
+    const int blocks_per = (context + 1 + bs - 1) / bs;
+    if (int64_t(b) * blocks_per > be.num_kv_blocks()) { std::printf("| %d | skipped: KV too small |\n", b); continue; }
+    meta::StepPlan plan;
+    plan.block_size = bs;
+    for (int r = 0; r < b; ++r) {
+      meta::ScheduledRequest req;
+      req.request_id = r;
+      req.num_computed_tokens = context;
+      req.num_new_tokens = 1;
+      req.first_row = r;
+      req.num_logits_rows = 1;
+      for (int k = 0; k < blocks_per; ++k) req.block_table.push_back(r * blocks_per + k);
+      plan.token_ids.push_back((r * 7919) % int(c.vocab_size));
+      plan.positions.push_back(context);
+      plan.requests.push_back(req);
+    }
+    const double ms = time_step(be, plan, steps);
+    const double bytes = double(be.weight_bytes()) + double(b) * double(context + 1) * double(be.kv_bytes_per_token());
+    std::printf("| %d | %d | %.3f | %.0f | %.2f | %.1f%% |\n", b, context, ms, b / (ms * 1e-3), bytes / 1e9,
+                100.0 * bytes / (ms * 1e-3) / bw);
+  }
+  std::printf("\n| prefill tokens | step ms | tokens/s | TFLOP/s (GEMM + attention) |\n|---|---|---|---|\n");
+  for (int t : prefills) {
+    meta::StepPlan plan;
+    plan.block_size = bs;
+    meta::ScheduledRequest req;
+    req.num_new_tokens = t;
+    req.num_logits_rows = 1;
+    for (int k = 0; k * bs < t; ++k) req.block_table.push_back(k);
+    for (int i = 0; i < t; ++i) {
+      plan.token_ids.push_back((i * 7919) % int(c.vocab_size));
+      plan.positions.push_back(i);
+    }
+    plan.requests.push_back(req);
+    const double ms = time_step(be, plan, std::max(3, steps / 4));
+    // causal attention: q·k and p·v over t²/2 pairs per head per layer, 2 FLOP per MAC
+    const double flops = 2.0 * matmul_params * t + 4.0 * double(c.num_layers) * double(c.num_heads) *
+                                                       double(c.head_dim) * double(t) * double(t) / 2.0;
+    std::printf("| %d | %.2f | %.0f | %.1f |\n", t, ms, t / (ms * 1e-3), flops / (ms * 1e-3) / 1e12);
+  }
+  return 0;
+}

@@ -1,0 +1,320 @@
+#include "xyserve/backend/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "xyserve/backend/cpu/ops.h"
+#include "xyserve/common/check.h"
+#include "xyserve/common/error.h"
+#include "xyserve/common/log.h"
+
+namespace xy::backend::cuda {
+namespace {
+
+using xy::cuda::bf16;
+using xy::cuda::DeviceBuffer;
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+void check_tensor(const model::WeightTensor& t, const std::vector<int64_t>& shape) {
+  if (!t.present()) throw ModelError(cat("tensor '", t.name, "' is missing"));
+  if (t.shape != shape)
+    throw ModelError(cat("tensor '", t.name, "' has wrong shape; expected ", shape_str(shape),
+                         ", got ", shape_str(t.shape)));
+  XY_CHECK(t.num_bytes == size_t(t.num_elements()) * dtype_size(t.dtype), "tensor ", t.name, " byte size");
+}
+
+// Copies `t` as bf16 into dst at element `offset`. bf16 goes straight from the mapped file;
+// f16 and f32 are converted on the host in chunks (fp32 -> bf16 rounds to nearest even).
+void upload_into(const model::WeightTensor& t, const std::vector<int64_t>& shape, bf16* dst,
+                 size_t offset) {
+  check_tensor(t, shape);
+  const size_t n = size_t(t.num_elements());
+  if (t.dtype == DType::kBF16) {
+    XY_CUDA_CHECK(cudaMemcpy(dst + offset, t.data, n * 2, cudaMemcpyHostToDevice));
+    return;
+  }
+  constexpr size_t kChunk = size_t(1) << 22;
+  std::vector<float> f32(std::min(n, kChunk));
+  std::vector<uint16_t> b16(f32.size());
+  const auto* src = static_cast<const std::byte*>(t.data);
+  for (size_t i = 0; i < n; i += kChunk) {
+    const size_t c = std::min(kChunk, n - i);
+    convert_to_f32(t.dtype, src + i * dtype_size(t.dtype), f32.data(), c);
+    for (size_t j = 0; j < c; ++j) b16[j] = f32_to_bf16(f32[j]);
+    XY_CUDA_CHECK(cudaMemcpy(dst + offset + i, b16.data(), c * 2, cudaMemcpyHostToDevice));
+  }
+}
+
+DeviceBuffer<bf16> upload(const model::WeightTensor& t, const std::vector<int64_t>& shape) {
+  DeviceBuffer<bf16> buf(size_t(t.present() ? t.num_elements() : 0));
+  upload_into(t, shape, buf.get(), 0);
+  return buf;
+}
+
+// Makes `device` current for this thread (before the stream and buffers are made) and returns it.
+int select_device(int device) {
+  XY_CUDA_CHECK(cudaSetDevice(device));
+  return device;
+}
+
+}  // namespace
+
+CudaBackend::CudaBackend(const model::ModelWeights& weights, const CudaBackendOptions& options)
+    : config_(weights.config),
+      options_(options),
+      block_size_(options.block_size),
+      device_(select_device(options.device)) {
+  const auto& c = config_;
+  if (options.block_size <= 0) throw InvalidArgument(cat("cuda backend: block_size ", options.block_size));
+  if (options.max_num_tokens <= 0 || options.max_logits_rows <= 0)
+    throw InvalidArgument("cuda backend: max_num_tokens and max_logits_rows must be positive");
+  XY_CHECK(c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads == 0, "heads ", c.num_heads,
+           " kv_heads ", c.num_kv_heads);
+  XY_CHECK(int64_t(weights.layers.size()) == c.num_layers, "layers ", weights.layers.size());
+  if (c.head_dim % 8 != 0)
+    throw ModelError(cat("cuda backend: head_dim ", c.head_dim, " is not a multiple of 8"));
+  const int64_t h = c.hidden_size, hd = c.head_dim, inter = c.intermediate_size;
+  q_dim_ = c.num_heads * hd;
+  kv_dim_ = c.num_kv_heads * hd;
+  qkv_dim_ = q_dim_ + 2 * kv_dim_;
+  work_options_.kv_split = (512 + block_size_ - 1) / block_size_ * block_size_;
+  XY_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, options.device));
+  work_options_.tile_rows = xy::cuda::kAttentionTileRows;
+  if (c.num_heads / c.num_kv_heads > xy::cuda::kAttentionTileRows)
+    throw ModelError(cat("cuda backend: GQA group ", c.num_heads / c.num_kv_heads, " exceeds ",
+                         xy::cuda::kAttentionTileRows));
+
+  embed_ = upload(weights.embed_tokens, {c.vocab_size, h});
+  final_norm_ = upload(weights.final_norm, {h});
+  const bool tied = weights.lm_head.data == weights.embed_tokens.data;
+  if (!tied) lm_head_ = upload(weights.lm_head, {c.vocab_size, h});
+  layers_.resize(size_t(c.num_layers));
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const model::LayerWeights& w = weights.layers[size_t(i)];
+    Layer& l = layers_[size_t(i)];
+    l.input_norm = upload(w.input_norm, {h});
+    l.qkv.reset(size_t(qkv_dim_ * h));
+    upload_into(w.q_proj, {q_dim_, h}, l.qkv.get(), 0);
+    upload_into(w.k_proj, {kv_dim_, h}, l.qkv.get(), size_t(q_dim_ * h));
+    upload_into(w.v_proj, {kv_dim_, h}, l.qkv.get(), size_t((q_dim_ + kv_dim_) * h));
+    if (c.qkv_bias) {
+      l.qkv_bias.reset(size_t(qkv_dim_));
+      upload_into(w.q_bias, {q_dim_}, l.qkv_bias.get(), 0);
+      upload_into(w.k_bias, {kv_dim_}, l.qkv_bias.get(), size_t(q_dim_));
+      upload_into(w.v_bias, {kv_dim_}, l.qkv_bias.get(), size_t(q_dim_ + kv_dim_));
+    }
+    if (c.qk_norm) {
+      l.q_norm = upload(w.q_norm, {hd});
+      l.k_norm = upload(w.k_norm, {hd});
+    }
+    l.o_proj = upload(w.o_proj, {h, q_dim_});
+    l.post_norm = upload(w.post_attention_norm, {h});
+    l.gate_up.reset(size_t(2 * inter * h));
+    upload_into(w.gate_proj, {inter, h}, l.gate_up.get(), 0);
+    upload_into(w.up_proj, {inter, h}, l.gate_up.get(), size_t(inter * h));
+    l.down = upload(w.down_proj, {h, inter});
+    l.window = size_t(i) < c.sliding_window.size() ? int32_t(c.sliding_window[size_t(i)]) : 0;
+    if (std::find(windows_.begin(), windows_.end(), l.window) == windows_.end()) windows_.push_back(l.window);
+    weight_bytes_ += (l.input_norm.size() + l.qkv.size() + l.qkv_bias.size() + l.q_norm.size() +
+                      l.k_norm.size() + l.o_proj.size() + l.post_norm.size() + l.gate_up.size() +
+                      l.down.size()) * sizeof(bf16);
+  }
+  weight_bytes_ += (embed_.size() + final_norm_.size() + lm_head_.size()) * sizeof(bf16);
+
+  // The CPU backend's inv_freq (ops.cpp, in double), so both rotate by the same angles.
+  const backend::cpu::Rope rope(c.rope, hd);
+  inv_freq_.reset(rope.inv_freq().size());
+  XY_CUDA_CHECK(cudaMemcpy(inv_freq_.get(), rope.inv_freq().data(), inv_freq_.bytes(), cudaMemcpyHostToDevice));
+
+  const size_t rows = size_t(options.max_num_tokens);
+  residual_.reset(rows * size_t(h));
+  normed_.reset(rows * size_t(h));
+  proj_.reset(rows * size_t(h));
+  qkv_.reset(rows * size_t(qkv_dim_));
+  attn_.reset(rows * size_t(q_dim_));
+  gate_up_.reset(rows * size_t(2 * inter));
+  act_.reset(rows * size_t(inter));
+  last_.reset(size_t(options.max_logits_rows) * size_t(h));
+  logits_.reset(size_t(options.max_logits_rows) * size_t(c.vocab_size));
+
+  // The KV cache takes what is left of the memory budget (vLLM's gpu_memory_utilization).
+  const size_t block_bytes = size_t(block_size_) * kv_bytes_per_token();
+  if (options.num_kv_blocks > 0) {
+    num_kv_blocks_ = options.num_kv_blocks;
+  } else {
+    size_t free_bytes = 0, total_bytes = 0;
+    XY_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    const double budget = double(total_bytes) * options.gpu_memory_utilization - double(total_bytes - free_bytes);
+    if (budget < double(block_bytes))
+      throw InvalidArgument(cat("cuda backend: no room for the KV cache: ", (total_bytes - free_bytes) >> 20,
+                                " MiB in use of ", total_bytes >> 20, " MiB, gpu_memory_utilization ",
+                                options.gpu_memory_utilization));
+    num_kv_blocks_ = int32_t(std::min<double>(budget / double(block_bytes), 1 << 30));
+  }
+  kv_cache_.reset(size_t(num_kv_blocks_) * block_bytes / sizeof(bf16));
+  // Zero-filled as on the CPU: a slot never written reads as 0, never as garbage (or NaN).
+  XY_CUDA_CHECK(cudaMemsetAsync(kv_cache_.get(), 0, kv_cache_.bytes(), stream_.get()));
+  XY_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+}
+
+CudaBackend::~CudaBackend() = default;
+
+size_t CudaBackend::kv_bytes_per_token() const {
+  return size_t(config_.num_layers) * 2 * size_t(kv_dim_) * sizeof(bf16);
+}
+
+void CudaBackend::check_plan(const meta::StepPlan& plan) const {
+  if (plan.block_size != block_size_)
+    throw InvalidArgument(cat("cuda backend: plan block_size ", plan.block_size, " != ", block_size_));
+  if (plan.num_rows() > options_.max_num_tokens)
+    throw InvalidArgument(cat("cuda backend: step of ", plan.num_rows(), " rows exceeds max_num_tokens ",
+                              options_.max_num_tokens));
+  if (plan.num_logits_rows() > options_.max_logits_rows)
+    throw InvalidArgument(cat("cuda backend: step of ", plan.num_logits_rows(),
+                              " logits rows exceeds max_logits_rows ", options_.max_logits_rows));
+  // The checks every backend relies on (meta/), then token ids: every id the device will
+  // dereference is checked here, since a bad one would be a silent out-of-bounds access.
+  meta::check_step_plan(plan, block_size_, num_kv_blocks_);
+  for (size_t i = 0; i < plan.token_ids.size(); ++i)
+    XY_CHECK(plan.token_ids[i] >= 0 && plan.token_ids[i] < config_.vocab_size, "token id ",
+             plan.token_ids[i], " at row ", i, " outside [0, ", config_.vocab_size, ")");
+}
+
+void CudaBackend::run_layer(const xy::cuda::DevicePlanView& view, int64_t index) {
+  const auto& c = config_;
+  const Layer& l = layers_[size_t(index)];
+  const cudaStream_t s = stream_.get();
+  const int32_t m = view.num_rows;
+  const int64_t h = c.hidden_size, inter = c.intermediate_size;
+  const float eps = float(c.rms_norm_eps);
+  const size_t plane = size_t(num_kv_blocks_) * size_t(block_size_) * size_t(kv_dim_);
+  bf16* k_cache = kv_cache_.get() + size_t(index) * 2 * plane;
+  bf16* v_cache = k_cache + plane;
+
+  // x += down(...) of the previous layer (none before layer 0); normed = norm(x)
+  xy::cuda::launch_add_rms_norm(residual_.get(), index == 0 ? nullptr : proj_.get(), l.input_norm.get(),
+                                nullptr, m, h, eps, normed_.get(), s);
+  gemm_.run(normed_.get(), l.qkv.get(), qkv_.get(), xy::cuda::GemmOut::kBF16, m, int(qkv_dim_), int(h), s);
+  xy::cuda::QkvPrologueArgs pa;
+  pa.qkv = qkv_.get();
+  pa.m = m;
+  pa.num_heads = int32_t(c.num_heads);
+  pa.num_kv_heads = int32_t(c.num_kv_heads);
+  pa.head_dim = int32_t(c.head_dim);
+  pa.bias = l.qkv_bias.get();
+  pa.q_norm = l.q_norm.get();
+  pa.k_norm = l.k_norm.get();
+  pa.eps = eps;
+  pa.inv_freq = inv_freq_.get();
+  pa.positions = view.positions;
+  pa.kv_slots = view.kv_slots;
+  pa.k_cache = k_cache;
+  pa.v_cache = v_cache;
+  xy::cuda::launch_qkv_prologue(pa, s);
+
+  const auto& work = view.for_window(l.window);
+  xy::cuda::AttentionArgs aa;
+  aa.q = qkv_.get();
+  aa.q_row_stride = qkv_dim_;
+  aa.k_cache = k_cache;
+  aa.v_cache = v_cache;
+  aa.block_size = block_size_;
+  aa.num_kv_heads = int32_t(c.num_kv_heads);
+  aa.head_dim = int32_t(c.head_dim);
+  aa.group = int32_t(c.num_heads / c.num_kv_heads);
+  aa.window = l.window;
+  aa.scale = float(1.0 / std::sqrt(double(c.head_dim)));
+  aa.positions = view.positions;
+  aa.requests = view.requests;
+  aa.block_tables = view.block_tables;
+  aa.tree_parents = view.tree_parents;
+  aa.tasks = work.tasks;
+  aa.num_tasks = work.num_tasks;
+  aa.out = attn_.get();
+  aa.partial_out = partial_out_.get();
+  aa.partial_max = partial_stats_.get();
+  aa.partial_sum = partial_stats_.get() + (partial_stats_.size() / 2);
+  xy::cuda::launch_attention(aa, s);
+  xy::cuda::launch_attention_merge(aa, work.merges, work.num_merges, s);
+  gemm_.run(attn_.get(), l.o_proj.get(), proj_.get(), xy::cuda::GemmOut::kBF16, m, int(h), int(q_dim_), s);
+
+  xy::cuda::launch_add_rms_norm(residual_.get(), proj_.get(), l.post_norm.get(), nullptr, m, h, eps,
+                                normed_.get(), s);
+  gemm_.run(normed_.get(), l.gate_up.get(), gate_up_.get(), xy::cuda::GemmOut::kBF16, m, int(2 * inter), int(h), s);
+  xy::cuda::launch_silu_mul(gate_up_.get(), m, inter, act_.get(), s);
+  gemm_.run(act_.get(), l.down.get(), proj_.get(), xy::cuda::GemmOut::kBF16, m, int(h), int(inter), s);
+}
+
+void CudaBackend::run_step(const meta::StepPlan& plan) {
+  check_plan(plan);
+  const auto& c = config_;
+  const cudaStream_t s = stream_.get();
+  // KV split: 512 positions as on the CPU, halved (down to 64, kept a multiple of the block
+  // size) while the step has too few tasks to fill the SMs: a decode of one request over 512
+  // keys is 8 tasks on a 132-SM H200 otherwise. Long steps keep 512, so the partial buffers stay
+  // small. The split changes rounding only (merges are exact in real arithmetic); the
+  // deterministic mode will fix it per position instead.
+  const int32_t tile_tokens = xy::cuda::kAttentionTileRows / int32_t(c.num_heads / c.num_kv_heads);
+  auto round_split = [&](int32_t split) { return std::max(block_size_, split / block_size_ * block_size_); };
+  int32_t split = round_split(512);
+  while (split > round_split(64)) {
+    int64_t tasks = 0;
+    for (const auto& r : plan.requests)
+      tasks += int64_t((r.num_new_tokens + tile_tokens - 1) / tile_tokens) *
+               ((r.num_computed_tokens + r.num_new_tokens + split - 1) / split);
+    if (tasks * c.num_kv_heads >= num_sms_) break;
+    const int32_t next = round_split(split / 2);
+    if (next == split) break;
+    split = next;
+  }
+  work_options_.kv_split = split;
+  // Plan once, run many: one work list per distinct window, shared by its layers.
+  work_lists_.resize(windows_.size());
+  int32_t max_partials = 0;
+  for (size_t i = 0; i < windows_.size(); ++i) {
+    const meta::AttentionShape shape{int32_t(c.num_heads), int32_t(c.num_kv_heads), windows_[i]};
+    work_lists_[i] = {windows_[i], meta::build_attention_work_list(plan, shape, work_options_)};
+    max_partials = std::max(max_partials, work_lists_[i].second.num_partials);
+  }
+  const size_t tile = size_t(xy::cuda::kAttentionTileRows);
+  if (size_t(max_partials) * tile * size_t(c.head_dim) > partial_out_.size()) {
+    // Grown rarely (a step with more split spans than any before); cudaFree waits for the
+    // device, so no kernel of an earlier step still reads the old buffers.
+    const size_t n = size_t(max_partials) * 2;
+    partial_out_.reset(n * tile * size_t(c.head_dim));
+    partial_stats_.reset(n * tile * 2);
+  }
+  const xy::cuda::DevicePlanView& view = device_plan_.upload(plan, work_lists_, s);
+  last_num_logits_ = view.num_logits_rows;
+
+  const size_t plane = size_t(num_kv_blocks_) * size_t(block_size_) * size_t(kv_dim_);
+  xy::cuda::launch_kv_copies_and_moves(kv_cache_.get(), int32_t(2 * c.num_layers), int64_t(plane),
+                                       block_size_, kv_dim_, view.kv_copies, view.num_kv_copies,
+                                       view.kv_moves, view.num_kv_moves, s);
+  if (view.num_rows == 0) return;
+  xy::cuda::launch_embedding(embed_.get(), c.hidden_size, view.token_ids, view.num_rows, residual_.get(), s);
+  for (int64_t i = 0; i < c.num_layers; ++i) run_layer(view, i);
+  if (view.num_logits_rows == 0) return;
+  // Final norm and LM head on the logits rows only (the last layer's down output added to them).
+  xy::cuda::launch_add_rms_norm(residual_.get(), proj_.get(), final_norm_.get(), view.logits_rows,
+                                view.num_logits_rows, c.hidden_size, float(c.rms_norm_eps), last_.get(), s);
+  const bf16* head = lm_head_.size() ? lm_head_.get() : embed_.get();
+  gemm_.run(last_.get(), head, logits_.get(), xy::cuda::GemmOut::kF32, view.num_logits_rows,
+            int(c.vocab_size), int(c.hidden_size), s);
+}
+
+void CudaBackend::forward(const meta::StepPlan& plan, std::vector<float>& logits) {
+  run_step(plan);
+  logits.resize(size_t(plan.num_logits_rows()) * size_t(config_.vocab_size));
+  if (!logits.empty())
+    XY_CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_.get(), logits.size() * sizeof(float),
+                                  cudaMemcpyDeviceToHost, stream_.get()));
+  XY_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+}
+
+}  // namespace xy::backend::cuda

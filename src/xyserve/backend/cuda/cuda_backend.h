@@ -1,0 +1,106 @@
+// The CUDA backend: runs a StepPlan through the model on one GPU in bf16 (fp32 accumulation,
+// fp32 residual stream), over a paged bf16 KV cache, with the same semantics as the CPU
+// reference (backend/cpu): KV slots, draft trees, KV block copies and slot moves, sliding
+// windows, q/k norms, biases, RoPE variants, tied heads.
+//
+// Per step: the plan and its attention work lists are packed on the host and uploaded in one
+// copy (device_plan.h); then the KV housekeeping, the embedding, every layer (norm, qkv GEMM,
+// prologue with RoPE and the KV write, attention over the work list, merge, o_proj, norm,
+// gate/up GEMM, SiLU-and-mul, down GEMM) and the final norm + LM head on the logits rows only;
+// the logits come back to the host in fp32.
+//
+// Threading: forward() runs on the engine thread only; all work goes on the backend's stream.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "xyserve/backend/backend.h"
+#include "xyserve/backend/cuda/device_buffer.h"
+#include "xyserve/backend/cuda/device_plan.h"
+#include "xyserve/backend/cuda/kernels/kernels.h"
+#include "xyserve/backend/cuda/lt_gemm.h"
+#include "xyserve/meta/attention_work_list.h"
+#include "xyserve/model/weights.h"
+
+namespace xy::backend::cuda {
+
+struct CudaBackendOptions {
+  // > 0: exactly this many KV blocks. 0: as many as fit in gpu_memory_utilization of the GPU's
+  // memory after the weights and the step workspace.
+  int32_t num_kv_blocks = 0;
+  double gpu_memory_utilization = 0.9;
+  int32_t block_size = 16;
+  int device = 0;
+  int32_t max_num_tokens = 8192;   // rows per step: sizes the step workspace
+  int32_t max_logits_rows = 1024;  // logits rows per step
+};
+
+class CudaBackend : public Backend {
+ public:
+  // Uploads every weight as bf16 (bf16 as stored; f16 and f32 converted on the host). Throws
+  // ModelError naming the tensor when a shape does not match the config, InvalidArgument for
+  // options the GPU cannot hold, CudaError for a CUDA failure.
+  CudaBackend(const model::ModelWeights& weights, const CudaBackendOptions& options);
+  ~CudaBackend() override;
+
+  void forward(const meta::StepPlan& plan, std::vector<float>& logits) override;
+
+  int64_t vocab_size() const override { return config_.vocab_size; }
+  int32_t num_kv_blocks() const override { return num_kv_blocks_; }
+  int32_t block_size() const override { return block_size_; }
+  const model::ModelConfig& config() const { return config_; }
+
+  // Bytes of weights on the GPU, and of KV per token (all layers, K and V): for MBU figures.
+  size_t weight_bytes() const { return weight_bytes_; }
+  size_t kv_bytes_per_token() const;
+  cudaStream_t stream() const { return stream_.get(); }
+  // Enqueues the step without copying logits back or synchronising (benchmarks time this with
+  // events); forward() = run_step + copy + sync.
+  void run_step(const meta::StepPlan& plan);
+  // The logits of the last run_step, [num_logits_rows, vocab] fp32 on the device.
+  const float* device_logits() const { return logits_.get(); }
+
+ private:
+  using bf16 = xy::cuda::bf16;
+  struct Layer {
+    xy::cuda::DeviceBuffer<bf16> input_norm, qkv, qkv_bias, q_norm, k_norm, o_proj, post_norm,
+        gate_up, down;
+    int32_t window = 0;
+  };
+
+  void check_plan(const meta::StepPlan& plan) const;
+  void run_layer(const xy::cuda::DevicePlanView& view, int64_t index);
+
+  model::ModelConfig config_;
+  CudaBackendOptions options_;
+  int32_t block_size_ = 16;
+  int32_t num_kv_blocks_ = 0;
+  int64_t q_dim_ = 0, kv_dim_ = 0, qkv_dim_ = 0;
+  size_t weight_bytes_ = 0;
+
+  int device_ = 0;  // made current before anything below is created
+  xy::cuda::Stream stream_;
+  xy::cuda::LtGemm gemm_;
+  xy::cuda::DeviceBuffer<bf16> embed_, final_norm_, lm_head_;  // lm_head_ empty when tied
+  std::vector<Layer> layers_;
+  xy::cuda::DeviceBuffer<double> inv_freq_;  // [head_dim / 2], the CPU backend's values
+  xy::cuda::DeviceBuffer<bf16> kv_cache_;   // [layers][K, V][blocks * block_size][kv_heads][head_dim]
+
+  // Step workspace, sized once for max_num_tokens rows.
+  xy::cuda::DeviceBuffer<float> residual_;  // [M, hidden] fp32
+  xy::cuda::DeviceBuffer<bf16> normed_, qkv_, attn_, proj_, gate_up_, act_, last_;
+  xy::cuda::DeviceBuffer<float> logits_;    // [max_logits_rows, vocab]
+  xy::cuda::DeviceBuffer<float> partial_out_, partial_stats_;  // grown to the step's partials
+
+  meta::WorkListOptions work_options_{xy::cuda::kAttentionTileRows, 512};
+  std::vector<int32_t> windows_;  // distinct layer windows
+  std::vector<std::pair<int32_t, meta::AttentionWorkList>> work_lists_;
+  xy::cuda::DevicePlan device_plan_;
+  int32_t last_num_logits_ = 0;
+  int num_sms_ = 0;
+};
+
+}  // namespace xy::backend::cuda

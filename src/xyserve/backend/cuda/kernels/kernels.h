@@ -1,0 +1,111 @@
+// Launchers of the CUDA backend's kernels (one small .cu each, named for what it does). Every
+// launcher checks the launch (XY_CUDA_CHECK_LAUNCH) and runs on the caller's stream. Shapes are
+// in the comments; "rows" are the step's M token rows. Pointers are device pointers.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "xyserve/meta/attention_work_list.h"
+#include "xyserve/meta/step_plan.h"
+
+namespace xy::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// One request of the uploaded plan: what the attention kernel needs to find its rows and KV.
+struct PlanRequest {
+  int32_t first_row = 0;
+  int32_t num_new = 0;
+  int32_t num_computed = 0;
+  int32_t block_table = 0;   // offset of its block ids in the plan's block-table array
+  int32_t tree_parents = -1;  // offset of its tree_parents in the plan's parent array; -1: chain
+};
+
+// out[i, :] = float(table[ids[i], :]).  table: [vocab, hidden] bf16; out: [m, hidden] fp32.
+// Precondition (checked on the host by the caller): every id is in [0, vocab).
+void launch_embedding(const bf16* table, int64_t hidden, const int32_t* ids, int32_t m,
+                      float* out, cudaStream_t stream);
+
+// For each output row i, with r = rows ? rows[i] : i:
+//   residual[r, :] += float(delta[r, :])            (when delta is not null)
+//   out[i, :] = bf16(residual[r, :] / sqrt(mean(residual[r, :]^2) + eps) * weight)
+// fp32 math. residual: [*, hidden] fp32; delta: [*, hidden] bf16; weight: [hidden]; out:
+// [num_rows, hidden]. The gathered form (rows) serves the final norm on the logits rows only.
+void launch_add_rms_norm(float* residual, const bf16* delta, const bf16* weight,
+                         const int32_t* rows, int32_t num_rows, int64_t hidden, float eps,
+                         bf16* out, cudaStream_t stream);
+
+// The attention prologue of one layer, per row: q/k/v bias (Qwen2), RMSNorm over each head of q
+// and k (Qwen3), RoPE on q and k (rotate_half layout, cos/sin of position * inv_freq computed in
+// double as the CPU backend does), q written back in place, k and v written into KV slot
+// kv_slots[row] (= block * block_size + offset) of the layer's paged cache.
+struct QkvPrologueArgs {
+  bf16* qkv = nullptr;          // [m, q_dim + 2 * kv_dim], row stride qkv_dim
+  int32_t m = 0;
+  int32_t num_heads = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  const bf16* bias = nullptr;    // [qkv_dim] or null
+  const bf16* q_norm = nullptr;  // [head_dim] or null (then k_norm is null too)
+  const bf16* k_norm = nullptr;
+  float eps = 1e-6f;
+  const double* inv_freq = nullptr;  // [head_dim / 2]
+  const int32_t* positions = nullptr;  // [m]
+  const int32_t* kv_slots = nullptr;   // [m]
+  bf16* k_cache = nullptr;  // [num_blocks * block_size, num_kv_heads, head_dim]
+  bf16* v_cache = nullptr;
+};
+void launch_qkv_prologue(const QkvPrologueArgs& args, cudaStream_t stream);
+
+// out[i, j] = silu(gate_up[i, j]) * gate_up[i, inter + j].  gate_up: [m, 2 * inter]; out: [m, inter].
+void launch_silu_mul(const bf16* gate_up, int32_t m, int64_t inter, bf16* out, cudaStream_t stream);
+
+// The plan's KV housekeeping in every layer: block copies, then slot moves, each in plan order
+// (a later move may read what an earlier one wrote). cache: num_planes planes (K and V of every
+// layer) of [num_blocks, block_size, slot_elems] bf16.
+void launch_kv_copies_and_moves(bf16* cache, int32_t num_planes, int64_t plane_elems,
+                                int32_t block_size, int64_t slot_elems,
+                                const meta::KvBlockCopy* copies, int32_t num_copies,
+                                const meta::KvSlotMove* moves, int32_t num_moves,
+                                cudaStream_t stream);
+
+// Attention of one layer over the step's work list (meta/attention_work_list.h): one CTA per
+// task, a GQA-packed query tile of up to kAttentionTileRows rows against a KV span read through
+// the block table, masks none/causal/window/tree, online softmax in fp32. A task with
+// partial < 0 writes its normalised rows to `out`; a split task writes (o, max, sum) to its
+// partial slot, and launch_attention_merge folds them in split order.
+inline constexpr int32_t kAttentionTileRows = 64;
+struct AttentionArgs {
+  const bf16* q = nullptr;  // [m, num_heads, head_dim] with row stride q_row_stride
+  int64_t q_row_stride = 0;
+  const bf16* k_cache = nullptr;  // this layer's [num_blocks * block_size, num_kv_heads, head_dim]
+  const bf16* v_cache = nullptr;
+  int32_t block_size = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  int32_t group = 0;   // query heads per KV head
+  int32_t window = 0;  // sliding window of this layer; 0: none
+  float scale = 1.0f;  // on q·k
+  const int32_t* positions = nullptr;     // [m]
+  const PlanRequest* requests = nullptr;  // [num requests]
+  const int32_t* block_tables = nullptr;
+  const int32_t* tree_parents = nullptr;
+  const meta::AttentionTask* tasks = nullptr;
+  int32_t num_tasks = 0;
+  bf16* out = nullptr;  // [m, num_heads * head_dim]
+  // Partials: [num_partials, kAttentionTileRows, head_dim] and [num_partials, kAttentionTileRows]
+  // twice; max in log2 units (the kernels' softmax is base 2).
+  float* partial_out = nullptr;
+  float* partial_max = nullptr;
+  float* partial_sum = nullptr;
+};
+void launch_attention(const AttentionArgs& args, cudaStream_t stream);
+
+// Folds each merge group's partials in split order and writes the normalised rows to args.out.
+void launch_attention_merge(const AttentionArgs& args, const meta::MergeGroup* merges,
+                            int32_t num_merges, cudaStream_t stream);
+
+}  // namespace xy::cuda

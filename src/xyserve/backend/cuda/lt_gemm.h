@@ -1,0 +1,47 @@
+// y = x · Wᵀ through cuBLASLt: bf16 operands, fp32 accumulation, bf16 or fp32 output. The
+// baseline that SmoothGEMM (gemm.h) is measured against. Descriptors and the heuristic's choice
+// are cached per (m, n, k, output type), so a step's GEMMs cost no planning after warm-up.
+//
+// Threading: one LtGemm per stream user; not thread-safe (the cache is unguarded).
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <tuple>
+
+#include "xyserve/backend/cuda/device_buffer.h"
+
+namespace xy::cuda {
+
+enum class GemmOut { kBF16, kF32 };
+
+class LtGemm {
+ public:
+  explicit LtGemm(size_t workspace_bytes = size_t(32) << 20);
+  ~LtGemm();
+  LtGemm(const LtGemm&) = delete;
+  LtGemm& operator=(const LtGemm&) = delete;
+
+  // y[m, n] = x[m, k] · w[n, k]ᵀ, all row-major. Throws CudaError naming the shape when
+  // cuBLASLt has no algorithm for it or the call fails.
+  void run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, GemmOut out, int m, int n, int k,
+           cudaStream_t stream);
+
+ private:
+  struct Plan {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+  const Plan& plan_for(GemmOut out, int m, int n, int k);
+
+  cublasLtHandle_t handle_ = nullptr;
+  DeviceBuffer<uint8_t> workspace_;
+  std::map<std::tuple<int, int, int, int>, Plan> plans_;
+};
+
+}  // namespace xy::cuda
