@@ -11,6 +11,7 @@
 #include "xyserve/backend/cpu/cpu_backend.h"
 #include "xyserve/cache/kv_cache_sizing.h"
 #include "xyserve/cli/commands.h"
+#include "xyserve/cli/engine_setup.h"
 #include "xyserve/cli/flags.h"
 #include "xyserve/common/error.h"
 #include "xyserve/engine/engine.h"
@@ -27,18 +28,7 @@ FlagSet bench_flags() {
   f.add("output-len", "N|A:B", "64", "output tokens (fixed, or uniform in [A, B])");
   f.add("prefix-share", "P", "0", "fraction of each prompt taken from a prefix all prompts share");
   f.add("dataset", "FILE", "", "JSON list of {\"prompt_ids\": [...], \"output_len\": N} instead of random prompts");
-  f.add("scheduling-policy", "decode-first|prefill-first", "decode-first", "step order");
-  f.add("speculative-method", "none|ngram", "none", "speculative decoding");
-  f.add("num-speculative-tokens", "K", "4", "draft tokens per verify");
-  f.add_bool("speculative-tree", false, "n-gram token trees instead of chains");
-  f.add("max-num-batched-tokens", "N", "2048", "token budget per step");
-  f.add("max-num-seqs", "N", "256", "requests per step");
-  f.add("long-prefill-token-threshold", "N", "0", "largest prefill chunk per request; 0: the budget");
-  f.add("block-size", "N", "16", "tokens per KV block");
-  f.add("num-kv-blocks", "N", "0", "KV blocks; 0: from --kv-cache-memory, else enough for every request");
-  f.add("kv-cache-memory", "BYTES", "0", "KV cache budget in bytes");
-  f.add_bool("enable-prefix-caching", true, "automatic prefix caching", /*negatable=*/true);
-  f.add("threads", "N", "0", "CPU threads; 0 uses every core");
+  add_engine_flags(f);
   f.add("seed", "N", "0", "seed for prompts and lengths");
   f.add("json", "FILE", "", "also write the results as JSON here");
   return f;
@@ -124,43 +114,17 @@ int run_bench(const std::vector<std::string>& args) {
   }
 
   // Engine.
-  engine::EngineConfig config;
-  auto& s = config.scheduler;
-  s.max_num_batched_tokens = int32_t(flags.get_int("max-num-batched-tokens"));
-  s.max_num_seqs = int32_t(flags.get_int("max-num-seqs"));
-  s.long_prefill_token_threshold = int32_t(flags.get_int("long-prefill-token-threshold"));
-  const std::string policy = flags.get("scheduling-policy");
-  if (policy == "prefill-first") s.policy = sched::SchedulingPolicy::kPrefillFirst;
-  else if (policy != "decode-first")
-    throw InvalidArgument(cat("bench: --scheduling-policy ", policy, " (decode-first|prefill-first)"));
-  const std::string method = flags.get("speculative-method");
-  if (method == "ngram") {
-    config.speculative_method = engine::SpeculativeMethod::kNgram;
-    s.num_speculative_tokens = int32_t(flags.get_int("num-speculative-tokens"));
-    config.ngram.tree = flags.get_bool("speculative-tree");
-  } else if (method != "none") {
-    throw InvalidArgument(cat("bench: --speculative-method ", method, " (none|ngram)"));
-  }
-  config.enable_prefix_caching = flags.get_bool("enable-prefix-caching");
-  backend::cpu::CpuBackendOptions bo;
-  bo.block_size = int32_t(flags.get_int("block-size"));
-  bo.num_threads = int(flags.get_int("threads"));
-  if (bo.block_size < 1) throw InvalidArgument("bench: --block-size must be >= 1");
-  int64_t num_blocks = flags.get_int("num-kv-blocks");
-  const int64_t memory = flags.get_int("kv-cache-memory");
-  if (num_blocks <= 0 && memory > 0) {
-    const auto& c = weights->config;
-    const int64_t per_block = 2 * c.num_layers * c.num_kv_heads * c.head_dim * bo.block_size * int64_t(sizeof(float));
-    num_blocks = memory / per_block;
-  }
-  if (num_blocks <= 0) {
-    for (size_t i = 0; i < prompts.size(); ++i)
-      num_blocks += (int64_t(prompts[i].size()) + output_lens[i] + s.num_speculative_tokens + bo.block_size - 1) / bo.block_size;
-  }
-  bo.num_kv_blocks = int32_t(num_blocks);
-  backend::cpu::CpuBackend backend(*weights, bo);
-  for (int64_t id : weights->config.eos_token_ids) config.eos_token_ids.push_back(int32_t(id));
-  engine::Engine engine(backend, nullptr, config);
+  engine::EngineConfig config = engine_config_from_flags(flags, "bench", weights->config, nullptr);
+  // Without --num-kv-blocks: enough for every request at once, so nothing is preempted.
+  BackendRequest want;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    want.blocks_wanted += int32_t((int64_t(prompts[i].size()) + output_lens[i] +
+                                   config.scheduler.num_speculative_tokens + flags.get_int("block-size") - 1) /
+                                  flags.get_int("block-size"));
+  want.max_num_tokens = config.scheduler.max_num_batched_tokens;
+  std::string device;
+  auto backend = make_backend(flags, "bench", *weights, want, &device);
+  engine::Engine engine(*backend, nullptr, config);
 
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<engine::Engine::Handle> handles;
@@ -189,6 +153,7 @@ int run_bench(const std::vector<std::string>& args) {
   const engine::EngineStats st = engine.stats();
   const Percentiles t1 = percentiles(ttft), t2 = percentiles(tpot);
   nlohmann::json j;
+  j["device"] = device;
   j["num_requests"] = prompts.size();
   j["elapsed_s"] = elapsed;
   j["input_tokens"] = input_tokens;
@@ -204,6 +169,7 @@ int run_bench(const std::vector<std::string>& args) {
   for (const auto& [name, p] : {std::pair{"ttft_s", t1}, std::pair{"tpot_s", t2}})
     j[name] = {{"mean", p.mean}, {"p50", p.p50}, {"p90", p.p90}, {"p99", p.p99}};
 
+  std::printf("%-24s %12s\n", "device", device.c_str());
   std::printf("%-24s %12zu\n", "requests", prompts.size());
   std::printf("%-24s %12.3f\n", "elapsed (s)", elapsed);
   std::printf("%-24s %12lld / %lld\n", "input / output tokens", (long long)input_tokens, (long long)output_tokens);

@@ -1,21 +1,17 @@
-#include <unistd.h>
-
+// `xyserve generate`: one prompt through the same engine that `serve` runs (scheduler, paged KV,
+// prefix cache, speculation), its text streamed to stdout as it becomes final.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
-#include <thread>
 
-#include "xyserve/backend/cpu/cpu_backend.h"
-#ifdef XY_HAVE_CUDA
-#include "xyserve/backend/cuda/cuda_backend.h"
-#include "xyserve/backend/cuda/device.h"
-#endif
 #include "xyserve/cli/commands.h"
+#include "xyserve/cli/engine_setup.h"
 #include "xyserve/cli/flags.h"
+#include "xyserve/common/check.h"
 #include "xyserve/common/error.h"
 #include "xyserve/common/progress_bar.h"
-#include "xyserve/engine/generator.h"
+#include "xyserve/engine/engine.h"
 #include "xyserve/model/weights.h"
 #include "xyserve/tokenizer/tokenizer.h"
 
@@ -36,11 +32,8 @@ FlagSet generate_flags() {
   f.add("presence-penalty", "F", "0.0", "penalise output tokens that appeared at all");
   f.add("seed", "N", "", "random seed: the same seed gives the same output");
   f.add_bool("ignore-eos", false, "keep generating past the end-of-sequence token");
-  f.add("device", "auto|cuda|cpu", "auto",
-        "where to run: auto is cuda when a GPU is present and xyserve was built with the CUDA backend");
-  f.add("threads", "N", "0", "CPU threads; 0 uses every core");
-  f.add("block-size", "N", "16", "tokens per KV cache block");
   f.add_bool("stats", false, "print token counts and speed to stderr at the end");
+  add_engine_flags(f);
   return f;
 }
 
@@ -55,20 +48,8 @@ int run_generate(const std::vector<std::string>& args) {
   }
   const std::string model_dir = flags.require("model");
   const std::string prompt = flags.require("prompt");
-  const std::string device = flags.get("device");
-  if (device != "auto" && device != "cpu" && device != "cuda")
-    throw InvalidArgument(cat("generate: --device ", device, " is not one of auto|cuda|cpu"));
-  bool use_cuda = false;
-#ifdef XY_HAVE_CUDA
-  const bool have_gpu = xy::cuda::device_count() > 0;
-  if (device == "cuda" && !have_gpu) throw InvalidArgument("generate: --device cuda: no CUDA device found");
-  use_cuda = device == "cuda" || (device == "auto" && have_gpu);
-#else
-  if (device == "cuda")
-    throw InvalidArgument("generate: --device cuda: this xyserve was built without the CUDA backend (no nvcc)");
-#endif
 
-  engine::GenerateOptions options;
+  engine::GenerationOptions options;
   options.max_tokens = int32_t(flags.get_int("max-tokens"));
   options.sampling.temperature = float(flags.get_double("temperature"));
   options.sampling.top_p = float(flags.get_double("top-p"));
@@ -94,52 +75,53 @@ int run_generate(const std::vector<std::string>& args) {
   progress.finish();
 
   const std::vector<int32_t> prompt_ids = tokenizer->encode(prompt);
-  backend::cpu::CpuBackendOptions backend_options;
-  backend_options.block_size = int32_t(flags.get_int("block-size"));
-  if (backend_options.block_size <= 0) throw InvalidArgument("generate: --block-size must be positive");
-  backend_options.num_threads = int32_t(flags.get_int("threads"));
   const int64_t total = int64_t(prompt_ids.size()) + options.max_tokens;
   if (total > weights->config.max_position_embeddings)
     throw InvalidArgument(cat("generate: prompt (", prompt_ids.size(), " tokens) + --max-tokens (",
                               options.max_tokens, ") exceeds the model's context of ",
                               weights->config.max_position_embeddings, " tokens"));
-  backend_options.num_kv_blocks = int32_t((total + backend_options.block_size - 1) / backend_options.block_size);
-  std::unique_ptr<backend::Backend> backend_owner;
-  if (use_cuda) {
-#ifdef XY_HAVE_CUDA
-    backend::cuda::CudaBackendOptions cuda_options;
-    cuda_options.block_size = backend_options.block_size;
-    cuda_options.num_kv_blocks = backend_options.num_kv_blocks;  // one request: exactly what it needs
-    cuda_options.max_num_tokens = int32_t(std::max<int64_t>(total, 16));
-    cuda_options.max_logits_rows = 16;
-    backend_owner = std::make_unique<backend::cuda::CudaBackend>(*weights, cuda_options);
-#endif
-  } else {
-    backend_owner = std::make_unique<backend::cpu::CpuBackend>(*weights, backend_options);
-  }
-  backend::Backend& backend = *backend_owner;
+  engine::EngineConfig config = engine_config_from_flags(flags, "generate", weights->config, tokenizer.get());
+  config.scheduler.max_model_len = int32_t(weights->config.max_position_embeddings);
+  // One request: KV for the prompt, the output and a verify's drafts, and no more.
+  const int64_t block_size = flags.get_int("block-size");
+  BackendRequest want;
+  want.blocks_wanted = int32_t((total + config.scheduler.num_speculative_tokens + block_size) / block_size);
+  want.max_num_tokens = config.scheduler.max_num_batched_tokens;
+  std::string device;
+  auto backend = make_backend(flags, "generate", *weights, want, &device);
+  weights.reset();
+  engine::Engine engine(*backend, tokenizer.get(), config);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
-
-  std::vector<int32_t> eos;
-  for (int64_t id : weights->config.eos_token_ids) eos.push_back(int32_t(id));
-  for (int32_t id : tokenizer->eos_token_ids())
-    if (std::find(eos.begin(), eos.end(), id) == eos.end()) eos.push_back(id);
-  engine::Generator generator(backend, *tokenizer, eos);
 
   std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);
   const auto t0 = std::chrono::steady_clock::now();
-  const engine::GenerateResult result = generator.generate(prompt_ids, options, [](const std::string& text) {
-    std::fwrite(text.data(), 1, text.size(), stdout);
-    std::fflush(stdout);
-  });
+  engine::Engine::Handle handle = engine.submit(prompt_ids, options);
+  engine::StreamEvent last;
+  size_t num_output = 0;
+  bool finished = false;
+  while (!finished) {
+    const bool unfinished = engine.step();
+    // try_next() keeps answering a finished event once the finish was taken: stop there.
+    while (!finished) {
+      auto event = handle.stream->try_next();
+      if (!event) break;
+      std::fwrite(event->text.data(), 1, event->text.size(), stdout);
+      std::fflush(stdout);
+      num_output += event->token_ids.size();
+      finished = event->finished;
+      if (finished) last = std::move(*event);
+    }
+    XY_CHECK(finished || unfinished, "the engine went idle before the request finished");
+  }
   const double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::fputc('\n', stdout);
   if (flags.get_bool("stats")) {
-    std::fprintf(stderr, "device %s; load %.2f s; prompt %zu tokens; generated %zu tokens in %.3f s (%.1f tokens/s); finish: %s\n",
-                 use_cuda ? "cuda" : "cpu", load_s, prompt_ids.size(), result.output_ids.size(), gen_s,
-                 double(result.output_ids.size()) / std::max(gen_s, 1e-9),
-                 result.finish_reason == engine::FinishReason::kStop ? "stop" : "length");
+    std::fprintf(stderr,
+                 "device %s; load %.2f s; prompt %zu tokens; generated %zu tokens in %.3f s (%.1f tokens/s); "
+                 "finish: %s\n",
+                 device.c_str(), load_s, prompt_ids.size(), num_output, gen_s,
+                 double(num_output) / std::max(gen_s, 1e-9), std::string(sched::to_string(last.finish_reason)).c_str());
   }
   return 0;
 }

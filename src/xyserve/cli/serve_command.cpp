@@ -13,9 +13,8 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
-#include "xyserve/backend/cpu/cpu_backend.h"
-#include "xyserve/cache/kv_cache_sizing.h"
 #include "xyserve/cli/commands.h"
+#include "xyserve/cli/engine_setup.h"
 #include "xyserve/cli/flags.h"
 #include "xyserve/common/error.h"
 #include "xyserve/engine/engine.h"
@@ -36,20 +35,10 @@ FlagSet serve_flags() {
   f.add("api-key", "KEY", "", "require `Authorization: Bearer KEY` on /v1 endpoints");
   f.add("served-model-name", "NAME", "", "model name(s) in the API, comma-separated (default: --model)");
   f.add("max-model-len", "N", "", "longest prompt + output in tokens (default: the model's context)");
-  f.add("max-num-batched-tokens", "N", "2048", "token budget of one step");
-  f.add("max-num-seqs", "N", "256", "most requests in one step");
-  f.add("block-size", "N", "16", "tokens per KV cache block");
-  f.add("num-kv-blocks", "N", "", "KV cache blocks (default: from --kv-cache-memory)");
-  f.add("kv-cache-memory", "BYTES", "1073741824", "KV cache budget in bytes, when --num-kv-blocks is not given");
-  f.add_bool("enable-prefix-caching", true, "reuse the KV of shared prompt prefixes", /*negatable=*/true);
-  f.add("scheduling-policy", "decode-first|prefill-first", "decode-first", "what a step serves first");
-  f.add("speculative-method", "none|ngram", "none", "speculative decoding drafter");
-  f.add("num-speculative-tokens", "N", "0", "draft tokens per verify step");
   f.add("max-num-choices", "N", "16", "most choices (`n`) per request");
   f.add("max-request-body-bytes", "N", "33554432", "larger request bodies get 413");
   f.add("io-threads", "N", "2", "threads running the HTTP I/O");
-  f.add("threads", "N", "0", "CPU backend threads; 0 uses every core");
-  f.add("device", "auto|cpu", "auto", "where to run (the CUDA backend is not wired in yet)");
+  add_engine_flags(f);
   return f;
 }
 
@@ -89,9 +78,6 @@ int run_serve(const std::vector<std::string>& args) {
     return 0;
   }
   const std::string model_dir = flags.require("model");
-  const std::string device = flags.get("device");
-  if (device != "auto" && device != "cpu")
-    throw InvalidArgument(cat("serve: --device ", device, " is not available (auto|cpu)"));
   const int64_t port = flags.get_int("port");
   if (port < 0 || port > 65535) throw InvalidArgument(cat("serve: --port must be in [0, 65535]; found ", port));
 
@@ -116,45 +102,17 @@ int run_serve(const std::vector<std::string>& args) {
     max_model_len = *v;
   }
 
-  engine::EngineConfig ec;
-  ec.scheduler.max_num_batched_tokens = positive_int(flags, "max-num-batched-tokens");
-  ec.scheduler.max_num_seqs = positive_int(flags, "max-num-seqs");
+  engine::EngineConfig ec = engine_config_from_flags(flags, "serve", mc, tokenizer.get());
   ec.scheduler.max_model_len = int32_t(max_model_len);
-  const std::string policy = flags.get("scheduling-policy");
-  if (policy == "decode-first") ec.scheduler.policy = sched::SchedulingPolicy::kDecodeFirst;
-  else if (policy == "prefill-first") ec.scheduler.policy = sched::SchedulingPolicy::kPrefillFirst;
-  else throw InvalidArgument(cat("serve: --scheduling-policy ", policy, " (decode-first|prefill-first)"));
-  const std::string spec = flags.get("speculative-method");
-  if (spec == "ngram") ec.speculative_method = engine::SpeculativeMethod::kNgram;
-  else if (spec != "none") throw InvalidArgument(cat("serve: --speculative-method ", spec, " (none|ngram)"));
-  ec.scheduler.num_speculative_tokens = int32_t(flags.get_int("num-speculative-tokens"));
-  ec.enable_prefix_caching = flags.get_bool("enable-prefix-caching");
-  for (int64_t id : mc.eos_token_ids) ec.eos_token_ids.push_back(int32_t(id));
-  for (int32_t id : tokenizer->eos_token_ids())
-    if (std::find(ec.eos_token_ids.begin(), ec.eos_token_ids.end(), id) == ec.eos_token_ids.end())
-      ec.eos_token_ids.push_back(id);
-
-  backend::cpu::CpuBackendOptions bo;
-  bo.block_size = positive_int(flags, "block-size");
-  bo.num_threads = int32_t(flags.get_int("threads"));
-  if (auto n = flags.get_optional_int("num-kv-blocks")) {
-    if (*n < 1 || *n > INT32_MAX) throw InvalidArgument(cat("serve: --num-kv-blocks must be >= 1; found ", *n));
-    bo.num_kv_blocks = int32_t(*n);
-  } else {
-    cache::KvCacheShape shape;
-    shape.num_layers = mc.num_layers;
-    shape.num_kv_heads = mc.num_kv_heads;
-    shape.head_dim = mc.head_dim;
-    shape.block_size = bo.block_size;
-    shape.dtype = DType::kF32;  // the CPU backend keeps KV in fp32
-    const int32_t budget_blocks = cache::num_blocks_for_budget(shape, flags.get_int("kv-cache-memory"));
-    // No more than every running request at full length could use.
-    const int64_t useful = int64_t(ec.scheduler.max_num_seqs) * ((max_model_len + bo.block_size - 1) / bo.block_size);
-    bo.num_kv_blocks = int32_t(std::min<int64_t>(budget_blocks, useful));
-  }
-  backend::cpu::CpuBackend backend(*weights, bo);
-  weights.reset();  // the backend holds its own fp32 copy
-  engine::Engine engine(backend, tokenizer.get(), ec);
+  BackendRequest want;
+  // No more KV than every running request at full length could use.
+  want.blocks_useful = int64_t(ec.scheduler.max_num_seqs) *
+                       ((max_model_len + flags.get_int("block-size") - 1) / flags.get_int("block-size"));
+  want.max_num_tokens = ec.scheduler.max_num_batched_tokens;
+  std::string device;
+  auto backend = make_backend(flags, "serve", *weights, want, &device);
+  weights.reset();  // each backend holds its own copy of the weights
+  engine::Engine engine(*backend, tokenizer.get(), ec);
 
   server::ApiConfig api;
   api.served_model_names = split_names(flags.get("served-model-name"));
@@ -162,9 +120,9 @@ int run_serve(const std::vector<std::string>& args) {
   api.model_root = model_dir;
   api.api_key = flags.get("api-key");
   api.max_model_len = max_model_len;
-  api.num_kv_blocks = bo.num_kv_blocks;
+  api.num_kv_blocks = backend->num_kv_blocks();
   api.limits.max_n = positive_int(flags, "max-num-choices");
-  api.limits.vocab_size = backend.vocab_size();
+  api.limits.vocab_size = backend->vocab_size();
   server::OpenAiServer app(engine, *tokenizer, std::move(chat_template), api);
 
   raise_fd_limit();
@@ -179,8 +137,9 @@ int run_serve(const std::vector<std::string>& args) {
 
   engine.start();
   http.start();
-  std::fprintf(stderr, "xyserve: model %s, %d KV blocks of %d tokens, max_model_len %lld\n", model_dir.c_str(),
-               bo.num_kv_blocks, bo.block_size, static_cast<long long>(max_model_len));
+  std::fprintf(stderr, "xyserve: model %s on %s, %d KV blocks of %d tokens, max_model_len %lld\n",
+               model_dir.c_str(), device.c_str(), backend->num_kv_blocks(), backend->block_size(),
+               static_cast<long long>(max_model_len));
   std::fprintf(stderr, "listening on %s:%u\n", ho.host.c_str(), unsigned(http.port()));
   std::fflush(stderr);
 
