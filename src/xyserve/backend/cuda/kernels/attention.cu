@@ -267,7 +267,7 @@ void dispatch_head_dim(int32_t head_dim, F&& f) {
 
 }  // namespace
 
-void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
+void launch_attention_cuda_core(const AttentionArgs& a, cudaStream_t stream) {
   if (a.num_tasks == 0) return;
   if (a.group < 1 || a.group > kAttentionTileRows)
     throw InvalidArgument(cat("attention: GQA group ", a.group, " outside [1, ", kAttentionTileRows, "]"));

@@ -102,7 +102,14 @@ struct AttentionArgs {
   float* partial_max = nullptr;
   float* partial_sum = nullptr;
 };
-void launch_attention(const AttentionArgs& args, cudaStream_t stream);
+// Which kernel runs the work list: kAuto takes the tensor-core kernel (meta_attention.cu) for
+// head_dim 64 and 128 and the CUDA-core one (attention.cu) otherwise; the other two force one
+// (kTensorCore throws InvalidArgument on another head_dim). Both write the same outputs.
+enum class AttentionKernel { kAuto, kTensorCore, kCudaCore };
+void launch_attention(const AttentionArgs& args, cudaStream_t stream,
+                      AttentionKernel kernel = AttentionKernel::kAuto);
+// The first, CUDA-core kernel (any head_dim multiple of 8 up to 256), kept for comparison.
+void launch_attention_cuda_core(const AttentionArgs& args, cudaStream_t stream);
 
 // Folds each merge group's partials in split order and writes the normalised rows to args.out.
 void launch_attention_merge(const AttentionArgs& args, const meta::MergeGroup* merges,

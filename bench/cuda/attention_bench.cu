@@ -1,0 +1,214 @@
+// Attention over the meta work list on the device: the tensor-core kernel (meta_attention.cu)
+// and the first CUDA-core kernel (attention.cu), each followed by the split merge, on
+// Llama-3-8B heads (32 query, 8 KV, head_dim 128) over paged bf16 KV (block 16, blocks dealt
+// from a shuffled pool). Prints one line per (case, kernel): time, TFLOP/s (4 * head_dim *
+// query heads * visible (query, key) pairs; a causal prefill of L counts L^2 / 2 pairs) and,
+// for decode, TB/s of KV read (K and V of every context token, once per KV head). The PyTorch
+// SDPA baselines are tools/attention_baseline.py, run beside it in the same device command.
+//   attention_bench [--iters N] [--only SUBSTRING]
+// Prefill and hybrid cases run twice with the tensor-core kernel: with the backend's split rule
+// (512 positions) and with split 8192 (no split at these lengths), to show what splitting costs.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "xyserve/backend/cuda/cuda_check.h"
+#include "xyserve/backend/cuda/device_buffer.h"
+#include "xyserve/backend/cuda/device_plan.h"
+#include "xyserve/backend/cuda/kernels/kernels.h"
+
+namespace {
+
+using xy::cuda::AttentionArgs;
+using xy::cuda::AttentionKernel;
+using xy::cuda::bf16;
+using xy::cuda::DeviceBuffer;
+
+constexpr int32_t kHeads = 32, kKvHeads = 8, kHeadDim = 128, kBlockSize = 16;
+
+// Uniform bf16 in [-1, 1) from a hash of the index: no host upload of gigabytes.
+__global__ void fill_random(bf16* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed ^ uint32_t(i >> 32) * 40503u;
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    p[i] = __float2bfloat16(float(x >> 8) * (2.0f / 16777216.0f) - 1.0f);
+  }
+}
+
+struct Seq {
+  int32_t computed = 0;  // tokens already in the cache
+  int32_t fresh = 0;     // query tokens this step
+};
+struct Case {
+  std::string name;
+  std::vector<Seq> seqs;
+  bool decode = false;        // report TB/s of KV read
+  double causal_pairs = -1;   // pairs to count for TFLOP/s; < 0: the exact visible pairs
+};
+
+namespace meta = xy::meta;
+
+meta::StepPlan make_plan(const std::vector<Seq>& seqs, std::mt19937& rng, int32_t& num_blocks) {
+  meta::StepPlan plan;
+  plan.block_size = kBlockSize;
+  num_blocks = 0;
+  for (const Seq& s : seqs) num_blocks += (s.computed + s.fresh + kBlockSize - 1) / kBlockSize;
+  std::vector<int32_t> pool(static_cast<size_t>(num_blocks));
+  std::iota(pool.begin(), pool.end(), 0);
+  std::shuffle(pool.begin(), pool.end(), rng);
+  size_t next = 0;
+  for (size_t r = 0; r < seqs.size(); ++r) {
+    meta::ScheduledRequest req;
+    req.request_id = int64_t(r);
+    req.num_computed_tokens = seqs[r].computed;
+    req.num_new_tokens = seqs[r].fresh;
+    req.first_row = plan.num_rows();
+    req.num_logits_rows = 1;
+    for (int32_t j = 0; j < seqs[r].fresh; ++j) {
+      plan.positions.push_back(seqs[r].computed + j);
+      plan.token_ids.push_back(0);
+    }
+    const int32_t need = (seqs[r].computed + seqs[r].fresh + kBlockSize - 1) / kBlockSize;
+    for (int32_t b = 0; b < need; ++b) req.block_table.push_back(pool[next++]);
+    plan.requests.push_back(req);
+  }
+  return plan;
+}
+
+// The backend's split rule (cuda_backend.cu, run_step): 512 positions, halved down to 64 while
+// the step has fewer tasks than SMs.
+int32_t choose_split(const std::vector<Seq>& seqs, int num_sms) {
+  const int32_t tile_tokens = xy::cuda::kAttentionTileRows / (kHeads / kKvHeads);
+  int32_t split = 512;
+  while (split > 64) {
+    int64_t tasks = 0;
+    for (const Seq& s : seqs)
+      tasks += int64_t((s.fresh + tile_tokens - 1) / tile_tokens) * ((s.computed + s.fresh + split - 1) / split);
+    if (tasks * kKvHeads >= num_sms) break;
+    split /= 2;
+  }
+  return split;
+}
+
+// split > 0 overrides the backend's rule (to measure what the split costs a long prefill).
+void run_case(const Case& c, int iters, int num_sms, int32_t split_override, bool with_old) {
+  std::mt19937 rng(1);
+  int32_t num_blocks = 0;
+  const meta::StepPlan plan = make_plan(c.seqs, rng, num_blocks);
+  const int32_t split = split_override > 0 ? split_override : choose_split(c.seqs, num_sms);
+  const meta::AttentionWorkList list =
+      meta::build_attention_work_list(plan, {kHeads, kKvHeads, 0}, {xy::cuda::kAttentionTileRows, split});
+  xy::cuda::DevicePlan dplan;
+  std::vector<std::pair<int32_t, meta::AttentionWorkList>> lists{{0, list}};
+  const xy::cuda::DevicePlanView& view = dplan.upload(plan, lists, nullptr);
+  const int32_t m = plan.num_rows();
+  const size_t kv_elems = size_t(num_blocks) * kBlockSize * kKvHeads * kHeadDim;
+  DeviceBuffer<bf16> q(size_t(m) * kHeads * kHeadDim), k(kv_elems), v(kv_elems), out(q.size());
+  const size_t np = size_t(std::max(list.num_partials, 1));
+  DeviceBuffer<float> po(np * xy::cuda::kAttentionTileRows * kHeadDim), ps(np * xy::cuda::kAttentionTileRows * 2);
+  fill_random<<<1024, 256>>>(q.get(), q.size(), 1);
+  fill_random<<<1024, 256>>>(k.get(), k.size(), 2);
+  fill_random<<<1024, 256>>>(v.get(), v.size(), 3);
+  XY_CUDA_CHECK_LAUNCH();
+
+  AttentionArgs aa;
+  aa.q = q.get();
+  aa.q_row_stride = kHeads * kHeadDim;
+  aa.k_cache = k.get();
+  aa.v_cache = v.get();
+  aa.block_size = kBlockSize;
+  aa.num_kv_heads = kKvHeads;
+  aa.head_dim = kHeadDim;
+  aa.group = kHeads / kKvHeads;
+  aa.scale = float(1.0 / std::sqrt(double(kHeadDim)));
+  aa.positions = view.positions;
+  aa.requests = view.requests;
+  aa.block_tables = view.block_tables;
+  aa.tree_parents = view.tree_parents;
+  aa.tasks = view.attention[0].tasks;
+  aa.num_tasks = view.attention[0].num_tasks;
+  aa.out = out.get();
+  aa.partial_out = po.get();
+  aa.partial_max = ps.get();
+  aa.partial_sum = ps.get() + np * xy::cuda::kAttentionTileRows;
+
+  double pairs = 0, kv_tokens = 0;
+  for (const Seq& s : c.seqs) {
+    kv_tokens += s.computed + s.fresh;
+    for (int32_t j = 0; j < s.fresh; ++j) pairs += s.computed + j + 1;
+  }
+  if (c.causal_pairs >= 0) pairs = c.causal_pairs;
+  const double flops = 4.0 * kHeadDim * kHeads * pairs;
+  const double kv_bytes = kv_tokens * kKvHeads * kHeadDim * 2 * 2;
+
+  cudaEvent_t e0, e1;
+  XY_CUDA_CHECK(cudaEventCreate(&e0));
+  XY_CUDA_CHECK(cudaEventCreate(&e1));
+  for (AttentionKernel kernel : {AttentionKernel::kTensorCore, AttentionKernel::kCudaCore}) {
+    if (kernel == AttentionKernel::kCudaCore && !with_old) continue;
+    auto once = [&] {
+      xy::cuda::launch_attention(aa, nullptr, kernel);
+      xy::cuda::launch_attention_merge(aa, view.attention[0].merges, view.attention[0].num_merges, nullptr);
+    };
+    for (int i = 0; i < 3; ++i) once();
+    XY_CUDA_CHECK(cudaEventRecord(e0));
+    for (int i = 0; i < iters; ++i) once();
+    XY_CUDA_CHECK(cudaEventRecord(e1));
+    XY_CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    XY_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    const double sec = ms / 1e3 / iters;
+    std::printf("%-28s %-12s tasks %6d split %4d  %9.1f us  %7.1f TFLOP/s", c.name.c_str(),
+                kernel == AttentionKernel::kTensorCore ? "tensor-core" : "cuda-core", aa.num_tasks, split,
+                sec * 1e6, flops / sec / 1e12);
+    if (c.decode) std::printf("  %5.2f TB/s KV", kv_bytes / sec / 1e12);
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+  XY_CUDA_CHECK(cudaEventDestroy(e0));
+  XY_CUDA_CHECK(cudaEventDestroy(e1));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int iters = 20;
+  std::string only;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--iters") && i + 1 < argc) iters = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+  }
+  int num_sms = 0;
+  XY_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0));
+  std::vector<Case> cases;
+  for (int32_t L : {512, 2048, 8192}) {
+    const int32_t batch = 16384 / L;
+    cases.push_back({"prefill causal L=" + std::to_string(L) + " x" + std::to_string(batch),
+                     std::vector<Seq>(size_t(batch), Seq{0, L}), false, double(batch) * L * L / 2});
+  }
+  for (auto [batch, ctx] : std::vector<std::pair<int32_t, int32_t>>{{64, 1024}, {64, 4096}, {256, 2048}, {8, 32768}})
+    cases.push_back({"decode " + std::to_string(batch) + " x " + std::to_string(ctx),
+                     std::vector<Seq>(size_t(batch), Seq{ctx - 1, 1}), true, -1});
+  Case hybrid{"hybrid 4x1024@1024 + 128x2k", std::vector<Seq>(4, Seq{1024, 1024}), false, -1};
+  for (int i = 0; i < 128; ++i) hybrid.seqs.push_back(Seq{2047, 1});
+  cases.push_back(hybrid);
+  std::printf("attention_bench: %d query heads, %d KV heads, head_dim %d, block %d, %d SMs, %d iters\n",
+              kHeads, kKvHeads, kHeadDim, kBlockSize, num_sms, iters);
+  for (const Case& c : cases)
+    if (only.empty() || c.name.find(only) != std::string::npos) {
+      run_case(c, iters, num_sms, 0, true);
+      if (!c.decode) run_case(c, iters, num_sms, 8192, false);  // the same without the 512 split
+    }
+  return 0;
+}

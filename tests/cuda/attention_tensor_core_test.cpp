@@ -1,0 +1,214 @@
+// The tensor-core attention kernel (kernels/meta_attention.cu) against the CPU attention and
+// against the first, CUDA-core kernel on random hybrid work lists: prefill chunks with prefix
+// offsets, decodes, draft-tree verifies, sliding windows, long contexts split into partials, and
+// tails (one query row, one key, spans and tiles that end mid-block). Outputs and partials are
+// poisoned with NaN before every run and every element is checked.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "xyserve/backend/cpu/attention.h"
+#include "xyserve/backend/cuda/device.h"
+#include "xyserve/backend/cuda/device_buffer.h"
+#include "xyserve/backend/cuda/device_plan.h"
+#include "xyserve/backend/cuda/kernels/kernels.h"
+#include "xyserve/common/dtype.h"
+#include "xyserve/common/error.h"
+
+namespace xy::cuda {
+namespace {
+
+std::vector<uint16_t> random_bf16(size_t n, std::mt19937& rng, float scale) {
+  std::uniform_real_distribution<float> u(-scale, scale);
+  std::vector<uint16_t> out(n);
+  for (auto& v : out) v = f32_to_bf16(u(rng));
+  return out;
+}
+std::vector<float> to_f32(const std::vector<uint16_t>& b) {
+  std::vector<float> f(b.size());
+  for (size_t i = 0; i < b.size(); ++i) f[i] = bf16_to_f32(b[i]);
+  return f;
+}
+template <typename T>
+DeviceBuffer<T> to_device(const std::vector<T>& host) {
+  DeviceBuffer<T> d(std::max<size_t>(host.size(), 1));
+  XY_CUDA_CHECK(cudaMemcpy(d.get(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+
+// One random step: a mix of request kinds, each with its own block table drawn from a shuffled
+// pool, so keys are gathered from scattered blocks.
+meta::StepPlan random_hybrid_plan(std::mt19937& rng, int32_t block_size, int32_t num_blocks) {
+  meta::StepPlan plan;
+  plan.block_size = block_size;
+  std::vector<int32_t> pool(static_cast<size_t>(num_blocks));
+  std::iota(pool.begin(), pool.end(), 0);
+  std::shuffle(pool.begin(), pool.end(), rng);
+  const int32_t num_req = 1 + int32_t(rng() % 6);
+  for (int32_t r = 0; r < num_req; ++r) {
+    meta::ScheduledRequest req;
+    req.request_id = r;
+    // 0 decode, 1 prefill chunk on a prefix, 2 long context, 3 tree verify, 4 first token alone
+    const int kind = int(rng() % 5);
+    req.num_computed_tokens = kind == 4 ? 0 : int32_t(rng() % (kind == 2 ? 3000 : 400));
+    req.num_new_tokens = kind == 0 || kind == 4 ? 1
+                         : kind == 3            ? 2 + int32_t(rng() % 11)
+                         : kind == 2            ? 1 + int32_t(rng() % 70)
+                                                : 1 + int32_t(rng() % 200);
+    req.first_row = plan.num_rows();
+    if (kind == 3) {
+      req.tree_parents.push_back(-1);
+      for (int32_t j = 1; j < req.num_new_tokens; ++j) req.tree_parents.push_back(int32_t(rng() % uint32_t(j)));
+    }
+    for (int32_t j = 0; j < req.num_new_tokens; ++j) {
+      int32_t depth = j;
+      if (kind == 3) {
+        depth = 0;
+        for (int32_t x = j; x > 0; x = req.tree_parents[size_t(x)]) ++depth;
+      }
+      plan.positions.push_back(req.num_computed_tokens + depth);
+      plan.token_ids.push_back(0);
+    }
+    const int32_t need = (req.num_computed_tokens + req.num_new_tokens + block_size - 1) / block_size;
+    for (int32_t b = 0; b < need; ++b) {
+      req.block_table.push_back(pool.back());
+      pool.pop_back();
+    }
+    plan.requests.push_back(req);
+  }
+  return plan;
+}
+
+struct Problem {
+  int32_t hd = 0, kv_heads = 0, group = 0, window = 0, block_size = 0, num_blocks = 0;
+  meta::StepPlan plan;
+  meta::AttentionWorkList list;
+  std::vector<uint16_t> q, k, v;
+};
+
+// Runs the work list with `kernel` (then the merge) and returns the bf16 output bits.
+std::vector<uint16_t> run_on_device(const Problem& p, AttentionKernel kernel) {
+  const int32_t heads = p.kv_heads * p.group;
+  DevicePlan dplan;
+  std::vector<std::pair<int32_t, meta::AttentionWorkList>> lists{{p.window, p.list}};
+  const DevicePlanView& view = dplan.upload(p.plan, lists, nullptr);
+  auto d_q = to_device(p.q), d_k = to_device(p.k), d_v = to_device(p.v);
+  DeviceBuffer<uint16_t> d_out(p.q.size());
+  const size_t np = size_t(std::max(p.list.num_partials, 1));
+  DeviceBuffer<float> d_po(np * kAttentionTileRows * size_t(p.hd)), d_ps(np * kAttentionTileRows * 2);
+  // All-ones bits: NaN in bf16 and fp32, so an element nobody writes cannot pass.
+  XY_CUDA_CHECK(cudaMemset(d_out.get(), 0xff, d_out.bytes()));
+  XY_CUDA_CHECK(cudaMemset(d_po.get(), 0xff, d_po.bytes()));
+  XY_CUDA_CHECK(cudaMemset(d_ps.get(), 0xff, d_ps.bytes()));
+  AttentionArgs aa;
+  aa.q = reinterpret_cast<const bf16*>(d_q.get());
+  aa.q_row_stride = heads * p.hd;
+  aa.k_cache = reinterpret_cast<const bf16*>(d_k.get());
+  aa.v_cache = reinterpret_cast<const bf16*>(d_v.get());
+  aa.block_size = p.block_size;
+  aa.num_kv_heads = p.kv_heads;
+  aa.head_dim = p.hd;
+  aa.group = p.group;
+  aa.window = p.window;
+  aa.scale = float(1.0 / std::sqrt(double(p.hd)));
+  aa.positions = view.positions;
+  aa.requests = view.requests;
+  aa.block_tables = view.block_tables;
+  aa.tree_parents = view.tree_parents;
+  aa.tasks = view.attention[0].tasks;
+  aa.num_tasks = view.attention[0].num_tasks;
+  aa.out = reinterpret_cast<bf16*>(d_out.get());
+  aa.partial_out = d_po.get();
+  aa.partial_max = d_ps.get();
+  aa.partial_sum = d_ps.get() + np * kAttentionTileRows;
+  launch_attention(aa, nullptr, kernel);
+  launch_attention_merge(aa, view.attention[0].merges, view.attention[0].num_merges, nullptr);
+  std::vector<uint16_t> out(p.q.size());
+  XY_CUDA_CHECK(cudaDeviceSynchronize());
+  XY_CUDA_CHECK(cudaMemcpy(out.data(), d_out.get(), out.size() * 2, cudaMemcpyDeviceToHost));
+  return out;
+}
+
+std::vector<float> run_on_cpu(const Problem& p) {
+  const int32_t heads = p.kv_heads * p.group;
+  const auto qf = to_f32(p.q), kf = to_f32(p.k), vf = to_f32(p.v);
+  backend::cpu::AttentionLayerArgs ca;
+  ca.plan = &p.plan;
+  ca.q = qf.data();
+  ca.q_row_stride = heads * p.hd;
+  ca.kv = backend::cpu::PagedKvView{kf.data(), vf.data(), p.num_blocks, p.block_size, p.kv_heads, p.hd};
+  ca.num_heads = heads;
+  ca.window = p.window;
+  ca.scale = float(1.0 / std::sqrt(double(p.hd)));
+  std::vector<float> want(p.q.size());
+  ca.out = want.data();
+  backend::cpu::AttentionRunner runner;
+  runner.run(ca, p.list, nullptr);
+  return want;
+}
+
+class AttentionTensorCore : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_GT(device_count(), 0) << "no CUDA device"; }
+};
+
+TEST_F(AttentionTensorCore, MatchesCpuAndCudaCoreKernelOnRandomHybridWorkLists) {
+  std::mt19937 rng(6);
+  double max_err_cpu = 0, max_err_old = 0;
+  for (int trial = 0; trial < 40; ++trial) {
+    Problem p;
+    p.hd = trial % 2 ? 128 : 64;
+    p.kv_heads = 1 + int32_t(rng() % 3);
+    p.group = std::vector<int32_t>{1, 4, 6, 8}[size_t(rng() % 4)];  // 6: a tile of 60 rows
+    p.block_size = std::vector<int32_t>{8, 16, 32}[size_t(rng() % 3)];
+    p.window = trial % 4 == 3 ? 30 + int32_t(rng() % 200) : 0;
+    p.num_blocks = 20000 / p.block_size;
+    p.plan = random_hybrid_plan(rng, p.block_size, p.num_blocks);
+    const int32_t heads = p.kv_heads * p.group;
+    // Splits at 512 as the backend does on long steps, at one block on some trials: many
+    // partials, spans that end mid-block of the kernel's 64 keys.
+    const int32_t split = trial % 3 == 2 ? p.block_size : (512 + p.block_size - 1) / p.block_size * p.block_size;
+    p.list = meta::build_attention_work_list(p.plan, {heads, p.kv_heads, p.window},
+                                             {kAttentionTileRows, split});
+    p.q = random_bf16(size_t(p.plan.num_rows()) * size_t(heads * p.hd), rng, 2.0f);
+    p.k = random_bf16(size_t(p.num_blocks) * size_t(p.block_size) * size_t(p.kv_heads * p.hd), rng, 2.0f);
+    p.v = random_bf16(p.k.size(), rng, 1.0f);
+
+    const std::vector<float> want = run_on_cpu(p);
+    const std::vector<uint16_t> got = run_on_device(p, AttentionKernel::kTensorCore);
+    const std::vector<uint16_t> old = run_on_device(p, AttentionKernel::kCudaCore);
+    for (size_t i = 0; i < want.size(); ++i) {
+      // Bound: outputs are convex combinations of v in [-1, 1]. The kernel rounds P to bf16
+      // before P V (relative 2^-9 per weight, so at most 2^-9 absolute on the output) and the
+      // output to bf16 (relative 2^-9); scores are exact products summed in fp32.
+      const float g = bf16_to_f32(got[i]), o = bf16_to_f32(old[i]);
+      const float tol = 2.5e-3f + std::fabs(want[i]) / 128;
+      ASSERT_TRUE(std::isfinite(g) && std::fabs(g - want[i]) <= tol)
+          << "trial " << trial << " hd " << p.hd << " group " << p.group << " window " << p.window
+          << " block " << p.block_size << " split " << split << " element " << i << " (row "
+          << i / size_t(heads * p.hd) << "): got " << g << " want " << want[i] << "\n" << p.plan << "\n" << p.list;
+      // Both kernels are within their bound of the same reference: twice the bound apart.
+      ASSERT_TRUE(std::isfinite(o) && std::fabs(g - o) <= 2 * tol)
+          << "trial " << trial << " element " << i << ": tensor core " << g << ", CUDA core " << o;
+      max_err_cpu = std::max(max_err_cpu, double(std::fabs(g - want[i])));
+      max_err_old = std::max(max_err_old, double(std::fabs(g - o)));
+    }
+  }
+  std::printf("[attention tc] max abs error vs CPU %.3e, vs CUDA-core kernel %.3e\n", max_err_cpu, max_err_old);
+}
+
+TEST_F(AttentionTensorCore, RejectsHeadDimsItHasNoKernelFor) {
+  AttentionArgs aa;
+  aa.num_tasks = 1;
+  aa.group = 1;
+  aa.head_dim = 96;
+  EXPECT_THROW(launch_attention(aa, nullptr, AttentionKernel::kTensorCore), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace xy::cuda
