@@ -254,14 +254,15 @@ void CudaBackend::run_step(const meta::StepPlan& plan) {
   check_plan(plan);
   const auto& c = config_;
   const cudaStream_t s = stream_.get();
-  // KV split: 512 positions as on the CPU, halved (down to 64, kept a multiple of the block
-  // size) while the step has too few tasks to fill the SMs: a decode of one request over 512
-  // keys is 8 tasks on a 132-SM H200 otherwise. Long steps keep 512, so the partial buffers stay
-  // small. The split changes rounding only (merges are exact in real arithmetic); the
-  // deterministic mode will fix it per position instead.
+  // KV split: the largest power of two from 16k positions down to 64 (a multiple of the block
+  // size) that still gives the step enough tasks to fill the SMs. A step with many tasks keeps
+  // its spans whole (splitting long prefill at 512 cost it 15-20%: bench/cuda/attention_bench.md);
+  // a decode of one request over 512 keys would otherwise be 8 tasks on a 132-SM H200. The split
+  // changes rounding only (merges are exact in real arithmetic); the deterministic mode will fix
+  // it per position instead, as the CPU backend does.
   const int32_t tile_tokens = xy::cuda::kAttentionTileRows / int32_t(c.num_heads / c.num_kv_heads);
   auto round_split = [&](int32_t split) { return std::max(block_size_, split / block_size_ * block_size_); };
-  int32_t split = round_split(512);
+  int32_t split = round_split(16384);
   while (split > round_split(64)) {
     int64_t tasks = 0;
     for (const auto& r : plan.requests)
