@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "support/run_json.h"
 #include "xyserve/backend/cpu/cpu_backend.h"
 #include "xyserve/common/error.h"
 #include "xyserve/model/checkpoint_writer.h"
@@ -87,28 +88,10 @@ bool run_torch(const fs::path& model_dir, const std::vector<int32_t>& tokens, in
     if (!ids.empty()) ids += ',';
     ids += std::to_string(t);
   }
-  const fs::path err_path = model_dir / "torch_stderr.txt";
-  const std::string cmd = cat(
-      "/usr/bin/python3 ", XY_SOURCE_DIR, "/tools/torch_forward.py --model '", model_dir.string(),
-      "' --tokens ", ids, " --greedy ", greedy, " 2>'", err_path.string(), "'");
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) {
-    error = "popen failed: " + cmd;
-    return false;
-  }
-  std::string text;
-  char buf[1 << 16];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) text.append(buf, n);
-  const int status = pclose(pipe);
-  if (status != 0) {
-    std::ifstream err(err_path);
-    std::stringstream ss;
-    ss << err.rdbuf();
-    error = cat("`", cmd, "` exited with status ", status, ":\n", ss.str());
-    return false;
-  }
-  const auto j = nlohmann::json::parse(text);
+  const std::string cmd = cat("/usr/bin/python3 ", XY_SOURCE_DIR, "/tools/torch_forward.py --model '",
+                              model_dir.string(), "' --tokens ", ids, " --greedy ", greedy);
+  nlohmann::json j;
+  if (!testing::run_json(cmd, model_dir / "torch_stderr.txt", j, error)) return false;
   out.logits = j.at("logits").get<std::vector<std::vector<double>>>();
   out.greedy = j.at("greedy").get<std::vector<int32_t>>();
   return true;

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "support/run_json.h"
 #include "xyserve/backend/cpu/cpu_backend.h"
 #include "xyserve/common/error.h"
 #include "xyserve/model/weights.h"
@@ -69,28 +70,9 @@ std::string join_ids(const std::vector<int32_t>& ids) {
   return out;
 }
 
-// Runs `cmd` (stderr to a file) and returns its stdout parsed as JSON; on failure returns false
-// with the command and its stderr in `error`.
 bool run_json(const std::string& cmd, const std::string& name, nlohmann::json& out,
               std::string& error) {
-  const fs::path err_path = work_dir() / (name + "_stderr.txt");
-  const std::string full = cmd + " 2>'" + err_path.string() + "'";
-  FILE* pipe = popen(full.c_str(), "r");
-  if (!pipe) {
-    error = "popen failed: " + full;
-    return false;
-  }
-  std::string text;
-  char buf[1 << 16];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) text.append(buf, n);
-  const int status = pclose(pipe);
-  if (status != 0) {
-    error = cat("`", full, "` exited with status ", status, ":\n", read_file(err_path));
-    return false;
-  }
-  out = nlohmann::json::parse(text);
-  return true;
+  return testing::run_json(cmd, work_dir() / (name + "_stderr.txt"), out, error);
 }
 
 // tools/torch_forward.py over `ids` (passed through a file: the held-out text is ~700 ids).
