@@ -38,6 +38,9 @@ TEST(StopStringMatcherTest, NeverEmitsAPartialStopStringAndCutsAtTheFirst) {
     streamed += m.flush();
     EXPECT_EQ(streamed, expected) << text;
     EXPECT_EQ(m.stopped(), cut != std::string::npos);
+    if (m.stopped()) {
+      EXPECT_EQ(text.find(m.matched()), cut) << "matched " << m.matched() << " in " << text;
+    }
   }
 }
 
@@ -64,6 +67,7 @@ TEST(EngineTest, StopStringsAreHeldBackAcrossTokens) {
       ASSERT_EQ(expected.compare(0, streamed.size(), streamed), 0) << "streamed past the stop";
       if (e.finished) {
         EXPECT_EQ(e.finish_reason, sched::FinishReason::kStop);
+        EXPECT_EQ(e.stop_string, stop);
         break;
       }
     }

@@ -100,6 +100,7 @@ await run_cases([
     const r = await client.completions.create({ ...params, stop: [stop, 'never-appears-xyz'] });
     equal(r.choices[0].text, expected, `text before stop ${JSON.stringify(stop)}`);
     equal(r.choices[0].finish_reason, 'stop', 'finish_reason');
+    equal(r.choices[0].stop_reason, stop, "vLLM's stop_reason names the stop string");
     const chunks = await stream_text({ ...params, stop }, (p) => client.completions.create(p));
     equal(chunks.map((c) => c.choices.length ? c.choices[0].text : '').join(''), expected, 'streamed text');
   }],

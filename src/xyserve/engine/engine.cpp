@@ -160,6 +160,7 @@ void Engine::finish_streams() {
     }
     e.finished = true;
     e.finish_reason = live.stops.stopped() ? sched::FinishReason::kStop : r->finish_reason;
+    if (live.stops.stopped()) e.stop_string = live.stops.matched();
     e.metrics = metrics_of(*r);
     live.stream->push(std::move(e));
     live_.erase(it);

@@ -37,6 +37,7 @@ struct StreamEvent {
   std::string text;                // text that became final (stop strings held back)
   bool finished = false;
   sched::FinishReason finish_reason = sched::FinishReason::kNone;
+  std::string stop_string;  // on the finishing event: the stop string that ended the request
   std::optional<RequestMetrics> metrics;  // on the finishing event
 };
 

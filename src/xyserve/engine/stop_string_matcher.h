@@ -28,12 +28,16 @@ class StopStringMatcher {
   // End of the stream without a stop string: the held text.
   std::string flush();
   bool stopped() const { return stopped_; }
+  // The stop string that matched (the earliest in the text; the first listed on a tie), once
+  // stopped(); vLLM reports it as the choice's stop_reason.
+  const std::string& matched() const { return matched_; }
   bool active() const { return !stops_.empty(); }
 
  private:
   std::vector<std::string> stops_;
   std::string held_;
   bool stopped_ = false;
+  std::string matched_;
 };
 
 }  // namespace xy::engine

@@ -127,11 +127,13 @@ class GenerationJob : public std::enable_shared_from_this<GenerationJob> {
       const FinishReason reason = finish_reason_of(e.finish_reason);
       delta.finish_reason = reason;
       c.output.finish_reason = reason;
-      // vLLM's stop_reason: the stop token id when one ended the choice. Which stop string
-      // matched is not reported by the engine, so it stays null then.
+      // vLLM's stop_reason: the stop string, or the stop token id, that ended the choice
+      // (null for EOS and length).
       const auto& stop_ids = spec_.choices[size_t(index)].options.stop_token_ids;
-      if (e.finish_reason == sched::FinishReason::kStop && !c.last_tokens.empty() &&
-          std::find(stop_ids.begin(), stop_ids.end(), c.last_tokens.back()) != stop_ids.end()) {
+      if (!e.stop_string.empty()) {
+        delta.stop_reason = c.output.stop_reason = e.stop_string;
+      } else if (e.finish_reason == sched::FinishReason::kStop && !c.last_tokens.empty() &&
+                 std::find(stop_ids.begin(), stop_ids.end(), c.last_tokens.back()) != stop_ids.end()) {
         delta.stop_reason = c.output.stop_reason = c.last_tokens.back();
       }
       if (e.metrics) {
