@@ -12,6 +12,7 @@
 #include <random>
 #include <vector>
 
+#include "support/plan_builder.h"
 #include "xyserve/backend/cpu/attention.h"
 #include "xyserve/backend/cuda/device.h"
 #include "xyserve/backend/cuda/device_buffer.h"
@@ -51,35 +52,15 @@ meta::StepPlan random_hybrid_plan(std::mt19937& rng, int32_t block_size, int32_t
   std::shuffle(pool.begin(), pool.end(), rng);
   const int32_t num_req = 1 + int32_t(rng() % 6);
   for (int32_t r = 0; r < num_req; ++r) {
-    meta::ScheduledRequest req;
-    req.request_id = r;
     // 0 decode, 1 prefill chunk on a prefix, 2 long context, 3 tree verify, 4 first token alone
     const int kind = int(rng() % 5);
-    req.num_computed_tokens = kind == 4 ? 0 : int32_t(rng() % (kind == 2 ? 3000 : 400));
-    req.num_new_tokens = kind == 0 || kind == 4 ? 1
-                         : kind == 3            ? 2 + int32_t(rng() % 11)
-                         : kind == 2            ? 1 + int32_t(rng() % 70)
-                                                : 1 + int32_t(rng() % 200);
-    req.first_row = plan.num_rows();
-    if (kind == 3) {
-      req.tree_parents.push_back(-1);
-      for (int32_t j = 1; j < req.num_new_tokens; ++j) req.tree_parents.push_back(int32_t(rng() % uint32_t(j)));
-    }
-    for (int32_t j = 0; j < req.num_new_tokens; ++j) {
-      int32_t depth = j;
-      if (kind == 3) {
-        depth = 0;
-        for (int32_t x = j; x > 0; x = req.tree_parents[size_t(x)]) ++depth;
-      }
-      plan.positions.push_back(req.num_computed_tokens + depth);
-      plan.token_ids.push_back(0);
-    }
-    const int32_t need = (req.num_computed_tokens + req.num_new_tokens + block_size - 1) / block_size;
-    for (int32_t b = 0; b < need; ++b) {
-      req.block_table.push_back(pool.back());
-      pool.pop_back();
-    }
-    plan.requests.push_back(req);
+    const int32_t computed = kind == 4 ? 0 : int32_t(rng() % (kind == 2 ? 3000 : 400));
+    const int32_t num_new = kind == 0 || kind == 4 ? 1
+                            : kind == 3            ? 2 + int32_t(rng() % 11)
+                            : kind == 2            ? 1 + int32_t(rng() % 70)
+                                                   : 1 + int32_t(rng() % 200);
+    testing::append_request(plan, r, computed, num_new,
+                            kind == 3 ? testing::random_tree(num_new, rng) : std::vector<int32_t>{}, pool);
   }
   return plan;
 }

@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "support/plan_builder.h"
 #include "xyserve/backend/cpu/attention.h"
 #include "xyserve/backend/cpu/kv_cache.h"
 #include "xyserve/backend/cpu/ops.h"
@@ -202,31 +203,11 @@ TEST_F(CudaKernels, AttentionOverWorkListMatchesCpuAttention) {
     std::shuffle(pool.begin(), pool.end(), rng);
     const int32_t num_req = 1 + int32_t(rng() % 4);
     for (int32_t r = 0; r < num_req; ++r) {
-      meta::ScheduledRequest req;
-      req.request_id = r;
       const int kind = int(rng() % 4);  // 0 decode, 1 chunk, 2 long chunk, 3 tree
-      req.num_computed_tokens = int32_t(rng() % (kind == 2 ? 1200 : 300));
-      req.num_new_tokens = kind == 0 ? 1 : kind == 3 ? 2 + int32_t(rng() % 9) : 1 + int32_t(rng() % 150);
-      req.first_row = plan.num_rows();
-      if (kind == 3) {
-        req.tree_parents.push_back(-1);
-        for (int32_t j = 1; j < req.num_new_tokens; ++j) req.tree_parents.push_back(int32_t(rng() % uint32_t(j)));
-      }
-      for (int32_t j = 0; j < req.num_new_tokens; ++j) {
-        int32_t depth = j;
-        if (kind == 3) {
-          depth = 0;
-          for (int32_t x = j; x > 0; x = req.tree_parents[size_t(x)]) ++depth;
-        }
-        plan.positions.push_back(req.num_computed_tokens + depth);
-        plan.token_ids.push_back(0);
-      }
-      const int32_t need = (req.num_computed_tokens + req.num_new_tokens + block_size - 1) / block_size;
-      for (int32_t b = 0; b < need; ++b) {
-        req.block_table.push_back(pool.back());
-        pool.pop_back();
-      }
-      plan.requests.push_back(req);
+      const int32_t computed = int32_t(rng() % (kind == 2 ? 1200 : 300));
+      const int32_t num_new = kind == 0 ? 1 : kind == 3 ? 2 + int32_t(rng() % 9) : 1 + int32_t(rng() % 150);
+      testing::append_request(plan, r, computed, num_new,
+                              kind == 3 ? testing::random_tree(num_new, rng) : std::vector<int32_t>{}, pool);
     }
     const int32_t m = plan.num_rows();
     const int64_t slot_elems = int64_t(kv_heads) * hd;
