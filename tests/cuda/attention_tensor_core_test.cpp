@@ -12,6 +12,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda/device_test_util.h"
 #include "support/plan_builder.h"
 #include "xyserve/backend/cpu/attention.h"
 #include "xyserve/backend/cuda/device.h"
@@ -24,23 +25,11 @@
 namespace xy::cuda {
 namespace {
 
-std::vector<uint16_t> random_bf16(size_t n, std::mt19937& rng, float scale) {
-  std::uniform_real_distribution<float> u(-scale, scale);
-  std::vector<uint16_t> out(n);
-  for (auto& v : out) v = f32_to_bf16(u(rng));
-  return out;
-}
-std::vector<float> to_f32(const std::vector<uint16_t>& b) {
-  std::vector<float> f(b.size());
-  for (size_t i = 0; i < b.size(); ++i) f[i] = bf16_to_f32(b[i]);
-  return f;
-}
-template <typename T>
-DeviceBuffer<T> to_device(const std::vector<T>& host) {
-  DeviceBuffer<T> d(std::max<size_t>(host.size(), 1));
-  XY_CUDA_CHECK(cudaMemcpy(d.get(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return d;
-}
+using testing::poison;
+using testing::random_bf16;
+using testing::to_device;
+using testing::to_f32;
+using testing::to_host;
 
 // One random step: a mix of request kinds, each with its own block table drawn from a shuffled
 // pool, so keys are gathered from scattered blocks.

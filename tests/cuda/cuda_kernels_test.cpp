@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda/device_test_util.h"
 #include "support/plan_builder.h"
 #include "xyserve/backend/cpu/attention.h"
 #include "xyserve/backend/cpu/kv_cache.h"
@@ -22,35 +23,12 @@
 namespace xy::cuda {
 namespace {
 
-// Random bf16 values (as bits) in [-scale, scale), and their fp32 values.
-std::vector<uint16_t> random_bf16(size_t n, std::mt19937& rng, float scale = 1.0f) {
-  std::uniform_real_distribution<float> u(-scale, scale);
-  std::vector<uint16_t> out(n);
-  for (auto& v : out) v = f32_to_bf16(u(rng));
-  return out;
-}
-std::vector<float> to_f32(const std::vector<uint16_t>& b) {
-  std::vector<float> f(b.size());
-  for (size_t i = 0; i < b.size(); ++i) f[i] = bf16_to_f32(b[i]);
-  return f;
-}
-template <typename T>
-DeviceBuffer<T> to_device(const std::vector<T>& host) {
-  DeviceBuffer<T> d(std::max<size_t>(host.size(), 1));
-  XY_CUDA_CHECK(cudaMemcpy(d.get(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return d;
-}
-template <typename T>
-std::vector<T> to_host(const DeviceBuffer<T>& d, size_t n) {
-  std::vector<T> h(n);
-  XY_CUDA_CHECK(cudaDeviceSynchronize());
-  XY_CUDA_CHECK(cudaMemcpy(h.data(), d.get(), n * sizeof(T), cudaMemcpyDeviceToHost));
-  return h;
-}
-template <typename T>
-void poison(DeviceBuffer<T>& d) {
-  XY_CUDA_CHECK(cudaMemset(d.get(), 0xff, d.bytes()));  // all-ones bits: NaN in bf16 and fp32
-}
+using testing::poison;
+using testing::random_bf16;
+using testing::to_device;
+using testing::to_f32;
+using testing::to_host;
+
 bool close(float got, float want, float abs_tol, float rel_tol) {
   return std::isfinite(got) && std::fabs(got - want) <= abs_tol + rel_tol * std::fabs(want);
 }
