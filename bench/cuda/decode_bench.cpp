@@ -3,20 +3,26 @@
 // lengths, and the device's copy bandwidth measured in the same run (the MBU ceiling).
 //
 //   decode_bench [--model DIR] [--preset llama3-8b] [--context 512] [--batches 1,8,32,128,256]
-//                [--prefill 1024,4096,8192] [--steps 20]
+//                [--prefill 1024,4096,8192] [--steps 20] [--cuda-graphs 0|1|both]
+//                [--deterministic 0|1]
 // Without --model, writes the preset's random checkpoint to /tmp/xy-<preset> (once).
+// --cuda-graphs both (the default) times the decode steps eagerly and with CUDA graphs, one
+// backend after the other (two would not fit beside each other's KV cache), side by side.
 //
 // Decode steps are B requests with `context` tokens already in the KV cache and one new row
 // each, built as StepPlans directly (no scheduler). The KV cache is zero-filled, not
 // prefilled: attention's cost does not depend on the values. A step is timed with CUDA events
 // around CudaBackend::run_step, so host planning and the plan upload are inside the figure;
-// the median of `steps` runs after 3 warm-ups is reported.
+// the median of `steps` runs after 3 warm-ups is reported (with graphs, the first warm-up of a
+// batch runs eagerly and captures the graph; the timed runs replay it).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -89,11 +95,32 @@ double time_step(backend::cuda::CudaBackend& be, const meta::StepPlan& plan, int
   return ms[ms.size() / 2];
 }
 
+// B decode requests with `context` tokens cached each (blocks r * blocks_per .. of request r).
+meta::StepPlan decode_plan(int b, int context, int bs, int64_t vocab) {
+  const int blocks_per = (context + 1 + bs - 1) / bs;
+  meta::StepPlan plan;
+  plan.block_size = bs;
+  for (int r = 0; r < b; ++r) {
+    meta::ScheduledRequest req;
+    req.request_id = r;
+    req.num_computed_tokens = context;
+    req.num_new_tokens = 1;
+    req.first_row = r;
+    req.num_logits_rows = 1;
+    for (int k = 0; k < blocks_per; ++k) req.block_table.push_back(r * blocks_per + k);
+    plan.token_ids.push_back(int32_t((int64_t(r) * 7919) % vocab));
+    plan.positions.push_back(context);
+    plan.requests.push_back(req);
+  }
+  return plan;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_dir, preset = "llama3-8b";
+  std::string model_dir, preset = "llama3-8b", graphs = "both";
   int context = 512, steps = 20;
+  bool deterministic = false;
   std::vector<int> batches{1, 8, 32, 128, 256}, prefills{1024, 4096, 8192};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
@@ -103,8 +130,15 @@ int main(int argc, char** argv) {
     else if (k == "--batches") batches = parse_list(v);
     else if (k == "--prefill") prefills = parse_list(v);
     else if (k == "--steps") steps = std::stoi(v);
+    else if (k == "--cuda-graphs") graphs = v;
+    else if (k == "--deterministic") deterministic = v == "1";
     else { std::fprintf(stderr, "decode_bench: unknown flag %s\n", k.c_str()); return 2; }
   }
+  std::vector<bool> modes;  // cuda_graphs of each backend, in order
+  if (graphs == "0") modes = {false};
+  else if (graphs == "1") modes = {true};
+  else if (graphs == "both") modes = {false, true};
+  else { std::fprintf(stderr, "decode_bench: --cuda-graphs takes 0, 1 or both, not %s\n", graphs.c_str()); return 2; }
   if (cuda::device_count() == 0) { std::fprintf(stderr, "decode_bench: no CUDA device\n"); return 1; }
   const cuda::DeviceInfo info = cuda::device_info(0);
   if (model_dir.empty()) {
@@ -117,61 +151,87 @@ int main(int argc, char** argv) {
     }
   }
   const double bw = copy_bandwidth();
-  const auto t_load = std::chrono::steady_clock::now();
   model::LoadOptions lo;
   lo.prefault = true;
   const auto weights = model::load_model(model_dir, lo);
   backend::cuda::CudaBackendOptions opt;
   opt.max_num_tokens = std::max(8192, *std::max_element(prefills.begin(), prefills.end()));
   opt.max_logits_rows = std::max(256, *std::max_element(batches.begin(), batches.end()));
-  backend::cuda::CudaBackend be(*weights, opt);
-  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
-  const auto& c = be.config();
-  const int bs = be.block_size();
-  std::printf("device %s, %d SMs; model %s (%s): %.2f GB of bf16 weights, loaded + uploaded in %.1f s; "
-              "%d KV blocks of %d tokens; copy bandwidth %.0f GB/s (read + write)\n",
-              info.name.c_str(), info.num_sms, model_dir.c_str(), c.architecture.c_str(),
-              double(be.weight_bytes()) / 1e9, load_s, be.num_kv_blocks(), bs, bw / 1e9);
+  opt.deterministic = deterministic;
 
-  // Parameters that every token multiplies (all but the embedding table): 2 FLOP each.
-  const double matmul_params = double(be.weight_bytes()) / 2.0 - double(c.vocab_size * c.hidden_size);
-  std::printf("\n| batch | context | step ms | tokens/s | bytes read (GB) | MBU |\n|---|---|---|---|---|---|\n");
-  for (int b : batches) {
-    const int blocks_per = (context + 1 + bs - 1) / bs;
-    if (int64_t(b) * blocks_per > be.num_kv_blocks()) { std::printf("| %d | skipped: KV too small |\n", b); continue; }
-    meta::StepPlan plan;
-    plan.block_size = bs;
-    for (int r = 0; r < b; ++r) {
-      meta::ScheduledRequest req;
-      req.request_id = r;
-      req.num_computed_tokens = context;
-      req.num_new_tokens = 1;
-      req.first_row = r;
-      req.num_logits_rows = 1;
-      for (int k = 0; k < blocks_per; ++k) req.block_table.push_back(r * blocks_per + k);
-      plan.token_ids.push_back((r * 7919) % int(c.vocab_size));
-      plan.positions.push_back(context);
-      plan.requests.push_back(req);
+  std::map<std::pair<bool, int>, double> decode_ms;  // (graphs, batch) -> median step ms; absent: skipped
+  std::map<int, double> prefill_ms;
+  size_t weight_bytes = 0, kv_bytes_per_token = 0;
+  for (size_t m = 0; m < modes.size(); ++m) {
+    opt.cuda_graphs = modes[m];
+    const auto t_load = std::chrono::steady_clock::now();
+    backend::cuda::CudaBackend be(*weights, opt);
+    const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
+    const auto& c = be.config();
+    const int bs = be.block_size();
+    weight_bytes = be.weight_bytes();
+    kv_bytes_per_token = be.kv_bytes_per_token();
+    if (m == 0)
+      std::printf("device %s, %d SMs; model %s (%s): %.2f GB of bf16 weights, uploaded in %.1f s; "
+                  "%d KV blocks of %d tokens; copy bandwidth %.0f GB/s (read + write)%s\n",
+                  info.name.c_str(), info.num_sms, model_dir.c_str(), c.architecture.c_str(),
+                  double(be.weight_bytes()) / 1e9, load_s, be.num_kv_blocks(), bs, bw / 1e9,
+                  deterministic ? "; deterministic mode" : "");
+    for (int b : batches) {
+      const int blocks_per = (context + 1 + bs - 1) / bs;
+      if (int64_t(b) * blocks_per > be.num_kv_blocks()) continue;
+      decode_ms[{modes[m], b}] = time_step(be, decode_plan(b, context, bs, c.vocab_size), steps);
     }
-    const double ms = time_step(be, plan, steps);
-    const double bytes = double(be.weight_bytes()) + double(b) * double(context + 1) * double(be.kv_bytes_per_token());
-    std::printf("| %d | %d | %.3f | %.0f | %.2f | %.1f%% |\n", b, context, ms, b / (ms * 1e-3), bytes / 1e9,
-                100.0 * bytes / (ms * 1e-3) / bw);
+    if (modes[m]) {
+      std::printf("graphs: %lld replays, %lld captures\n", (long long)be.cuda_graph_replays(),
+                  (long long)be.cuda_graph_captures());
+    }
+    if (m + 1 < modes.size()) continue;
+    for (int t : prefills) {  // prefill is never a graph step: timed once, with the last backend
+      meta::StepPlan plan;
+      plan.block_size = bs;
+      meta::ScheduledRequest req;
+      req.num_new_tokens = t;
+      req.num_logits_rows = 1;
+      for (int k = 0; k * bs < t; ++k) req.block_table.push_back(k);
+      for (int i = 0; i < t; ++i) {
+        plan.token_ids.push_back((i * 7919) % int(c.vocab_size));
+        plan.positions.push_back(i);
+      }
+      plan.requests.push_back(req);
+      prefill_ms[t] = time_step(be, plan, std::max(3, steps / 4));
+    }
+  }
+
+  const model::ModelConfig& c = weights->config;
+  // Parameters that every token multiplies (all but the embedding table): 2 FLOP each.
+  const double matmul_params = double(weight_bytes) / 2.0 - double(c.vocab_size * c.hidden_size);
+  auto fixed = [](const char* format, double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, format, v);
+    return std::string(buf);
+  };
+  auto cell = [&](bool g, int b) {
+    const auto it = decode_ms.find({g, b});
+    return it == decode_ms.end() ? std::string("-") : fixed("%.3f", it->second);
+  };
+  std::printf("\n| batch | context | eager ms | graphs ms | graphs speedup | tokens/s | bytes read (GB) | MBU |\n"
+              "|---|---|---|---|---|---|---|---|\n");
+  for (int b : batches) {
+    // tokens/s and MBU of the fastest mode measured
+    double ms = 0;
+    for (bool g : modes)
+      if (const auto it = decode_ms.find({g, b}); it != decode_ms.end()) ms = ms == 0 ? it->second : std::min(ms, it->second);
+    if (ms == 0) { std::printf("| %d | %d | skipped: KV too small |\n", b, context); continue; }
+    const auto e = decode_ms.find({false, b}), g = decode_ms.find({true, b});
+    const std::string speedup = e != decode_ms.end() && g != decode_ms.end() ? fixed("%.2fx", e->second / g->second) : "-";
+    const double bytes = double(weight_bytes) + double(b) * double(context + 1) * double(kv_bytes_per_token);
+    std::printf("| %d | %d | %s | %s | %s | %.0f | %.2f | %.1f%% |\n", b, context, cell(false, b).c_str(),
+                cell(true, b).c_str(), speedup.c_str(), b / (ms * 1e-3), bytes / 1e9, 100.0 * bytes / (ms * 1e-3) / bw);
   }
   std::printf("\n| prefill tokens | step ms | tokens/s | TFLOP/s (GEMM + attention) |\n|---|---|---|---|\n");
   for (int t : prefills) {
-    meta::StepPlan plan;
-    plan.block_size = bs;
-    meta::ScheduledRequest req;
-    req.num_new_tokens = t;
-    req.num_logits_rows = 1;
-    for (int k = 0; k * bs < t; ++k) req.block_table.push_back(k);
-    for (int i = 0; i < t; ++i) {
-      plan.token_ids.push_back((i * 7919) % int(c.vocab_size));
-      plan.positions.push_back(i);
-    }
-    plan.requests.push_back(req);
-    const double ms = time_step(be, plan, std::max(3, steps / 4));
+    const double ms = prefill_ms[t];
     // causal attention: q·k and p·v over t²/2 pairs per head per layer, 2 FLOP per MAC
     const double flops = 2.0 * matmul_params * t + 4.0 * double(c.num_layers) * double(c.num_heads) *
                                                        double(c.head_dim) * double(t) * double(t) / 2.0;

@@ -206,5 +206,97 @@ TEST(Sampler, LogprobsAreRawLogSoftmaxWhateverTheSettings) {
   EXPECT_TRUE(sample(logits, p, prompt, {}, rng).top_logprobs.empty());
 }
 
+// The plan-driven path (sample_rows, what backends run) against the per-request sampler: the
+// same uniform, the same penalties (built by append_penalty_tokens) give the same token.
+TEST(Sampler, SampleRowsEqualsTheRequestSamplerWithTheSameDraw) {
+  std::mt19937 gen(11);
+  std::uniform_real_distribution<float> logit(-4.0f, 4.0f);
+  const int64_t vocab = 300;
+  meta::SamplingPlan plan;
+  std::vector<float> logits;
+  std::vector<std::vector<int32_t>> prompts, outputs;
+  std::vector<uint64_t> seeds;
+  std::vector<int32_t> scratch;
+  for (int i = 0; i < 400; ++i) {
+    for (int64_t t = 0; t < vocab; ++t) logits.push_back(logit(gen));
+    SamplingParams p;
+    p.temperature = i % 5 == 0 ? 0.0f : 0.3f + float(i % 7) * 0.2f;
+    p.top_k = i % 3 == 0 ? int32_t(1 + i % 40) : 0;
+    p.top_p = i % 4 == 0 ? 0.5f + float(i % 5) * 0.1f : 1.0f;
+    p.min_p = i % 6 == 0 ? 0.05f : 0.0f;
+    p.repetition_penalty = i % 2 ? 1.3f : 1.0f;
+    p.frequency_penalty = i % 3 == 1 ? 0.4f : 0.0f;
+    p.presence_penalty = i % 5 == 2 ? -0.3f : 0.0f;
+    p.logprobs = i % 4 == 3 ? int32_t(i % 6) : -1;
+    std::vector<int32_t> prompt, output;
+    for (int j = 0; j < 20; ++j) prompt.push_back(int32_t(gen() % vocab));
+    for (int j = 0; j < i % 13; ++j) output.push_back(int32_t(gen() % 40));
+    seeds.push_back(uint64_t(i) * 7919);
+    std::mt19937_64 rng(seeds.back());
+    meta::RowSampling row;
+    row.params = p;
+    row.uniform = p.greedy() ? 0.0 : uniform01(rng);
+    row.penalties_begin = int32_t(plan.penalties.size());
+    meta::append_penalty_tokens(p, prompt, output, plan.penalties, scratch);
+    row.penalties_end = int32_t(plan.penalties.size());
+    plan.rows.push_back(row);
+    prompts.push_back(prompt);
+    outputs.push_back(output);
+  }
+  meta::SamplingOutput out;
+  sample_rows(logits, vocab, plan, out);
+  ASSERT_EQ(out.tokens.size(), plan.rows.size());
+  EXPECT_EQ(out.top_n, plan.max_top_logprobs());
+  for (size_t i = 0; i < plan.rows.size(); ++i) {
+    std::mt19937_64 rng(seeds[i]);
+    const std::span<const float> row(logits.data() + i * size_t(vocab), size_t(vocab));
+    const SampleResult r = sample(row, plan.rows[i].params, prompts[i], outputs[i], rng);
+    ASSERT_EQ(out.tokens[i], r.token) << "row " << i;
+    EXPECT_EQ(out.logprobs[i], r.logprob) << "row " << i;
+    for (size_t j = 0; j < r.top_logprobs.size(); ++j) {
+      EXPECT_EQ(out.top_logprobs[i * size_t(out.top_n) + j].token, r.top_logprobs[j].token);
+      EXPECT_EQ(out.top_logprobs[i * size_t(out.top_n) + j].logprob, r.top_logprobs[j].logprob);
+    }
+  }
+}
+
+TEST(Sampler, PenaltyTokensAreDistinctWithOutputCountsAndThePromptOnlyForRepetition) {
+  const std::vector<int32_t> prompt = {5, 5, 9}, output = {9, 2, 9};
+  std::vector<meta::PenaltyToken> out;
+  std::vector<int32_t> scratch;
+  SamplingParams p;
+  meta::append_penalty_tokens(p, prompt, output, out, scratch);
+  EXPECT_TRUE(out.empty());  // no penalty: nothing to send
+  p.frequency_penalty = 0.5f;
+  meta::append_penalty_tokens(p, prompt, output, out, scratch);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].token, 2);
+  EXPECT_EQ(out[0].output_count, 1);
+  EXPECT_EQ(out[1].token, 9);
+  EXPECT_EQ(out[1].output_count, 2);
+  out.clear();
+  p.repetition_penalty = 1.2f;
+  meta::append_penalty_tokens(p, prompt, output, out, scratch);
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[1].token, 5);
+  EXPECT_EQ(out[1].output_count, 0);
+}
+
+TEST(Sampler, ReturnLogitsRowsComeBackWholeAndTakeNoToken) {
+  const std::vector<float> logits = {0.0f, 1.0f, 2.0f, 3.0f, 3.0f, 1.0f};
+  meta::SamplingPlan plan;
+  plan.rows.resize(2);
+  plan.rows[0].params.temperature = 0.0f;
+  plan.rows[0].params.logprobs = 2;
+  plan.rows[1].return_logits = true;
+  meta::SamplingOutput out;
+  sample_rows(logits, 3, plan, out);
+  EXPECT_EQ(out.tokens, (std::vector<int32_t>{2, -1}));
+  EXPECT_EQ(out.logits, (std::vector<float>{3.0f, 3.0f, 1.0f}));
+  ASSERT_EQ(out.top_n, 2);
+  EXPECT_EQ(out.top_logprobs[0].token, 2);
+  EXPECT_EQ(out.top_logprobs[1].token, 1);
+}
+
 }  // namespace
 }  // namespace xy::backend::cpu

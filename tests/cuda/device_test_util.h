@@ -6,7 +6,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "xyserve/backend/cuda/cuda_check.h"
@@ -47,6 +51,14 @@ std::vector<T> to_host(const cuda::DeviceBuffer<T>& d, size_t n) {
 template <typename T>
 void poison(cuda::DeviceBuffer<T>& d) {
   XY_CUDA_CHECK(cudaMemset(d.get(), 0xff, d.bytes()));  // all-ones bits: NaN in bf16 and fp32
+}
+
+// A measured line a GPU test reports rather than asserts: printed, and appended to the file
+// $XY_GPU_REPORT names (scripts/gpu-check brings it back), since ctest shows a passing test's
+// output nowhere.
+inline void gpu_report(const std::string& text) {
+  std::printf("%s\n", text.c_str());
+  if (const char* path = std::getenv("XY_GPU_REPORT")) std::ofstream(path, std::ios::app) << text << "\n";
 }
 
 }  // namespace xy::testing

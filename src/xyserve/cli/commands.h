@@ -12,5 +12,6 @@ int run_make_model(const std::vector<std::string>& args);
 int run_serve(const std::vector<std::string>& args);
 int run_bench(const std::vector<std::string>& args);        // offline | serve
 int run_bench_serve(const std::vector<std::string>& args);  // after `bench serve`
+int run_tune(const std::vector<std::string>& args);
 
 }  // namespace xy::cli

@@ -8,6 +8,7 @@
 #ifdef XY_HAVE_CUDA
 #include "xyserve/backend/cuda/cuda_backend.h"
 #include "xyserve/backend/cuda/device.h"
+#include "xyserve/backend/cuda/smooth_gemm.h"
 #endif
 
 namespace xy::cli {
@@ -20,6 +21,15 @@ void add_engine_flags(FlagSet& f) {
   f.add("num-kv-blocks", "N", "", "KV cache blocks (default: from the memory budget)");
   f.add("kv-cache-memory", "BYTES", "1073741824", "CPU: KV cache budget in bytes, when neither --num-kv-blocks nor the command sets the KV size");
   f.add("gpu-memory-utilization", "F", "0.9", "GPU: fraction of the GPU's memory for weights, workspace and KV cache");
+  f.add_bool("deterministic", false,
+             "GPU: batch-invariant mode: a request's tokens do not depend on what shares its steps, how its "
+             "prompt was chunked or cached (one GEMM algorithm per shape for every M, attention split fixed by "
+             "position); costs throughput");
+  f.add_bool("enforce-eager", false, "GPU: no CUDA graphs for decode steps");
+  f.add("gemm", "smooth|cublas", "smooth",
+        "GPU linear layers: SmoothGEMM's tuned table (cuBLASLt where it has no entry), or cuBLASLt alone");
+  f.add("gemm-table", "FILE", "",
+        "SmoothGEMM table (default: MODEL/xyserve_gemm_table_<device>.json, written by `xyserve tune`)");
   f.add("max-num-batched-tokens", "N", "2048", "token budget of one step");
   f.add("max-num-seqs", "N", "256", "most requests in one step");
   f.add("long-prefill-token-threshold", "N", "0", "largest prefill chunk per request; 0: the budget");
@@ -105,6 +115,13 @@ std::unique_ptr<backend::Backend> make_backend(const FlagSet& flags, const std::
       throw InvalidArgument(cat(command, ": --gpu-memory-utilization must be in (0, 1]"));
     o.max_num_tokens = std::max(request.max_num_tokens, 16);
     o.max_logits_rows = o.max_num_tokens;
+    o.deterministic = flags.get_bool("deterministic");
+    o.cuda_graphs = !flags.get_bool("enforce-eager");
+    const std::string gemm = flags.get("gemm");
+    if (gemm != "smooth" && gemm != "cublas")
+      throw InvalidArgument(cat(command, ": --gemm ", gemm, " is not one of smooth|cublas"));
+    if (gemm == "smooth")
+      o.gemm_table = xy::cuda::find_gemm_table(flags.get("model"), flags.get("gemm-table"), o.device);
     return std::make_unique<backend::cuda::CudaBackend>(weights, o);
 #endif
   }

@@ -16,7 +16,7 @@
 namespace xy::cli {
 
 // Declares --device, --threads, --block-size, --num-kv-blocks, --kv-cache-memory,
-// --gpu-memory-utilization, --max-num-batched-tokens, --max-num-seqs,
+// --gpu-memory-utilization, --deterministic, --enforce-eager, --max-num-batched-tokens, --max-num-seqs,
 // --long-prefill-token-threshold, --scheduling-policy, --enable-prefix-caching,
 // --speculative-method, --num-speculative-tokens, --speculative-tree.
 void add_engine_flags(FlagSet& flags);

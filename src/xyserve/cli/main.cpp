@@ -20,6 +20,7 @@ constexpr Command kCommands[] = {
     {"make-model", "write a random-weight checkpoint in Hugging Face layout", xy::cli::run_make_model},
     {"serve", "serve a model over the OpenAI API (HTTP, SSE streaming)", xy::cli::run_serve},
     {"bench", "`bench offline`: the engine alone; `bench serve`: an OpenAI-compatible server", xy::cli::run_bench},
+    {"tune", "measure the GEMM candidates for a model on this GPU and write the SmoothGEMM table", xy::cli::run_tune},
 };
 
 void print_usage(std::FILE* out) {

@@ -168,21 +168,36 @@ void Engine::finish_streams() {
 }
 
 bool Engine::step() {
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
   take_inbox();
   finish_streams();  // cancelled requests
   const meta::StepPlan plan = scheduler_->schedule();
+  const auto t1 = Clock::now();
+  auto t2 = t1, t3 = t1;
   if (!plan.requests.empty() || !plan.kv_moves.empty() || !plan.kv_copies.empty()) {
-    backend_.forward(plan, logits_);
     const int64_t vocab = backend_.vocab_size();
-    std::vector<sched::SampledTokens> outputs;
-    std::unordered_map<int64_t, VerifiedTokens> verified;
-    int64_t row = 0;
+    sampling_.rows.clear();
+    sampling_.penalties.clear();
     for (const meta::ScheduledRequest& s : plan.requests) {
       if (s.num_logits_rows == 0) continue;
       const sched::Request* r = scheduler_->find(s.request_id);
       XY_CHECK(r != nullptr, "planned request ", s.request_id, " is gone");
-      const std::span<const float> rows(logits_.data() + row * vocab, size_t(s.num_logits_rows * vocab));
-      VerifiedTokens v = verifier_.run(*r, rows, vocab, live_.at(s.request_id).rng);
+      const size_t before = sampling_.rows.size();
+      verifier_.add_rows(*r, live_.at(s.request_id).rng, sampling_);
+      XY_CHECK(sampling_.rows.size() - before == size_t(s.num_logits_rows), "request ", s.request_id,
+               ": ", s.num_logits_rows, " logits rows planned, ", sampling_.rows.size() - before, " sampled");
+    }
+    t2 = Clock::now();
+    backend_.forward_and_sample(plan, sampling_, sampled_);
+    t3 = Clock::now();
+    std::vector<sched::SampledTokens> outputs;
+    std::unordered_map<int64_t, VerifiedTokens> verified;
+    int32_t row = 0, logits_row = 0;
+    for (const meta::ScheduledRequest& s : plan.requests) {
+      if (s.num_logits_rows == 0) continue;
+      const sched::Request* r = scheduler_->find(s.request_id);
+      VerifiedTokens v = verifier_.finish(*r, sampled_, row, &logits_row, vocab, live_.at(s.request_id).rng);
       outputs.push_back(v.sampled);
       verified.emplace(s.request_id, std::move(v));
       row += s.num_logits_rows;
@@ -193,12 +208,19 @@ bool Engine::step() {
     }
     finish_streams();
   }
+  const auto t4 = Clock::now();
+  host_time_.schedule_s += seconds(t1 - t0);
+  host_time_.prepare_s += seconds(t2 - t1);
+  host_time_.backend_s += seconds(t3 - t2);
+  host_time_.finish_s += seconds(t4 - t3);
   EngineStats s;
   s.scheduler = scheduler_->stats();
   s.kv = scheduler_->kv_cache().counters();
   s.num_free_blocks = scheduler_->kv_cache().num_free_blocks();
   s.num_running = scheduler_->num_running();
   s.num_waiting = scheduler_->num_waiting();
+  s.host_time = host_time_;
+  s.device_busy_s = backend_.device_busy_s();
   {
     std::lock_guard<std::mutex> lock(mu_);
     stats_ = s;

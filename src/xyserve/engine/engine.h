@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -60,8 +61,20 @@ struct GenerationResult {
   RequestMetrics metrics;
 };
 
+// Wall time of the engine thread's steps, summed, in seconds: scheduling (with taking new
+// requests and cancels), building the sampling plan, the backend's forward_and_sample (which
+// waits for the device), and turning samples into tokens, updates and stream events.
+struct StepHostTime {
+  double schedule_s = 0, prepare_s = 0, backend_s = 0, finish_s = 0;
+  double total_s() const { return schedule_s + prepare_s + backend_s + finish_s; }
+};
+
 struct EngineStats {
   sched::SchedulerStats scheduler;
+  StepHostTime host_time;
+  // The backend's device time over all steps (Backend::device_busy_s), when it measures it:
+  // host_time.total_s() - device_busy_s is the time the device sat idle between steps.
+  std::optional<double> device_busy_s;
   cache::KvCacheCounters kv;
   int32_t num_free_blocks = 0;
   int32_t num_running = 0;
@@ -130,7 +143,9 @@ class Engine {
   std::unique_ptr<sched::Drafter> drafter_;
   std::unique_ptr<sched::Scheduler> scheduler_;
   TokenVerifier verifier_;
-  std::vector<float> logits_;
+  meta::SamplingPlan sampling_;   // this step's, reused
+  meta::SamplingOutput sampled_;
+  StepHostTime host_time_;
   std::unordered_map<int64_t, Live> live_;
   int32_t max_request_blocks_ = 0;
 

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "xyserve/backend/cpu/gemm.h"
+#include "xyserve/backend/cpu/sampler.h"
 #include "xyserve/common/check.h"
 #include "xyserve/common/error.h"
 
@@ -201,6 +202,14 @@ void CpuBackend::forward(const meta::StepPlan& plan, std::vector<float>& logits)
   rms_norm(last_.data(), final_norm_.data(), num_logits, h, c.rms_norm_eps, last_.data());
   const float* head = lm_head_.empty() ? embed_.data() : lm_head_.data();
   linear(last_.data(), num_logits, h, head, c.vocab_size, nullptr, logits.data(), &pool_);
+}
+
+void CpuBackend::forward_and_sample(const meta::StepPlan& plan, const meta::SamplingPlan& sampling,
+                                    meta::SamplingOutput& out) {
+  XY_CHECK(int32_t(sampling.rows.size()) == plan.num_logits_rows(), sampling.rows.size(),
+           " sampling rows for ", plan.num_logits_rows(), " logits rows");
+  forward(plan, step_logits_);
+  sample_rows(step_logits_, config_.vocab_size, sampling, out);
 }
 
 }  // namespace xy::backend::cpu

@@ -35,6 +35,8 @@ class CpuBackend : public Backend {
   ~CpuBackend() override;
 
   void forward(const meta::StepPlan& plan, std::vector<float>& logits) override;
+  void forward_and_sample(const meta::StepPlan& plan, const meta::SamplingPlan& sampling,
+                          meta::SamplingOutput& out) override;
 
   int64_t vocab_size() const override { return config_.vocab_size; }
   int32_t num_kv_blocks() const override { return kv_.num_blocks(); }
@@ -79,6 +81,7 @@ class CpuBackend : public Backend {
   // Step buffers, grown when M grows and otherwise reused.
   int64_t capacity_rows_ = 0;
   std::vector<float> hidden_, normed_, qkv_, attn_, proj_, gate_up_, act_, cos_, sin_, last_;
+  std::vector<float> step_logits_;  // forward_and_sample's
 };
 
 }  // namespace xy::backend::cpu

@@ -23,10 +23,76 @@ double log_sum_exp(std::span<const float> logits) {
   return double(mx) + std::log(sum);
 }
 
-// A uniform double in [0, 1) from the top 53 bits of one draw.
+}  // namespace
+
 double uniform01(std::mt19937_64& rng) { return double(rng() >> 11) * 0x1.0p-53; }
 
-}  // namespace
+int32_t draw(std::span<const TokenProb> dist, double uniform) {
+  XY_CHECK(!dist.empty());
+  double cum = 0.0;
+  for (const auto& t : dist) {
+    cum += t.prob;
+    if (uniform < cum) return t.token;
+  }
+  return dist.back().token;
+}
+
+void apply_penalties(std::span<float> logits, const meta::SamplingParams& params,
+                     std::span<const meta::PenaltyToken> penalties) {
+  const int64_t vocab = int64_t(logits.size());
+  const float rp = params.repetition_penalty;
+  for (const meta::PenaltyToken& e : penalties) {
+    XY_CHECK(e.token >= 0 && e.token < vocab, "token id ", e.token, " outside [0, ", vocab, ")");
+    float& l = logits[size_t(e.token)];
+    if (rp != 1.0f) l = l > 0.0f ? l / rp : l * rp;
+    if (e.output_count > 0) l -= params.frequency_penalty * float(e.output_count) + params.presence_penalty;
+  }
+}
+
+void sample_rows(std::span<const float> logits, int64_t vocab, const meta::SamplingPlan& plan,
+                 meta::SamplingOutput& out) {
+  const size_t rows = plan.rows.size();
+  XY_CHECK(logits.size() == rows * size_t(vocab), logits.size(), " logits for ", rows, " rows of ", vocab);
+  out.top_n = plan.max_top_logprobs();
+  out.tokens.assign(rows, -1);
+  out.logprobs.assign(rows, 0.0f);
+  out.top_logprobs.assign(rows * size_t(out.top_n), meta::TokenLogprob{});
+  out.logits.clear();
+  std::vector<float> work;
+  std::vector<TokenProb> dist;
+  for (size_t i = 0; i < rows; ++i) {
+    const meta::RowSampling& row = plan.rows[i];
+    const std::span<const float> raw = logits.subspan(i * size_t(vocab), size_t(vocab));
+    if (row.return_logits) {
+      out.logits.insert(out.logits.end(), raw.begin(), raw.end());
+      continue;
+    }
+    work.assign(raw.begin(), raw.end());
+    XY_CHECK(row.penalties_begin >= 0 && row.penalties_begin <= row.penalties_end &&
+             size_t(row.penalties_end) <= plan.penalties.size(), "row ", i, " penalties");
+    apply_penalties(work, row.params,
+                    std::span(plan.penalties).subspan(size_t(row.penalties_begin),
+                                                      size_t(row.penalties_end - row.penalties_begin)));
+    int32_t token;
+    if (row.params.greedy()) {
+      token = argmax(work);
+    } else {
+      sampling_distribution(work, row.params, dist);
+      token = draw(dist, row.uniform);
+    }
+    out.tokens[i] = token;
+    const double lse = log_sum_exp(raw);
+    out.logprobs[i] = float(double(raw[size_t(token)]) - lse);
+    const size_t n = size_t(std::max(0, std::min<int32_t>(row.params.logprobs, out.top_n)));
+    if (n == 0) continue;
+    dist.clear();
+    for (size_t t = 0; t < raw.size(); ++t) dist.push_back({int32_t(t), double(raw[t])});
+    const size_t k = std::min(n, dist.size());
+    std::partial_sort(dist.begin(), dist.begin() + ptrdiff_t(k), dist.end(), before);
+    for (size_t j = 0; j < k; ++j)
+      out.top_logprobs[i * size_t(out.top_n) + j] = {dist[j].token, float(dist[j].prob - lse)};
+  }
+}
 
 void apply_penalties(std::span<float> logits, const meta::SamplingParams& params,
                      std::span<const int32_t> prompt_ids, std::span<const int32_t> output_ids) {
@@ -139,18 +205,7 @@ SampleResult Sampler::sample(std::span<const float> logits, const meta::Sampling
     result.token = argmax(work_);
   } else {
     sampling_distribution(work_, params, dist_);
-    // Walk the distribution (most likely first) to the drawn mass; the last token catches
-    // rounding so a draw always lands.
-    const double u = uniform01(rng);
-    double cum = 0.0;
-    result.token = dist_.back().token;
-    for (const auto& t : dist_) {
-      cum += t.prob;
-      if (u < cum) {
-        result.token = t.token;
-        break;
-      }
-    }
+    result.token = draw(dist_, uniform01(rng));
   }
   const double lse = log_sum_exp(logits);
   result.logprob = float(double(logits[size_t(result.token)]) - lse);

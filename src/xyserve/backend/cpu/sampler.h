@@ -23,13 +23,11 @@
 #include <vector>
 
 #include "xyserve/meta/sampling_params.h"
+#include "xyserve/meta/sampling_plan.h"
 
 namespace xy::backend::cpu {
 
-struct TokenLogprob {
-  int32_t token = -1;
-  float logprob = 0.0f;
-};
+using meta::TokenLogprob;
 
 struct SampleResult {
   int32_t token = -1;
@@ -49,6 +47,9 @@ void apply_penalties(std::span<float> logits, const meta::SamplingParams& params
                      std::vector<int32_t>& scratch);
 void apply_penalties(std::span<float> logits, const meta::SamplingParams& params,
                      std::span<const int32_t> prompt_ids, std::span<const int32_t> output_ids);
+// Step 1 from a row's penalty context (meta/sampling_plan.h), in place.
+void apply_penalties(std::span<float> logits, const meta::SamplingParams& params,
+                     std::span<const meta::PenaltyToken> penalties);
 
 // Steps 2-3 for temperature > 0: the tokens that may be drawn with their renormalised
 // probabilities, most likely first (ties: lower id first). `logits` are after penalties.
@@ -57,6 +58,18 @@ void sampling_distribution(std::span<const float> logits, const meta::SamplingPa
 
 // The lowest id among the largest logits.
 int32_t argmax(std::span<const float> logits);
+
+// Step 4: the token where the cumulative probability of `dist` (most likely first) first
+// exceeds `uniform` in [0, 1); the last token when rounding leaves the sum short.
+int32_t draw(std::span<const TokenProb> dist, double uniform);
+
+// A uniform double in [0, 1) from the top 53 bits of one draw: the `uniform` of a RowSampling.
+double uniform01(std::mt19937_64& rng);
+
+// Samples every row of `plan` from logits [plan.rows.size(), vocab] (backend/backend.h's
+// forward_and_sample on the CPU; the reference that the GPU sampler is tested against).
+void sample_rows(std::span<const float> logits, int64_t vocab, const meta::SamplingPlan& plan,
+                 meta::SamplingOutput& out);
 
 // Holds the scratch buffers of sampling so that a step allocates nothing once warm.
 // Not thread-safe: one Sampler per thread.

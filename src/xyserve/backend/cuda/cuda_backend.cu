@@ -68,7 +68,8 @@ CudaBackend::CudaBackend(const model::ModelWeights& weights, const CudaBackendOp
     : config_(weights.config),
       options_(options),
       block_size_(options.block_size),
-      device_(select_device(options.device)) {
+      device_(select_device(options.device)),
+      gemm_(options.gemm_table, std::max(options.max_num_tokens, options.max_logits_rows)) {
   const auto& c = config_;
   if (options.block_size <= 0) throw InvalidArgument(cat("cuda backend: block_size ", options.block_size));
   if (options.max_num_tokens <= 0 || options.max_logits_rows <= 0)
@@ -82,7 +83,9 @@ CudaBackend::CudaBackend(const model::ModelWeights& weights, const CudaBackendOp
   q_dim_ = c.num_heads * hd;
   kv_dim_ = c.num_kv_heads * hd;
   qkv_dim_ = q_dim_ + 2 * kv_dim_;
-  work_options_.kv_split = (512 + block_size_ - 1) / block_size_ * block_size_;
+  fixed_kv_split_ = (512 + block_size_ - 1) / block_size_ * block_size_;  // as the CPU backend
+  work_options_.kv_split = fixed_kv_split_;
+  if (options.deterministic) gemm_.set_batch_invariant(true);
   XY_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, options.device));
   work_options_.tile_rows = xy::cuda::kAttentionTileRows;
   if (c.num_heads / c.num_kv_heads > xy::cuda::kAttentionTileRows)
@@ -141,8 +144,12 @@ CudaBackend::CudaBackend(const model::ModelWeights& weights, const CudaBackendOp
   act_.reset(rows * size_t(inter));
   last_.reset(size_t(options.max_logits_rows) * size_t(h));
   logits_.reset(size_t(options.max_logits_rows) * size_t(c.vocab_size));
+  // A graph step's padding rows get no attention task, so their rows of attn_ keep whatever was
+  // there: zeros from here on, or an earlier step's (finite) output, never uninitialised bits.
+  XY_CUDA_CHECK(cudaMemsetAsync(attn_.get(), 0, attn_.bytes(), stream_.get()));
 
-  // The KV cache takes what is left of the memory budget (vLLM's gpu_memory_utilization).
+  // The KV cache takes what is left of the memory budget (vLLM's gpu_memory_utilization), less
+  // one block past the engine's for the KV of graph steps' padding rows.
   const size_t block_bytes = size_t(block_size_) * kv_bytes_per_token();
   if (options.num_kv_blocks > 0) {
     num_kv_blocks_ = options.num_kv_blocks;
@@ -150,19 +157,29 @@ CudaBackend::CudaBackend(const model::ModelWeights& weights, const CudaBackendOp
     size_t free_bytes = 0, total_bytes = 0;
     XY_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     const double budget = double(total_bytes) * options.gpu_memory_utilization - double(total_bytes - free_bytes);
-    if (budget < double(block_bytes))
+    if (budget < 2.0 * double(block_bytes))
       throw InvalidArgument(cat("cuda backend: no room for the KV cache: ", (total_bytes - free_bytes) >> 20,
                                 " MiB in use of ", total_bytes >> 20, " MiB, gpu_memory_utilization ",
                                 options.gpu_memory_utilization));
-    num_kv_blocks_ = int32_t(std::min<double>(budget / double(block_bytes), 1 << 30));
+    num_kv_blocks_ = int32_t(std::min<double>(budget / double(block_bytes) - 1.0, 1 << 30));
   }
-  kv_cache_.reset(size_t(num_kv_blocks_) * block_bytes / sizeof(bf16));
+  kv_plane_elems_ = size_t(num_kv_blocks_ + 1) * size_t(block_size_) * size_t(kv_dim_);
+  trash_slot_ = num_kv_blocks_ * block_size_;
+  kv_cache_.reset(size_t(num_kv_blocks_ + 1) * block_bytes / sizeof(bf16));
   // Zero-filled as on the CPU: a slot never written reads as 0, never as garbage (or NaN).
   XY_CUDA_CHECK(cudaMemsetAsync(kv_cache_.get(), 0, kv_cache_.bytes(), stream_.get()));
   XY_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+
+  if (options.cuda_graphs) {
+    graph_buckets_ = xy::cuda::decode_graph_buckets(
+        std::min({options.cuda_graph_max_batch, options.max_logits_rows, options.max_num_tokens}));
+    decode_graphs_.reserve(graph_buckets_.size());
+    for (int32_t rows : graph_buckets_) decode_graphs_.emplace_back(rows);
+  }
 }
 
-CudaBackend::~CudaBackend() = default;
+// Graphs and buffers go only once the stream has finished with them.
+CudaBackend::~CudaBackend() { (void)cudaStreamSynchronize(stream_.get()); }
 
 size_t CudaBackend::kv_bytes_per_token() const {
   return size_t(config_.num_layers) * 2 * size_t(kv_dim_) * sizeof(bf16);
@@ -192,9 +209,8 @@ void CudaBackend::run_layer(const xy::cuda::DevicePlanView& view, int64_t index)
   const int32_t m = view.num_rows;
   const int64_t h = c.hidden_size, inter = c.intermediate_size;
   const float eps = float(c.rms_norm_eps);
-  const size_t plane = size_t(num_kv_blocks_) * size_t(block_size_) * size_t(kv_dim_);
-  bf16* k_cache = kv_cache_.get() + size_t(index) * 2 * plane;
-  bf16* v_cache = k_cache + plane;
+  bf16* k_cache = kv_cache_.get() + size_t(index) * 2 * kv_plane_elems_;
+  bf16* v_cache = k_cache + kv_plane_elems_;
 
   // x += down(...) of the previous layer (none before layer 0); normed = norm(x)
   xy::cuda::launch_add_rms_norm(residual_.get(), index == 0 ? nullptr : proj_.get(), l.input_norm.get(),
@@ -235,12 +251,14 @@ void CudaBackend::run_layer(const xy::cuda::DevicePlanView& view, int64_t index)
   aa.tree_parents = view.tree_parents;
   aa.tasks = work.tasks;
   aa.num_tasks = work.num_tasks;
+  aa.task_count = work.task_count;
+  aa.batch_invariant = options_.deterministic;
   aa.out = attn_.get();
   aa.partial_out = partial_out_.get();
   aa.partial_max = partial_stats_.get();
   aa.partial_sum = partial_stats_.get() + (partial_stats_.size() / 2);
   xy::cuda::launch_attention(aa, s);
-  xy::cuda::launch_attention_merge(aa, work.merges, work.num_merges, s);
+  xy::cuda::launch_attention_merge(aa, work.merges, work.num_merges, s, work.merge_count);
   gemm_.run(attn_.get(), l.o_proj.get(), proj_.get(), xy::cuda::GemmOut::kBF16, m, int(h), int(q_dim_), s);
 
   xy::cuda::launch_add_rms_norm(residual_.get(), proj_.get(), l.post_norm.get(), nullptr, m, h, eps,
@@ -250,30 +268,33 @@ void CudaBackend::run_layer(const xy::cuda::DevicePlanView& view, int64_t index)
   gemm_.run(act_.get(), l.down.get(), proj_.get(), xy::cuda::GemmOut::kBF16, m, int(h), int(inter), s);
 }
 
-void CudaBackend::run_step(const meta::StepPlan& plan) {
-  check_plan(plan);
+void CudaBackend::plan_attention(const meta::StepPlan& plan) {
   const auto& c = config_;
-  const cudaStream_t s = stream_.get();
-  // KV split: the largest power of two from 16k positions down to 64 (a multiple of the block
-  // size) that still gives the step enough tasks to fill the SMs. A step with many tasks keeps
-  // its spans whole (splitting long prefill at 512 cost it 15-20%: bench/cuda/attention_bench.md);
-  // a decode of one request over 512 keys would otherwise be 8 tasks on a 132-SM H200. The split
-  // changes rounding only (merges are exact in real arithmetic); the deterministic mode will fix
-  // it per position instead, as the CPU backend does.
-  const int32_t tile_tokens = xy::cuda::kAttentionTileRows / int32_t(c.num_heads / c.num_kv_heads);
-  auto round_split = [&](int32_t split) { return std::max(block_size_, split / block_size_ * block_size_); };
-  int32_t split = round_split(16384);
-  while (split > round_split(64)) {
-    int64_t tasks = 0;
-    for (const auto& r : plan.requests)
-      tasks += int64_t((r.num_new_tokens + tile_tokens - 1) / tile_tokens) *
-               ((r.num_computed_tokens + r.num_new_tokens + split - 1) / split);
-    if (tasks * c.num_kv_heads >= num_sms_) break;
-    const int32_t next = round_split(split / 2);
-    if (next == split) break;
-    split = next;
+  if (options_.deterministic) {
+    // Spans cut at multiples of a fixed split, as on the CPU backend: a row's split (and so its
+    // merge order) then depends on its position only (meta/attention_work_list.h).
+    work_options_.kv_split = fixed_kv_split_;
+  } else {
+    // KV split: the largest power of two from 16k positions down to 64 (a multiple of the block
+    // size) that still gives the step enough tasks to fill the SMs. A step with many tasks keeps
+    // its spans whole (splitting long prefill at 512 cost it 15-20%: bench/cuda/attention_bench.md);
+    // a decode of one request over 512 keys would otherwise be 8 tasks on a 132-SM H200. The split
+    // changes rounding only (merges are exact in real arithmetic).
+    const int32_t tile_tokens = xy::cuda::kAttentionTileRows / int32_t(c.num_heads / c.num_kv_heads);
+    auto round_split = [&](int32_t split) { return std::max(block_size_, split / block_size_ * block_size_); };
+    int32_t split = round_split(16384);
+    while (split > round_split(64)) {
+      int64_t tasks = 0;
+      for (const auto& r : plan.requests)
+        tasks += int64_t((r.num_new_tokens + tile_tokens - 1) / tile_tokens) *
+                 ((r.num_computed_tokens + r.num_new_tokens + split - 1) / split);
+      if (tasks * c.num_kv_heads >= num_sms_) break;
+      const int32_t next = round_split(split / 2);
+      if (next == split) break;
+      split = next;
+    }
+    work_options_.kv_split = split;
   }
-  work_options_.kv_split = split;
   // Plan once, run many: one work list per distinct window, shared by its layers.
   work_lists_.resize(windows_.size());
   int32_t max_partials = 0;
@@ -285,19 +306,24 @@ void CudaBackend::run_step(const meta::StepPlan& plan) {
   const size_t tile = size_t(xy::cuda::kAttentionTileRows);
   if (size_t(max_partials) * tile * size_t(c.head_dim) > partial_out_.size()) {
     // Grown rarely (a step with more split spans than any before); cudaFree waits for the
-    // device, so no kernel of an earlier step still reads the old buffers.
+    // device, so no kernel of an earlier step still reads the old buffers. Graphs captured
+    // over the old ones are stale from here on.
     const size_t n = size_t(max_partials) * 2;
     partial_out_.reset(n * tile * size_t(c.head_dim));
     partial_stats_.reset(n * tile * 2);
+    ++partials_generation_;
   }
-  const xy::cuda::DevicePlanView& view = device_plan_.upload(plan, work_lists_, s);
-  last_num_logits_ = view.num_logits_rows;
+}
 
-  const size_t plane = size_t(num_kv_blocks_) * size_t(block_size_) * size_t(kv_dim_);
-  xy::cuda::launch_kv_copies_and_moves(kv_cache_.get(), int32_t(2 * c.num_layers), int64_t(plane),
+void CudaBackend::run_kv_copies_and_moves(const xy::cuda::DevicePlanView& view) {
+  xy::cuda::launch_kv_copies_and_moves(kv_cache_.get(), int32_t(2 * config_.num_layers), int64_t(kv_plane_elems_),
                                        block_size_, kv_dim_, view.kv_copies, view.num_kv_copies,
-                                       view.kv_moves, view.num_kv_moves, s);
-  if (view.num_rows == 0) return;
+                                       view.kv_moves, view.num_kv_moves, stream_.get());
+}
+
+void CudaBackend::run_forward(const xy::cuda::DevicePlanView& view) {
+  const auto& c = config_;
+  const cudaStream_t s = stream_.get();
   xy::cuda::launch_embedding(embed_.get(), c.hidden_size, view.token_ids, view.num_rows, residual_.get(), s);
   for (int64_t i = 0; i < c.num_layers; ++i) run_layer(view, i);
   if (view.num_logits_rows == 0) return;
@@ -309,6 +335,46 @@ void CudaBackend::run_step(const meta::StepPlan& plan) {
             int(c.vocab_size), int(c.hidden_size), s);
 }
 
+void CudaBackend::run_decode_graph(const meta::StepPlan& plan, xy::cuda::DecodeGraph& graph) {
+  const cudaStream_t s = stream_.get();
+  // A graph holds the addresses of the bucket's plan and of the partials: when either moved,
+  // it is recorded again.
+  if (graph.plan.reserve(plan, work_lists_) || graph.partials_generation != partials_generation_)
+    graph.graph.reset();
+  const xy::cuda::DevicePlanView& view = device_plan_.upload_padded(plan, work_lists_, graph.plan, trash_slot_, s);
+  last_num_logits_ = plan.num_logits_rows();
+  run_kv_copies_and_moves(view);
+  if (graph.graph) {
+    graph.graph.launch(s);
+    ++graph_replays_;
+    return;
+  }
+  // Not captured yet: run the padded step eagerly (this step's results; and every lazy first
+  // use, such as cuBLASLt's algorithm choice for this M, kernel attributes and module loading,
+  // happens outside the capture), then record the same launches for the bucket's next steps.
+  run_forward(view);
+  graph.graph.capture(s, [&] { run_forward(view); });
+  graph.partials_generation = partials_generation_;
+  ++graph_captures_;
+}
+
+void CudaBackend::run_step(const meta::StepPlan& plan) {
+  check_plan(plan);
+  plan_attention(plan);
+  const int32_t batch = plan.num_rows();
+  if (!graph_buckets_.empty() && batch <= graph_buckets_.back() && xy::cuda::is_decode_only(plan)) {
+    const size_t bucket = size_t(std::lower_bound(graph_buckets_.begin(), graph_buckets_.end(), batch) -
+                                 graph_buckets_.begin());
+    run_decode_graph(plan, decode_graphs_[bucket]);
+    return;
+  }
+  const xy::cuda::DevicePlanView& view = device_plan_.upload(plan, work_lists_, stream_.get());
+  last_num_logits_ = view.num_logits_rows;
+  run_kv_copies_and_moves(view);
+  if (view.num_rows == 0) return;
+  run_forward(view);
+}
+
 void CudaBackend::forward(const meta::StepPlan& plan, std::vector<float>& logits) {
   run_step(plan);
   logits.resize(size_t(plan.num_logits_rows()) * size_t(config_.vocab_size));
@@ -316,6 +382,27 @@ void CudaBackend::forward(const meta::StepPlan& plan, std::vector<float>& logits
     XY_CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_.get(), logits.size() * sizeof(float),
                                   cudaMemcpyDeviceToHost, stream_.get()));
   XY_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+}
+
+void CudaBackend::forward_and_sample(const meta::StepPlan& plan, const meta::SamplingPlan& sampling,
+                                     meta::SamplingOutput& out) {
+  XY_CHECK(int32_t(sampling.rows.size()) == plan.num_logits_rows(), sampling.rows.size(),
+           " sampling rows for ", plan.num_logits_rows(), " logits rows");
+  const cudaStream_t s = stream_.get();
+  XY_CUDA_CHECK(cudaEventRecord(step_start_.get(), s));
+  run_step(plan);
+  if (sampling.rows.empty()) {
+    out = meta::SamplingOutput{};
+  } else {
+    sampler_.run(logits_.get(), config_.vocab_size, sampling, out, s);  // synchronises the stream
+  }
+  // Recorded on an idle stream (the sampler synchronised it): it completes at once, so busy time
+  // counts the few microseconds since, and no device idle time between steps.
+  XY_CUDA_CHECK(cudaEventRecord(step_end_.get(), s));
+  XY_CUDA_CHECK(cudaEventSynchronize(step_end_.get()));
+  float ms = 0.0f;
+  XY_CUDA_CHECK(cudaEventElapsedTime(&ms, step_start_.get(), step_end_.get()));
+  device_busy_s_ += double(ms) * 1e-3;
 }
 
 }  // namespace xy::backend::cuda

@@ -9,6 +9,12 @@
 // gate/up GEMM, SiLU-and-mul, down GEMM) and the final norm + LM head on the logits rows only;
 // the logits come back to the host in fp32.
 //
+// Decode-only steps run as CUDA graphs, one per batch-size bucket (cuda_graphs.h), unless
+// options.cuda_graphs is off; a replay computes exactly what the same padded step run eagerly
+// computes. options.deterministic makes a row's logits independent of the batch around it
+// (DESIGN.md, "Correctness"): KV spans split at fixed positions as on the CPU backend, attention
+// reduced in one order for every tile (kernels.h), cuBLASLt held to one algorithm per shape.
+//
 // Threading: forward() runs on the engine thread only; all work goes on the backend's stream.
 #pragma once
 
@@ -18,10 +24,12 @@
 #include <vector>
 
 #include "xyserve/backend/backend.h"
+#include "xyserve/backend/cuda/cuda_graphs.h"
 #include "xyserve/backend/cuda/device_buffer.h"
 #include "xyserve/backend/cuda/device_plan.h"
 #include "xyserve/backend/cuda/kernels/kernels.h"
-#include "xyserve/backend/cuda/lt_gemm.h"
+#include "xyserve/backend/cuda/device_sampler.h"
+#include "xyserve/backend/cuda/smooth_gemm.h"
 #include "xyserve/meta/attention_work_list.h"
 #include "xyserve/model/weights.h"
 
@@ -36,6 +44,19 @@ struct CudaBackendOptions {
   int device = 0;
   int32_t max_num_tokens = 8192;   // rows per step: sizes the step workspace
   int32_t max_logits_rows = 1024;  // logits rows per step
+  // Decode-only steps of up to this many requests (and max_logits_rows, max_num_tokens) replay
+  // CUDA graphs captured per bucket; vLLM's --enforce-eager is cuda_graphs = false. 512 as
+  // vLLM's largest capture size: past it a decode step is long enough (~40 ms on an H200 for
+  // Llama-3-8B) that its ~325 launches are lost in it.
+  bool cuda_graphs = true;
+  int32_t cuda_graph_max_batch = 512;
+  // Batch-invariant (deterministic) mode: a row's result does not depend on which rows share
+  // its step, so greedy output is the same batched or alone, chunked or not, with prefix hits
+  // or speculation or not. Costs speed: fixed 512-position KV splits, one cuBLASLt algorithm
+  // per GEMM shape, no key split of small attention tiles.
+  bool deterministic = false;
+  // SmoothGEMM's dispatch table (`xyserve tune`); empty: every GEMM on cuBLASLt (--gemm cublas).
+  meta::GemmTable gemm_table;
 };
 
 class CudaBackend : public Backend {
@@ -47,6 +68,12 @@ class CudaBackend : public Backend {
   ~CudaBackend() override;
 
   void forward(const meta::StepPlan& plan, std::vector<float>& logits) override;
+  // run_step, then the DeviceSampler on the logits rows: only tokens, logprobs and the logits
+  // rows the sampling plan asks for come back. Device time between the step's first command and
+  // the sampler's last is added to device_busy_s().
+  void forward_and_sample(const meta::StepPlan& plan, const meta::SamplingPlan& sampling,
+                          meta::SamplingOutput& out) override;
+  std::optional<double> device_busy_s() const override { return device_busy_s_; }
 
   int64_t vocab_size() const override { return config_.vocab_size; }
   int32_t num_kv_blocks() const override { return num_kv_blocks_; }
@@ -60,8 +87,13 @@ class CudaBackend : public Backend {
   // Enqueues the step without copying logits back or synchronising (benchmarks time this with
   // events); forward() = run_step + copy + sync.
   void run_step(const meta::StepPlan& plan);
-  // The logits of the last run_step, [num_logits_rows, vocab] fp32 on the device.
+  // The logits of the last run_step, [num_logits_rows, vocab] fp32 on the device (a graph
+  // step leaves padding rows' garbage after them: read the plan's num_logits_rows only).
   const float* device_logits() const { return logits_.get(); }
+  // Decode steps that replayed a graph, and those that ran eagerly to capture one (a bucket's
+  // first step, or its first after a buffer moved).
+  int64_t cuda_graph_replays() const { return graph_replays_; }
+  int64_t cuda_graph_captures() const { return graph_captures_; }
 
  private:
   using bf16 = xy::cuda::bf16;
@@ -72,18 +104,30 @@ class CudaBackend : public Backend {
   };
 
   void check_plan(const meta::StepPlan& plan) const;
+  // Chooses the KV split, builds the work lists and grows the partial buffers for `plan`.
+  void plan_attention(const meta::StepPlan& plan);
+  void run_kv_copies_and_moves(const xy::cuda::DevicePlanView& view);
+  // Everything after the KV housekeeping: embedding, layers, final norm and LM head. What a
+  // decode graph captures.
+  void run_forward(const xy::cuda::DevicePlanView& view);
   void run_layer(const xy::cuda::DevicePlanView& view, int64_t index);
+  void run_decode_graph(const meta::StepPlan& plan, xy::cuda::DecodeGraph& graph);
 
   model::ModelConfig config_;
   CudaBackendOptions options_;
   int32_t block_size_ = 16;
-  int32_t num_kv_blocks_ = 0;
+  int32_t num_kv_blocks_ = 0;  // the engine's; one more, past them, takes padding rows' KV
+  size_t kv_plane_elems_ = 0;  // one layer's K (or V): (num_kv_blocks_ + 1) blocks
+  int32_t trash_slot_ = 0;     // first slot of the padding block
   int64_t q_dim_ = 0, kv_dim_ = 0, qkv_dim_ = 0;
   size_t weight_bytes_ = 0;
 
   int device_ = 0;  // made current before anything below is created
   xy::cuda::Stream stream_;
-  xy::cuda::LtGemm gemm_;
+  xy::cuda::SmoothGemm gemm_;
+  xy::cuda::DeviceSampler sampler_;
+  xy::cuda::Event step_start_{cudaEventDefault}, step_end_{cudaEventDefault};
+  double device_busy_s_ = 0.0;
   xy::cuda::DeviceBuffer<bf16> embed_, final_norm_, lm_head_;  // lm_head_ empty when tied
   std::vector<Layer> layers_;
   xy::cuda::DeviceBuffer<double> inv_freq_;  // [head_dim / 2], the CPU backend's values
@@ -94,13 +138,19 @@ class CudaBackend : public Backend {
   xy::cuda::DeviceBuffer<bf16> normed_, qkv_, attn_, proj_, gate_up_, act_, last_;
   xy::cuda::DeviceBuffer<float> logits_;    // [max_logits_rows, vocab]
   xy::cuda::DeviceBuffer<float> partial_out_, partial_stats_;  // grown to the step's partials
+  uint64_t partials_generation_ = 0;  // bumped when they move (graphs over them are stale)
 
   meta::WorkListOptions work_options_{xy::cuda::kAttentionTileRows, 512};
+  int32_t fixed_kv_split_ = 512;  // the CPU backend's split, used in deterministic mode
   std::vector<int32_t> windows_;  // distinct layer windows
   std::vector<std::pair<int32_t, meta::AttentionWorkList>> work_lists_;
   xy::cuda::DevicePlan device_plan_;
   int32_t last_num_logits_ = 0;
   int num_sms_ = 0;
+
+  std::vector<int32_t> graph_buckets_;                // empty: no graphs
+  std::vector<xy::cuda::DecodeGraph> decode_graphs_;  // one per bucket
+  int64_t graph_replays_ = 0, graph_captures_ = 0;
 };
 
 }  // namespace xy::backend::cuda

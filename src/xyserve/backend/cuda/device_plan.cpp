@@ -1,5 +1,6 @@
 #include "xyserve/backend/cuda/device_plan.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "xyserve/common/check.h"
@@ -36,9 +37,23 @@ const DevicePlanView::Attention& DevicePlanView::for_window(int32_t window) cons
 
 DevicePlan::DevicePlan() = default;
 
-const DevicePlanView& DevicePlan::upload(
-    const meta::StepPlan& plan, const std::vector<std::pair<int32_t, meta::AttentionWorkList>>& lists,
-    cudaStream_t stream) {
+std::byte* DevicePlan::host_buffer(size_t bytes) {
+  // The pinned buffer is reused: the previous step's copy must have left it.
+  if (pending_) XY_CUDA_CHECK(cudaEventSynchronize(copied_.get()));
+  pending_ = false;
+  if (host_.size() < bytes) host_.reserve(bytes * 2);
+  return host_.get();
+}
+
+void DevicePlan::copy_to_device(std::byte* dst, size_t bytes, cudaStream_t stream) {
+  XY_CUDA_CHECK(cudaMemcpyAsync(dst, host_.get(), bytes, cudaMemcpyHostToDevice, stream));
+  XY_CUDA_CHECK(cudaEventRecord(copied_.get(), stream));
+  pending_ = true;
+  last_bytes_ = bytes;
+}
+
+const DevicePlanView& DevicePlan::upload(const meta::StepPlan& plan, const WorkLists& lists,
+                                         cudaStream_t stream) {
   const size_t m = size_t(plan.num_rows());
   size_t num_table = 0, num_parents = 0;
   for (const auto& r : plan.requests) {
@@ -65,11 +80,8 @@ const DevicePlanView& DevicePlan::upload(
   }
   const size_t bytes = std::max<size_t>(pk.size(), kAlign);
 
-  // The pinned buffer is reused: the previous step's copy must have left it.
-  if (pending_) XY_CUDA_CHECK(cudaEventSynchronize(copied_.get()));
-  if (host_.size() < bytes) host_.reserve(bytes * 2);
+  std::byte* h = host_buffer(bytes);
   if (device_.size() < bytes) device_.reset(bytes * 2);
-  std::byte* h = host_.get();
   auto at = [&](size_t offset) { return reinterpret_cast<int32_t*>(h + offset); };
 
   std::memcpy(h + o_ids, plan.token_ids.data(), m * sizeof(int32_t));
@@ -103,10 +115,7 @@ const DevicePlanView& DevicePlan::upload(
     std::memcpy(h + o_lists[i].second, list.merges.data(), list.merges.size() * sizeof(meta::MergeGroup));
   }
 
-  XY_CUDA_CHECK(cudaMemcpyAsync(device_.get(), h, pk.size(), cudaMemcpyHostToDevice, stream));
-  XY_CUDA_CHECK(cudaEventRecord(copied_.get(), stream));
-  pending_ = true;
-  last_bytes_ = pk.size();
+  copy_to_device(device_.get(), pk.size(), stream);
 
   const std::byte* d = device_.get();
   auto dp = [&](size_t offset) { return reinterpret_cast<const int32_t*>(d + offset); };
@@ -130,6 +139,159 @@ const DevicePlanView& DevicePlan::upload(
                                int32_t(list.tasks.size()),
                                reinterpret_cast<const meta::MergeGroup*>(d + o_lists[i].second),
                                int32_t(list.merges.size()), list.num_partials});
+  }
+  return view_;
+}
+
+bool PaddedPlan::reserve(const meta::StepPlan& plan, const WorkLists& lists) {
+  XY_CHECK(int32_t(plan.requests.size()) <= rows_, "padded plan of ", rows_, " rows given ",
+           plan.requests.size(), " requests");
+  size_t table = 0;
+  for (const auto& r : plan.requests) table += r.block_table.size();
+  // Minimums first (a few KB), then double what is needed: the number of regrowths, each a
+  // re-capture, stays logarithmic.
+  bool grew = device_.size() == 0;
+  if (cap_.work.size() != lists.size()) {
+    cap_.work.assign(lists.size(), {0, 0});
+    grew = true;
+  }
+  auto fit = [&](size_t& cap, size_t need, size_t minimum) {
+    if (grew) cap = std::max(cap, minimum);
+    if (need <= cap) return;
+    cap = std::max(2 * need, minimum);
+    grew = true;
+  };
+  fit(cap_.table, table, size_t(rows_) * 32);  // 512 positions a request at block size 16
+  fit(cap_.copies, plan.kv_copies.size(), 16);
+  fit(cap_.moves, plan.kv_moves.size(), 64);
+  for (size_t i = 0; i < lists.size(); ++i) {
+    fit(cap_.work[i].first, lists[i].second.tasks.size(), 256);
+    fit(cap_.work[i].second, lists[i].second.merges.size(), 64);
+  }
+  if (!grew) return false;
+  off_ = layout();
+  device_.reset(off_.bytes);
+  return true;
+}
+
+// Sections in a fixed order at offsets from the capacities alone: counts (tasks, merges per
+// list), the rows' ids, positions, slots and logits rows, the requests, then per list tasks and
+// merges, the block tables, the KV copies and moves.
+PaddedPlan::Offsets PaddedPlan::layout() const {
+  Packer pk;
+  Offsets o;
+  const size_t rows = size_t(rows_);
+  o.counts = pk.reserve<int32_t>(2 * cap_.work.size());
+  o.ids = pk.reserve<int32_t>(rows);
+  o.pos = pk.reserve<int32_t>(rows);
+  o.slots = pk.reserve<int32_t>(rows);
+  o.logits = pk.reserve<int32_t>(rows);
+  o.requests = pk.reserve<PlanRequest>(rows);
+  for (const auto& [tasks, merges] : cap_.work) {
+    const size_t t = pk.reserve<meta::AttentionTask>(tasks);
+    o.work.emplace_back(t, pk.reserve<meta::MergeGroup>(merges));
+  }
+  o.table = pk.reserve<int32_t>(cap_.table);
+  o.copies = pk.reserve<meta::KvBlockCopy>(cap_.copies);
+  o.moves = pk.reserve<meta::KvSlotMove>(cap_.moves);
+  o.bytes = std::max<size_t>(pk.size(), kAlign);
+  return o;
+}
+
+const DevicePlanView& DevicePlan::upload_padded(const meta::StepPlan& plan, const WorkLists& lists,
+                                                PaddedPlan& target, int32_t trash_slot, cudaStream_t stream) {
+  const PaddedPlan::Offsets& o = target.off_;
+  const PaddedPlan::Capacity& cap = target.cap_;
+  const size_t rows = size_t(target.rows());
+  const size_t n = plan.requests.size();
+  XY_CHECK(target.device_.size() > 0 && cap.work.size() == lists.size(), "padded plan not reserved");
+  XY_CHECK(size_t(plan.num_rows()) == n && n <= rows, "a padded plan takes one row per request, at most ",
+           rows, "; got ", plan.num_rows(), " rows of ", n, " requests");
+  XY_CHECK(plan.kv_copies.size() <= cap.copies && plan.kv_moves.size() <= cap.moves, "padded plan too small");
+
+  std::byte* h = host_buffer(o.bytes);
+  auto at = [&](size_t offset) { return reinterpret_cast<int32_t*>(h + offset); };
+  size_t end = o.requests + rows * sizeof(PlanRequest);  // the copy reaches the last byte in use
+  auto used = [&](size_t offset, size_t bytes) {
+    if (bytes > 0) end = std::max(end, offset + bytes);
+  };
+
+  int32_t* counts = at(o.counts);
+  for (size_t i = 0; i < lists.size(); ++i) {
+    const meta::AttentionWorkList& list = lists[i].second;
+    XY_CHECK(list.tasks.size() <= cap.work[i].first && list.merges.size() <= cap.work[i].second,
+             "padded plan too small for the work list");
+    counts[2 * i] = int32_t(list.tasks.size());
+    counts[2 * i + 1] = int32_t(list.merges.size());
+    std::memcpy(h + o.work[i].first, list.tasks.data(), list.tasks.size() * sizeof(meta::AttentionTask));
+    std::memcpy(h + o.work[i].second, list.merges.data(), list.merges.size() * sizeof(meta::MergeGroup));
+    used(o.work[i].first, list.tasks.size() * sizeof(meta::AttentionTask));
+    used(o.work[i].second, list.merges.size() * sizeof(meta::MergeGroup));
+  }
+  int32_t* ids = at(o.ids);
+  int32_t* pos = at(o.pos);
+  int32_t* slots = at(o.slots);
+  int32_t* logits_rows = at(o.logits);
+  auto* reqs = reinterpret_cast<PlanRequest*>(h + o.requests);
+  int32_t* table = at(o.table);
+  size_t t_off = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const meta::ScheduledRequest& r = plan.requests[i];
+    XY_CHECK(r.num_new_tokens == 1 && r.num_logits_rows == 1 && r.tree_parents.empty() &&
+                 r.first_row == int32_t(i),
+             "request ", r.request_id, " is not a decode");
+    XY_CHECK(t_off + r.block_table.size() <= cap.table, "padded plan too small for the block tables");
+    const int32_t s = r.num_computed_tokens;  // the new row's KV slot
+    ids[i] = plan.token_ids[i];
+    pos[i] = plan.positions[i];
+    slots[i] = r.block_table[size_t(s / plan.block_size)] * plan.block_size + s % plan.block_size;
+    logits_rows[i] = int32_t(i);
+    reqs[i] = PlanRequest{r.first_row, 1, r.num_computed_tokens, int32_t(t_off), -1};
+    std::memcpy(table + t_off, r.block_table.data(), r.block_table.size() * sizeof(int32_t));
+    t_off += r.block_table.size();
+  }
+  for (size_t i = n; i < rows; ++i) {  // padding rows
+    ids[i] = 0;
+    pos[i] = 0;
+    slots[i] = trash_slot;
+    logits_rows[i] = int32_t(i);
+    reqs[i] = PlanRequest{int32_t(i), 1, 0, 0, -1};  // named by no task
+  }
+  used(o.table, t_off * sizeof(int32_t));
+  std::memcpy(h + o.copies, plan.kv_copies.data(), plan.kv_copies.size() * sizeof(meta::KvBlockCopy));
+  std::memcpy(h + o.moves, plan.kv_moves.data(), plan.kv_moves.size() * sizeof(meta::KvSlotMove));
+  used(o.copies, plan.kv_copies.size() * sizeof(meta::KvBlockCopy));
+  used(o.moves, plan.kv_moves.size() * sizeof(meta::KvSlotMove));
+
+  std::byte* d = target.device_.get();
+  copy_to_device(d, end, stream);
+
+  auto dp = [&](size_t offset) { return reinterpret_cast<const int32_t*>(d + offset); };
+  view_.num_rows = int32_t(rows);
+  view_.num_logits_rows = int32_t(rows);
+  view_.token_ids = dp(o.ids);
+  view_.positions = dp(o.pos);
+  view_.kv_slots = dp(o.slots);
+  view_.requests = reinterpret_cast<const PlanRequest*>(d + o.requests);
+  view_.block_tables = dp(o.table);
+  view_.tree_parents = nullptr;  // no request has a tree
+  view_.logits_rows = dp(o.logits);
+  view_.kv_copies = reinterpret_cast<const meta::KvBlockCopy*>(d + o.copies);
+  view_.num_kv_copies = int32_t(plan.kv_copies.size());
+  view_.kv_moves = reinterpret_cast<const meta::KvSlotMove*>(d + o.moves);
+  view_.num_kv_moves = int32_t(plan.kv_moves.size());
+  view_.attention.clear();
+  for (size_t i = 0; i < lists.size(); ++i) {
+    DevicePlanView::Attention a;
+    a.window = lists[i].first;
+    a.tasks = reinterpret_cast<const meta::AttentionTask*>(d + o.work[i].first);
+    a.num_tasks = int32_t(cap.work[i].first);
+    a.merges = reinterpret_cast<const meta::MergeGroup*>(d + o.work[i].second);
+    a.num_merges = int32_t(cap.work[i].second);
+    a.num_partials = lists[i].second.num_partials;
+    a.task_count = dp(o.counts) + 2 * i;
+    a.merge_count = dp(o.counts) + 2 * i + 1;
+    view_.attention.push_back(a);
   }
   return view_;
 }

@@ -2,7 +2,9 @@
 // one CTA per task, 8 warps, each warp owning up to 8 of the tile's 64 GQA-packed query rows.
 // K and V tiles of 32 keys are staged in shared memory once and used by every row of the tile;
 // each lane scores one key, then every lane accumulates its share of head_dim. Softmax in base 2,
-// fp32 throughout.
+// fp32 throughout. A row is reduced by one warp over key tiles at absolute multiples of 32
+// positions, so its order never depends on the rest of its tile (kernels.h).
+#include <algorithm>
 #include <cfloat>
 
 #include "xyserve/backend/cuda/cuda_check.h"
@@ -34,19 +36,26 @@ __device__ __forceinline__ bool tree_visible(const int32_t* parents, int32_t i, 
   return j == i;
 }
 
+// Per-key metadata of the staged key tile.
+template <int kKeys>
+struct KeyTile {
+  int64_t addr[kKeys];  // element offset of (slot, kv_head) in the cache; -1: none
+  int32_t pos[kKeys];
+  int32_t tree[kKeys];  // tree row index of the key, -1 for a computed key
+};
+
+// One task, by the whole CTA. Leaves shared memory in use: the caller syncs before the next.
 template <int kHeadDim>
-__global__ void __launch_bounds__(AttentionTraits<kHeadDim>::kThreads)
-    attention_kernel(AttentionArgs a) {
+__device__ __forceinline__ void attention_task(const AttentionArgs& a, const meta::AttentionTask& task,
+                                               uint32_t* smem, KeyTile<AttentionTraits<kHeadDim>::kKeys>& keys) {
   using T = AttentionTraits<kHeadDim>;
-  extern __shared__ uint32_t smem[];
   uint32_t* q_s = smem;                                       // [64][kWords]
   uint32_t* k_s = q_s + kAttentionTileRows * T::kWords;       // [kKeys][kKvStrideWords]
   uint32_t* v_s = k_s + T::kKeys * T::kKvStrideWords;
-  __shared__ int64_t key_addr[T::kKeys];   // element offset of (slot, kv_head) in the cache; -1: none
-  __shared__ int32_t key_pos[T::kKeys];
-  __shared__ int32_t key_tree[T::kKeys];   // tree row index of the key, -1 for a computed key
+  int64_t* key_addr = keys.addr;
+  int32_t* key_pos = keys.pos;
+  int32_t* key_tree = keys.tree;
 
-  const meta::AttentionTask task = a.tasks[blockIdx.x];
   const PlanRequest req = a.requests[task.request];
   const int32_t* table = a.block_tables + req.block_table;
   const int32_t* parents = req.tree_parents >= 0 ? a.tree_parents + req.tree_parents : nullptr;
@@ -79,8 +88,12 @@ __global__ void __launch_bounds__(AttentionTraits<kHeadDim>::kThreads)
   const bool tree = task.mask == meta::MaskKind::kTree;
   // Keys: range A by position (slot = position) then, for a tree task, range B over the step's
   // rows by slot, keeping those whose position lies in the span (each key is in one span).
+  // Range A starts at the multiple of kKeys at or below kv_begin (keys before kv_begin are
+  // absent), so a key always sits in the same tile and lane whatever the span's start, which
+  // a window makes depend on the tile's other rows.
   const int32_t a_end = tree ? min(task.kv_end, req.num_computed) : task.kv_end;
-  const int32_t num_a = max(0, a_end - task.kv_begin);
+  const int32_t a_base = task.kv_begin / T::kKeys * T::kKeys;
+  const int32_t num_a = a_end > task.kv_begin ? a_end - a_base : 0;
   const int32_t num_keys = num_a + (tree ? req.num_new : 0);
 
   for (int32_t k0 = 0; k0 < num_keys; k0 += T::kKeys) {
@@ -90,9 +103,11 @@ __global__ void __launch_bounds__(AttentionTraits<kHeadDim>::kThreads)
       int64_t addr = -1;
       int32_t pos = 0, tree_row = -1;
       if (kk < num_a) {
-        pos = task.kv_begin + kk;
-        const int64_t block = table[pos / a.block_size];
-        addr = ((block * a.block_size + pos % a.block_size) * a.num_kv_heads + task.kv_head) * kHeadDim;
+        pos = a_base + kk;
+        if (pos >= task.kv_begin) {
+          const int64_t block = table[pos / a.block_size];
+          addr = ((block * a.block_size + pos % a.block_size) * a.num_kv_heads + task.kv_head) * kHeadDim;
+        }
       } else if (kk < num_keys) {
         tree_row = kk - num_a;
         pos = a.positions[req.first_row + tree_row];
@@ -202,12 +217,27 @@ __global__ void __launch_bounds__(AttentionTraits<kHeadDim>::kThreads)
   }
 }
 
-// One block per merge group, one warp per tile row: partials folded in split order by
-// log-sum-exp (base 2, as the attention kernel stores them).
+// One CTA per task, or (task_count set: CUDA graphs) a persistent grid striding over them.
 template <int kHeadDim>
-__global__ void attention_merge_kernel(AttentionArgs a, const meta::MergeGroup* merges) {
+__global__ void __launch_bounds__(AttentionTraits<kHeadDim>::kThreads)
+    attention_kernel(AttentionArgs a) {
+  using T = AttentionTraits<kHeadDim>;
+  extern __shared__ uint32_t smem[];
+  __shared__ KeyTile<T::kKeys> keys;
+  const int32_t num_tasks = a.task_count ? min(*a.task_count, a.num_tasks) : a.num_tasks;
+  for (int32_t i = blockIdx.x; i < num_tasks; i += gridDim.x) {
+    attention_task<kHeadDim>(a, a.tasks[i], smem, keys);
+    __syncthreads();  // every warp is done with the tile before the next task loads its own
+  }
+}
+
+// One merge group, one warp per tile row: partials folded in split order by log-sum-exp (base
+// 2, as the attention kernels store them). An empty partial (max -inf: the row sees no key of
+// that span) is skipped, so a row with one non-empty partial gets o * (1 / sum) of it exactly,
+// the bits a direct write of the same span gives.
+template <int kHeadDim>
+__device__ __forceinline__ void merge_group(const AttentionArgs& a, const meta::MergeGroup& mg) {
   constexpr int kDimsPerLane = (kHeadDim + 31) / 32;
-  const meta::MergeGroup mg = merges[blockIdx.x];
   const PlanRequest req = a.requests[mg.request];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
   for (int r = warp; r < mg.q_count * a.group; r += num_warps) {
@@ -239,16 +269,28 @@ __global__ void attention_merge_kernel(AttentionArgs a, const meta::MergeGroup* 
   }
 }
 
+// One block per merge group, or (merge_count set: CUDA graphs) a persistent grid striding over them.
+template <int kHeadDim>
+__global__ void attention_merge_kernel(AttentionArgs a, const meta::MergeGroup* merges, int32_t num_merges,
+                                       const int32_t* merge_count) {
+  const int32_t n = merge_count ? min(*merge_count, num_merges) : num_merges;
+  for (int32_t g = blockIdx.x; g < n; g += gridDim.x) merge_group<kHeadDim>(a, merges[g]);
+}
+
 template <int kHeadDim>
 void run_attention(const AttentionArgs& a, cudaStream_t stream) {
   using T = AttentionTraits<kHeadDim>;
-  static const bool configured = [] {
+  // Resident CTAs per SM at this shared memory size: the persistent grid's width.
+  static const int blocks_per_sm = [] {
     XY_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<kHeadDim>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(T::kSmemBytes)));
-    return true;
+    int n = 0;
+    XY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attention_kernel<kHeadDim>, T::kThreads,
+                                                                T::kSmemBytes));
+    return n;
   }();
-  (void)configured;
-  attention_kernel<kHeadDim><<<a.num_tasks, T::kThreads, T::kSmemBytes, stream>>>(a);
+  const int32_t grid = a.task_count ? persistent_grid(a.num_tasks, blocks_per_sm) : a.num_tasks;
+  attention_kernel<kHeadDim><<<grid, T::kThreads, T::kSmemBytes, stream>>>(a);
   XY_CUDA_CHECK_LAUNCH();
 }
 
@@ -275,12 +317,21 @@ void launch_attention_cuda_core(const AttentionArgs& a, cudaStream_t stream) {
 }
 
 void launch_attention_merge(const AttentionArgs& a, const meta::MergeGroup* merges,
-                            int32_t num_merges, cudaStream_t stream) {
+                            int32_t num_merges, cudaStream_t stream, const int32_t* merge_count) {
   if (num_merges == 0) return;
+  // 256 threads and no shared memory: 8 blocks fill an SM's 2048 threads.
+  const int32_t grid = merge_count ? persistent_grid(num_merges, 8) : num_merges;
   dispatch_head_dim(a.head_dim, [&](auto hd) {
-    attention_merge_kernel<decltype(hd)::value><<<num_merges, 256, 0, stream>>>(a, merges);
+    attention_merge_kernel<decltype(hd)::value><<<grid, 256, 0, stream>>>(a, merges, num_merges, merge_count);
     XY_CUDA_CHECK_LAUNCH();
   });
+}
+
+int32_t persistent_grid(int32_t max_items, int blocks_per_sm) {
+  int device = 0, num_sms = 0;
+  XY_CUDA_CHECK(cudaGetDevice(&device));
+  XY_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
+  return std::max(1, std::min(max_items, std::max(1, blocks_per_sm) * num_sms));
 }
 
 }  // namespace xy::cuda

@@ -77,6 +77,15 @@ void launch_kv_copies_and_moves(bf16* cache, int32_t num_planes, int64_t plane_e
 // the block table, masks none/causal/window/tree, online softmax in fp32. A task with
 // partial < 0 writes its normalised rows to `out`; a split task writes (o, max, sum) to its
 // partial slot, and launch_attention_merge folds them in split order.
+//
+// With batch_invariant, a row's result depends on its query, its visible keys and its position
+// only, never on the other rows of its tile or step: keys are consumed in blocks that start at
+// absolute multiples of the kernel's key block (whatever the span or the window start), a
+// direct write and a merge of one non-empty partial both compute o * (1 / sum) (empty partials
+// are skipped), and every tile is reduced in one order (the tensor-core kernel's key split of
+// small tiles is off; the CUDA-core kernel has none). Draft-tree rows are the exception: a
+// branching tree's keys follow the computed keys in tree-row order, so the offsets at which a
+// row meets its ancestors depend on the tree's shape.
 inline constexpr int32_t kAttentionTileRows = 64;
 struct AttentionArgs {
   const bf16* q = nullptr;  // [m, num_heads, head_dim] with row stride q_row_stride
@@ -95,6 +104,13 @@ struct AttentionArgs {
   const int32_t* tree_parents = nullptr;
   const meta::AttentionTask* tasks = nullptr;
   int32_t num_tasks = 0;
+  // CUDA graphs: when not null, the number of tasks is read on the device from *task_count
+  // (at most num_tasks, which is then only the capacity of `tasks`) and the launch is a
+  // persistent grid striding over the tasks, so one launch configuration serves every step.
+  const int32_t* task_count = nullptr;
+  // Deterministic mode: every tile is reduced in the same order whatever its number of rows
+  // (the tensor-core kernel does not split a small tile's keys across warps).
+  bool batch_invariant = false;
   bf16* out = nullptr;  // [m, num_heads * head_dim]
   // Partials: [num_partials, kAttentionTileRows, head_dim] and [num_partials, kAttentionTileRows]
   // twice; max in log2 units (the kernels' softmax is base 2).
@@ -112,7 +128,13 @@ void launch_attention(const AttentionArgs& args, cudaStream_t stream,
 void launch_attention_cuda_core(const AttentionArgs& args, cudaStream_t stream);
 
 // Folds each merge group's partials in split order and writes the normalised rows to args.out.
+// merge_count: as AttentionArgs::task_count, for the merges (null: num_merges of them).
 void launch_attention_merge(const AttentionArgs& args, const meta::MergeGroup* merges,
-                            int32_t num_merges, cudaStream_t stream);
+                            int32_t num_merges, cudaStream_t stream,
+                            const int32_t* merge_count = nullptr);
+
+// Grid of a persistent launch on the current device: enough CTAs to fill every SM at
+// `blocks_per_sm`, never more than `max_items` (and at least one).
+int32_t persistent_grid(int32_t max_items, int blocks_per_sm);
 
 }  // namespace xy::cuda

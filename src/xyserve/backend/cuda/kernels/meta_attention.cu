@@ -10,6 +10,14 @@
 // and the same epilogue as the CUDA-core kernel (attention.cu): normalised bf16 rows, or the
 // (o, max, sum) partial that launch_attention_merge folds. Shared rows are XOR-swizzled by
 // 16-byte chunk so that ldmatrix reads hit 8 distinct bank groups.
+//
+// Reduction order of a row (kernels.h: it must not depend on the rest of the tile): key blocks
+// start at absolute multiples of 64 positions, so a row meets each key in the same block and
+// fragment slot whatever the span start or the tile's window start; masked and absent keys add
+// exact zeros. The one tile-dependent choice is the key split of small tiles (rows <= 16: each
+// warp a quarter of every block, four states merged at the end, a different order from one warp
+// taking whole blocks); batch_invariant turns it off, so a decode row and the same row inside a
+// prefill chunk or a verify are reduced alike.
 #include <climits>
 #include <cmath>
 #include <type_traits>
@@ -57,19 +65,25 @@ __device__ __forceinline__ bool tree_visible(const int32_t* parents, int32_t i, 
 
 constexpr int32_t kNoKey = -2;  // key_tree value of a slot past the span (zero-filled, masked)
 
-// Two CTAs fit an SM by shared memory (80 KB each at d=128); saying so lets the compiler use the
-// registers that leaves (234 at d=128) instead of spilling at its default cap.
+// Positions and tree rows of the keys of each stage of the K/V ring.
+template <int kStages, int kKeys>
+struct KeyRing {
+  int32_t pos[kStages][kKeys];
+  int32_t tree[kStages][kKeys];  // tree row, -1 computed key, kNoKey
+};
+
+// One task, by the whole CTA (a warp may return early, once its part is done and it has passed
+// every barrier the others wait at). Leaves shared memory in use: the caller syncs before the next.
 template <int kHeadDim>
-__global__ void __launch_bounds__(MetaAttentionTraits<kHeadDim>::kThreads, 2)
-    meta_attention_kernel(AttentionArgs a) {
+__device__ __forceinline__ void meta_attention_task(
+    const AttentionArgs& a, const meta::AttentionTask& task, uint8_t* smem,
+    KeyRing<MetaAttentionTraits<kHeadDim>::kStages, MetaAttentionTraits<kHeadDim>::kKeys>& ring) {
   using T = MetaAttentionTraits<kHeadDim>;
-  extern __shared__ __align__(128) uint8_t smem[];
   uint8_t* const q_s = smem;                   // [64][D] swizzled
   uint8_t* const kv_s = smem + T::kQBytes;     // stage s: K [64][D], then V [64][D]
-  __shared__ int32_t key_pos[T::kStages][T::kKeys];
-  __shared__ int32_t key_tree[T::kStages][T::kKeys];  // tree row, -1 computed key, kNoKey
+  auto& key_pos = ring.pos;
+  auto& key_tree = ring.tree;
 
-  const meta::AttentionTask task = a.tasks[blockIdx.x];
   const PlanRequest req = a.requests[task.request];
   const int32_t* table = a.block_tables + req.block_table;
   const int32_t* parents = req.tree_parents >= 0 ? a.tree_parents + req.tree_parents : nullptr;
@@ -94,11 +108,15 @@ __global__ void __launch_bounds__(MetaAttentionTraits<kHeadDim>::kThreads, 2)
   }
   // Keys: range A by position (slot = position), clipped to what the mask can show, then for a
   // tree task range B over the step's rows by slot, kept when their position is in the span.
+  // Range A is listed from a_base, the multiple of kKeys at or below a_begin (keys before
+  // a_begin are absent): the window start depends on the tile's lowest row, and the blocks must
+  // not move with it.
   int32_t a_begin = task.kv_begin;
   int32_t a_end = tree ? min(task.kv_end, req.num_computed) : task.kv_end;
   if (masked) a_end = min(a_end, pos_hi + 1);
   if (window > 0) a_begin = max(a_begin, pos_lo - window + 1);
-  const int32_t num_a = max(0, a_end - a_begin);
+  const int32_t a_base = a_begin / T::kKeys * T::kKeys;
+  const int32_t num_a = a_end > a_begin ? a_end - a_base : 0;
   const int32_t num_keys = num_a + (tree ? req.num_new : 0);
   const int32_t num_blocks = (num_keys + T::kKeys - 1) / T::kKeys;
 
@@ -106,9 +124,9 @@ __global__ void __launch_bounds__(MetaAttentionTraits<kHeadDim>::kThreads, 2)
   auto locate = [&](int32_t kk, int32_t& pos, int32_t& tree_row) -> int64_t {
     int32_t slot;
     if (kk < num_a) {
-      pos = a_begin + kk;
+      pos = a_base + kk;
       slot = pos;
-      tree_row = -1;
+      tree_row = pos < a_begin ? kNoKey : -1;
     } else if (kk < num_keys) {
       tree_row = kk - num_a;
       pos = a.positions[req.first_row + tree_row];
@@ -159,8 +177,9 @@ __global__ void __launch_bounds__(MetaAttentionTraits<kHeadDim>::kThreads, 2)
 
   // A tile of at most 16 rows (a decode, a small verify) is one m16 slab: rather than leave 3
   // warps idle, every warp takes that slab against its own quarter of each key block, and the 4
-  // partial softmax states are merged through shared memory at the end.
-  const bool key_split = rows <= 16;
+  // partial softmax states are merged through shared memory at the end. Not when batch
+  // invariant: the same row in a larger tile would be reduced in another order.
+  const bool key_split = rows <= 16 && !a.batch_invariant;
   const int slab = key_split ? 0 : warp;
   // This thread's two rows (g and g + 8 of the slab): position, new-row index.
   const int row0 = slab * 16 + g;
@@ -204,9 +223,9 @@ __global__ void __launch_bounds__(MetaAttentionTraits<kHeadDim>::kThreads, 2)
       }
     }
     // Mask per element only where some (row, key) pair of the block may be hidden.
-    const bool whole = k0 + T::kKeys <= num_a &&
-                       (!masked || (a_begin + k0 + T::kKeys - 1 <= pos_lo &&
-                                    (window == 0 || a_begin + k0 > pos_hi - window)));
+    const bool whole = a_base + k0 >= a_begin && k0 + T::kKeys <= num_a &&
+                       (!masked || (a_base + k0 + T::kKeys - 1 <= pos_lo &&
+                                    (window == 0 || a_base + k0 > pos_hi - window)));
 #pragma unroll
     for (int nt = 0; nt < kTiles; ++nt) {
 #pragma unroll
@@ -367,16 +386,36 @@ __global__ void __launch_bounds__(MetaAttentionTraits<kHeadDim>::kThreads, 2)
   }
 }
 
+// Two CTAs fit an SM by shared memory (80 KB each at d=128); saying so lets the compiler use the
+// registers that leaves (234 at d=128) instead of spilling at its default cap. One CTA per task,
+// or (task_count set: CUDA graphs) a persistent grid striding over them.
+template <int kHeadDim>
+__global__ void __launch_bounds__(MetaAttentionTraits<kHeadDim>::kThreads, 2)
+    meta_attention_kernel(AttentionArgs a) {
+  using T = MetaAttentionTraits<kHeadDim>;
+  extern __shared__ __align__(128) uint8_t smem[];
+  __shared__ KeyRing<T::kStages, T::kKeys> ring;
+  const int32_t num_tasks = a.task_count ? min(*a.task_count, a.num_tasks) : a.num_tasks;
+  for (int32_t i = blockIdx.x; i < num_tasks; i += gridDim.x) {
+    meta_attention_task<kHeadDim>(a, a.tasks[i], smem, ring);
+    __syncthreads();  // every warp is done with Q, the K/V ring and the merge state
+  }
+}
+
 template <int kHeadDim>
 void run_meta_attention(const AttentionArgs& a, cudaStream_t stream) {
   using T = MetaAttentionTraits<kHeadDim>;
-  static const bool configured = [] {
+  // Resident CTAs per SM at this shared memory size: the persistent grid's width.
+  static const int blocks_per_sm = [] {
     XY_CUDA_CHECK(cudaFuncSetAttribute(meta_attention_kernel<kHeadDim>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(T::kSmemBytes)));
-    return true;
+    int n = 0;
+    XY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, meta_attention_kernel<kHeadDim>,
+                                                                T::kThreads, T::kSmemBytes));
+    return n;
   }();
-  (void)configured;
-  meta_attention_kernel<kHeadDim><<<a.num_tasks, T::kThreads, T::kSmemBytes, stream>>>(a);
+  const int32_t grid = a.task_count ? persistent_grid(a.num_tasks, blocks_per_sm) : a.num_tasks;
+  meta_attention_kernel<kHeadDim><<<grid, T::kThreads, T::kSmemBytes, stream>>>(a);
   XY_CUDA_CHECK_LAUNCH();
 }
 
