@@ -496,6 +496,41 @@ TEST_F(GpuSampling, TopLogprobsPastTheVocabularyAreEmpty) {
   EXPECT_EQ(got.top_logprobs[3].token, 3);
 }
 
+// Rows the kernel cannot sample come back as codes (DeviceSampler turns them into failed
+// checks, as the CPU reference's checks fail): a sampled row of -inf logits only, a token twice
+// in a row's penalties. A greedy row of -inf logits takes id 0, as the CPU's argmax does.
+TEST_F(GpuSampling, KernelReportsRowsItCannotSample) {
+  const int64_t vocab = 64;
+  std::vector<float> logits(3 * size_t(vocab), -std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < vocab; ++i) logits[size_t(vocab + i)] = float(i % 5);
+  std::vector<SamplingRow> rows(3);
+  rows[0].temperature = 1.0f;
+  rows[1].repetition_penalty = 1.2f;
+  rows[1].penalties_end = 2;
+  const std::vector<meta::PenaltyToken> penalties = {{7, 1}, {7, 1}};
+  DeviceBuffer<float> d_logits = testing::to_device(logits);
+  DeviceBuffer<SamplingRow> d_rows = testing::to_device(rows);
+  DeviceBuffer<meta::PenaltyToken> d_penalties = testing::to_device(penalties);
+  DeviceBuffer<int32_t> d_tokens(3);
+  DeviceBuffer<float> d_logprobs(3);
+  testing::poison(d_tokens);
+  SamplingArgs args;
+  args.logits = d_logits.get();
+  args.vocab = vocab;
+  args.num_rows = 3;
+  args.rows = d_rows.get();
+  args.penalties = d_penalties.get();
+  args.any_penalties = true;
+  args.any_sampled = true;
+  args.tokens = d_tokens.get();
+  args.logprobs = d_logprobs.get();
+  launch_sampling(args, nullptr);
+  const std::vector<int32_t> tokens = testing::to_host(d_tokens, 3);
+  EXPECT_EQ(tokens[0], kSamplingNoFiniteLogit);
+  EXPECT_EQ(tokens[1], kSamplingDuplicatePenalty);
+  EXPECT_EQ(tokens[2], 0);
+}
+
 TEST_F(GpuSampling, RejectsWhatTheKernelCannotHold) {
   const std::vector<float> logits(16, 0.0f);
   SamplingPlan plan;

@@ -36,8 +36,21 @@ namespace {
 
 constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
-constexpr int kBins = 256;  // one 8-bit digit of a key per descent level
-constexpr int kLevels = 4;
+// A key is cut into three digits of 11, 11 and 10 bits, one descent level each. Three passes
+// per descent, and a first digit (sign, exponent, two mantissa bits: quarter binades) fine
+// enough to spread a row's logits over dozens of bins: an 8-bit first digit (sign and seven
+// exponent bits) puts most of a row in a handful, whose shared-memory atomics then serialise.
+constexpr int kLevels = 3;
+constexpr int kBins = 2048;
+__device__ __forceinline__ int digit_shift(int level) { return level == 0 ? 21 : level == 1 ? 10 : 0; }
+// The key bits above level `level`'s digit.
+__device__ __forceinline__ uint32_t bits_above(int level) {
+  return level == 0 ? 0u : ~0u << (level == 1 ? 21 : 10);
+}
+// Level `level`'s digit of `key` (at the last level, bit 10 too: it is fixed by the prefix).
+__device__ __forceinline__ uint32_t digit_of(uint32_t key, int level) {
+  return (key >> digit_shift(level)) & uint32_t(kBins - 1);
+}
 constexpr unsigned kFullMask = 0xffffffffu;
 
 // The tie-breaking select finds the j-th smallest id as the j-th largest of kIdFlip - id.
@@ -51,7 +64,6 @@ static_assert(kMaxSamplingVocab <= (int64_t(1) << 23));
 
 constexpr size_t kListBytes = size_t(kSamplingListCapacity) * (sizeof(uint32_t) + sizeof(int32_t));
 constexpr size_t kMaxBitmapBytes = size_t(kMaxSamplingVocab) / 8;
-static_assert(kListBytes + kMaxBitmapBytes + 8192 <= 227 * 1024, "shared memory of one CTA");
 
 __device__ __forceinline__ uint32_t min_u32(uint32_t a, uint32_t b) { return a < b ? a : b; }
 __device__ __forceinline__ uint32_t max_u32(uint32_t a, uint32_t b) { return a > b ? a : b; }
@@ -108,6 +120,8 @@ struct SamplingShared {
   uint32_t num_listed;
   int32_t error;
 };
+static_assert(kListBytes + kMaxBitmapBytes + sizeof(SamplingShared) <= 227 * 1024,
+              "shared memory of one CTA (H100/H200)");
 
 // ---- Reading a row.
 
@@ -209,12 +223,12 @@ struct ListSource {
 // Fixed-point weights of a sampled row: temperature T, most likely (penalised) logit l_max.
 struct Weigher {
   float max_logit = 0.0f;
-  float temperature = 1.0f;
+  float inv_temperature = 1.0f;
 
   // exp((l - l_max) / T) in (0, 1]: the probability relative to the most likely token's.
   // Non-decreasing in the key, so a set "key >= x" is a prefix of the sampling order.
   __device__ __forceinline__ float relative_prob(uint32_t key) const {
-    return expf(__fdiv_rn(__fsub_rn(key_value(key), max_logit), temperature));
+    return expf(__fmul_rn(__fsub_rn(key_value(key), max_logit), inv_temperature));
   }
   __device__ __forceinline__ static uint64_t weight_of(float p) {
     return p >= kMinRelativeProb ? uint64_t(__fmul_rn(p, kWeightScale)) : 0;
@@ -282,20 +296,17 @@ __device__ __forceinline__ float block_log_sum_exp(LogSumExp v, SamplingShared& 
 
 // ---- Radix descents.
 
-// Warp 0: the bin, digits scanned from 255 down, holding unit `need` (1-based) of the level's
-// values; need_of(total) gives it from the level's total and must lie in [1, total], so
-// exactly one lane finds the bin. Writes sh.choice (min_id is the caller's).
+// Warp 0: the bin, digits scanned from the largest down, holding unit `need` (1-based) of the
+// level's values; need_of(total) gives it from the level's total and must lie in [1, total],
+// so exactly one lane finds the bin. Writes sh.choice (min_id is the caller's). Each lane sums
+// its run of bins, the warp scans the sums, and the lane whose run holds the unit walks it.
 template <class Value, class Need>
 __device__ __forceinline__ void choose_bin(Value value, Need need_of, BinChoice& out) {
   constexpr int kPerLane = kBins / 32;
   const int lane = threadIdx.x;
-  uint64_t v[kPerLane];
+  const int top = kBins - 1 - lane * kPerLane;  // this lane's bins: top, top - 1, ...
   uint64_t sum = 0;
-#pragma unroll
-  for (int p = 0; p < kPerLane; ++p) {
-    v[p] = value(kBins - 1 - (lane * kPerLane + p));
-    sum += v[p];
-  }
+  for (int p = 0; p < kPerLane; ++p) sum += value(top - p);
   uint64_t inclusive = sum;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
@@ -305,16 +316,16 @@ __device__ __forceinline__ void choose_bin(Value value, Need need_of, BinChoice&
   const uint64_t need = need_of(__shfl_sync(kFullMask, inclusive, 31));
   uint64_t before = inclusive - sum;
   if (before < need && need <= inclusive) {
-#pragma unroll
     for (int p = 0; p < kPerLane; ++p) {
-      if (before + v[p] >= need) {
-        out.digit = uint32_t(kBins - 1 - (lane * kPerLane + p));
+      const uint64_t v = value(top - p);
+      if (before + v >= need) {
+        out.digit = uint32_t(top - p);
         out.before = before;
-        out.bin = v[p];
+        out.bin = v;
         out.need = need;
         break;
       }
-      before += v[p];
+      before += v;
     }
   }
 }
@@ -323,11 +334,9 @@ __device__ __forceinline__ void choose_bin(Value value, Need need_of, BinChoice&
 // it). The last level always runs: it yields the tie group's weight and lowest id.
 __device__ __forceinline__ int first_free_level(uint32_t lo, uint32_t hi) {
   const uint32_t diff = lo ^ hi;
-  return diff == 0 ? kLevels - 1 : min(kLevels - 1, __clz(int(diff)) / 8);
-}
-// The key bits above level `level`'s digit.
-__device__ __forceinline__ uint32_t bits_above(int level) {
-  return level == 0 ? 0u : ~0u << (32 - 8 * level);
+  if (diff == 0) return kLevels - 1;
+  const int top_bit = 31 - __clz(int(diff));
+  return top_bit >= 21 ? 0 : top_bit >= 10 ? 1 : 2;
 }
 
 struct Kth {
@@ -344,7 +353,6 @@ __device__ Kth select_kth(const Source& src, InSet in_set, DigitKey dkey, uint32
   uint32_t prefix = lo & bits_above(first);
   uint64_t need = k, above = 0, last_bin = 0;
   for (int level = first; level < kLevels; ++level) {
-    const int shift = 24 - 8 * level;
     const uint32_t fixed = bits_above(level);
     for (int b = threadIdx.x; b < kBins; b += kThreads) sh.bins[b] = 0;
     __syncthreads();
@@ -352,7 +360,7 @@ __device__ Kth select_kth(const Source& src, InSet in_set, DigitKey dkey, uint32
       if (!in_set(key, id)) return;
       const uint32_t d = dkey(key, id);
       if ((d ^ prefix) & fixed) return;
-      atomicAdd(&sh.bins[(d >> shift) & 0xffu], 1u);
+      atomicAdd(&sh.bins[digit_of(d, level)], 1u);
     });
     __syncthreads();
     if (threadIdx.x < 32)
@@ -360,7 +368,7 @@ __device__ Kth select_kth(const Source& src, InSet in_set, DigitKey dkey, uint32
                  sh.choice);
     __syncthreads();
     const BinChoice c = sh.choice;
-    prefix |= c.digit << shift;
+    prefix |= c.digit << digit_shift(level);
     need -= c.before;
     above += c.before;
     last_bin = c.bin;
@@ -393,7 +401,6 @@ __device__ Cut mass_cut(const Source& src, InSet in_set, const Weigher& wt, uint
   uint32_t prefix = lo & bits_above(first);
   uint64_t need = 0;
   for (int level = first; level < kLevels; ++level) {
-    const int shift = 24 - 8 * level;
     const uint32_t fixed = bits_above(level);
     const bool last = level == kLevels - 1;
     for (int b = threadIdx.x; b < kBins; b += kThreads) {
@@ -406,7 +413,7 @@ __device__ Cut mass_cut(const Source& src, InSet in_set, const Weigher& wt, uint
       if (!in_set(key, id) || ((key ^ prefix) & fixed)) return;
       const uint64_t w = wt.weight(key);
       if (w == 0) return;
-      const uint32_t b = (key >> shift) & 0xffu;
+      const uint32_t b = digit_of(key, level);
       add_weight(sh, b, w);
       if (last) atomicMin(&sh.min_id[b], uint32_t(id));
     });
@@ -419,7 +426,7 @@ __device__ Cut mass_cut(const Source& src, InSet in_set, const Weigher& wt, uint
     }
     __syncthreads();
     const BinChoice c = sh.choice;
-    prefix |= c.digit << shift;
+    prefix |= c.digit << digit_shift(level);
     need = c.need - c.before;
   }
   // Every element of key `prefix` weighs the same w > 0 (the bin holds the target), so the cut
@@ -540,7 +547,7 @@ __device__ int32_t sample_listed(const ListSource& list, const SamplingRow& row,
 __device__ int32_t sample_row(const RowSource& rs, const SamplingRow& row, uint32_t max_key,
                               const List& list, SamplingShared& sh) {
   RowCuts rc;
-  rc.wt = Weigher{key_value(max_key), row.temperature};
+  rc.wt = Weigher{key_value(max_key), __frcp_rn(row.temperature)};
   rc.max_key = max_key;
   rc.vocab = rs.vocab;
   // The candidates are the tokens of nonzero weight: keys [lo, max_key]. A token that weighs
