@@ -132,12 +132,7 @@ void run_case(const Case& c, int iters, int num_sms, int32_t split_override, boo
   aa.head_dim = kHeadDim;
   aa.group = kHeads / kKvHeads;
   aa.scale = float(1.0 / std::sqrt(double(kHeadDim)));
-  aa.positions = view.positions;
-  aa.requests = view.requests;
-  aa.block_tables = view.block_tables;
-  aa.tree_parents = view.tree_parents;
-  aa.tasks = view.attention[0].tasks;
-  aa.num_tasks = view.attention[0].num_tasks;
+  xy::cuda::bind_attention_plan(aa, view, view.attention[0]);
   aa.out = out.get();
   aa.partial_out = po.get();
   aa.partial_max = ps.get();

@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "xyserve/backend/cuda/cuda_backend.h"
 #include "xyserve/backend/cuda/cuda_check.h"
 #include "xyserve/backend/cuda/device.h"
@@ -37,44 +38,6 @@ namespace {
 
 using namespace xy;
 namespace fs = std::filesystem;
-
-std::vector<int> parse_list(const std::string& s) {
-  std::vector<int> out;
-  size_t i = 0;
-  while (i < s.size()) {
-    size_t j = s.find(',', i);
-    if (j == std::string::npos) j = s.size();
-    out.push_back(std::stoi(s.substr(i, j - i)));
-    i = j + 1;
-  }
-  return out;
-}
-
-// Device-to-device copy bandwidth, bytes read + written per second (METHOD.md's ceiling).
-double copy_bandwidth() {
-  const size_t bytes = size_t(2) << 30;
-  void *a = nullptr, *b = nullptr;
-  XY_CUDA_CHECK(cudaMalloc(&a, bytes));
-  XY_CUDA_CHECK(cudaMalloc(&b, bytes));
-  XY_CUDA_CHECK(cudaMemset(a, 1, bytes));
-  cudaEvent_t e0, e1;
-  XY_CUDA_CHECK(cudaEventCreate(&e0));
-  XY_CUDA_CHECK(cudaEventCreate(&e1));
-  std::vector<float> ms;
-  for (int i = 0; i < 13; ++i) {
-    XY_CUDA_CHECK(cudaEventRecord(e0));
-    XY_CUDA_CHECK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
-    XY_CUDA_CHECK(cudaEventRecord(e1));
-    XY_CUDA_CHECK(cudaEventSynchronize(e1));
-    float t = 0;
-    XY_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-    if (i >= 3) ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  XY_CUDA_CHECK(cudaFree(a));
-  XY_CUDA_CHECK(cudaFree(b));
-  return 2.0 * double(bytes) / (double(ms[ms.size() / 2]) * 1e-3);
-}
 
 // Median milliseconds of `steps` runs of the plan (after 3 warm-ups), timed with events.
 double time_step(backend::cuda::CudaBackend& be, const meta::StepPlan& plan, int steps) {
@@ -127,8 +90,8 @@ int main(int argc, char** argv) {
     if (k == "--model") model_dir = v;
     else if (k == "--preset") preset = v;
     else if (k == "--context") context = std::stoi(v);
-    else if (k == "--batches") batches = parse_list(v);
-    else if (k == "--prefill") prefills = parse_list(v);
+    else if (k == "--batches") batches = xy::bench::parse_int_list(v);
+    else if (k == "--prefill") prefills = xy::bench::parse_int_list(v);
     else if (k == "--steps") steps = std::stoi(v);
     else if (k == "--cuda-graphs") graphs = v;
     else if (k == "--deterministic") deterministic = v == "1";
@@ -150,7 +113,7 @@ int main(int argc, char** argv) {
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
   }
-  const double bw = copy_bandwidth();
+  const double bw = xy::bench::copy_bandwidth();
   model::LoadOptions lo;
   lo.prefault = true;
   const auto weights = model::load_model(model_dir, lo);

@@ -86,12 +86,7 @@ std::vector<uint16_t> run_on_device(const Problem& p, AttentionKernel kernel) {
   aa.group = p.group;
   aa.window = p.window;
   aa.scale = float(1.0 / std::sqrt(double(p.hd)));
-  aa.positions = view.positions;
-  aa.requests = view.requests;
-  aa.block_tables = view.block_tables;
-  aa.tree_parents = view.tree_parents;
-  aa.tasks = view.attention[0].tasks;
-  aa.num_tasks = view.attention[0].num_tasks;
+  xy::cuda::bind_attention_plan(aa, view, view.attention[0]);
   aa.out = reinterpret_cast<bf16*>(d_out.get());
   aa.partial_out = d_po.get();
   aa.partial_max = d_ps.get();

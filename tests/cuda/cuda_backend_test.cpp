@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "support/plan_sequences.h"
 #include "xyserve/backend/cpu/cpu_backend.h"
 #include "xyserve/backend/cuda/cuda_backend.h"
 #include "xyserve/backend/cuda/device.h"
@@ -27,84 +28,11 @@ namespace fs = std::filesystem;
 constexpr int32_t kBlockSize = 16;
 constexpr int32_t kNumBlocks = 256;
 
-struct Seq {
-  std::vector<int32_t> tokens;  // every token the request has, computed or not
-  int32_t computed = 0;
-  std::vector<int32_t> table;
-};
+using Seq = testing::PlanSequence;
 
-// Builds plans over sequences whose blocks come from a shuffled pool.
-class Scenario {
- public:
-  explicit Scenario(int64_t vocab) : rng_(1234), vocab_(vocab) {
-    free_.resize(kNumBlocks);
-    std::iota(free_.begin(), free_.end(), 0);
-    std::shuffle(free_.begin(), free_.end(), rng_);
-  }
-  int32_t add_seq(int32_t num_tokens) {
-    Seq s;
-    for (int32_t i = 0; i < num_tokens; ++i) s.tokens.push_back(random_token());
-    seqs_.push_back(s);
-    return int32_t(seqs_.size() - 1);
-  }
-  int32_t random_token() { return int32_t(rng_() % uint64_t(vocab_)); }
-  Seq& seq(int32_t i) { return seqs_[size_t(i)]; }
-  int32_t take_block() {
-    const int32_t b = free_.back();
-    free_.pop_back();
-    return b;
-  }
-  void cover(Seq& s, int32_t num_positions) {
-    while (int32_t(s.table.size()) * kBlockSize < num_positions) s.table.push_back(take_block());
-  }
-  // Adds n new rows of sequence i (positions computed..computed+n) to `plan`.
-  void add_rows(meta::StepPlan& plan, int32_t i, int32_t n, int32_t logits_rows) {
-    Seq& s = seq(i);
-    cover(s, s.computed + n);
-    meta::ScheduledRequest r;
-    r.request_id = i;
-    r.num_computed_tokens = s.computed;
-    r.num_new_tokens = n;
-    r.first_row = plan.num_rows();
-    r.num_logits_rows = logits_rows;
-    r.block_table = s.table;
-    for (int32_t j = 0; j < n; ++j) {
-      plan.token_ids.push_back(s.tokens[size_t(s.computed + j)]);
-      plan.positions.push_back(s.computed + j);
-    }
-    plan.requests.push_back(r);
-    s.computed += n;
-  }
-  // Adds a draft tree of `parents.size()` rows after sequence i's computed tokens.
-  void add_tree(meta::StepPlan& plan, int32_t i, const std::vector<int32_t>& parents,
-                std::vector<int32_t>& tree_tokens) {
-    Seq& s = seq(i);
-    const int32_t n = int32_t(parents.size());
-    cover(s, s.computed + n);
-    meta::ScheduledRequest r;
-    r.request_id = i;
-    r.num_computed_tokens = s.computed;
-    r.num_new_tokens = n;
-    r.first_row = plan.num_rows();
-    r.num_logits_rows = n;
-    r.block_table = s.table;
-    r.tree_parents = parents;
-    tree_tokens.clear();
-    for (int32_t j = 0; j < n; ++j) {
-      int32_t depth = 0;
-      for (int32_t a = j; a > 0; a = parents[size_t(a)]) ++depth;
-      tree_tokens.push_back(random_token());
-      plan.token_ids.push_back(tree_tokens.back());
-      plan.positions.push_back(s.computed + depth);
-    }
-    plan.requests.push_back(r);
-  }
-
- private:
-  std::mt19937_64 rng_;
-  int64_t vocab_;
-  std::vector<int32_t> free_;
-  std::vector<Seq> seqs_;
+// Plans over sequences from a shuffled block pool; the same seed gives the same tokens.
+struct Scenario : testing::PlanSequences {
+  explicit Scenario(int64_t vocab) : PlanSequences(vocab, 1234, kNumBlocks, kBlockSize) {}
 };
 
 struct Agreement {
@@ -162,7 +90,7 @@ TEST_P(CudaBackendParity, LogitsMatchCpuBackendOverEveryPlanFeature) {
     SCOPED_TRACE(what);
     compare(lc, lg, vocab, agg);
   };
-  auto append_token = [&](int32_t i) { sc.seq(i).tokens.push_back(sc.random_token()); };
+  auto append_token = [&](int32_t i) { sc.seq(i).tokens.push_back(sc.token()); };
   {  // prefill A; first chunk of B (no logits)
     meta::StepPlan p;
     p.block_size = kBlockSize;
@@ -210,13 +138,13 @@ TEST_P(CudaBackendParity, LogitsMatchCpuBackendOverEveryPlanFeature) {
     p.kv_moves.push_back({sb.table[size_t(src / kBlockSize)], src % kBlockSize,
                           sb.table[size_t(dst / kBlockSize)], dst % kBlockSize});
     sb.computed = nc + 3;
-    sb.tokens.push_back(sc.random_token());
+    sb.tokens.push_back(sc.token());
     sc.add_rows(p, b, 1, 1);
     const int32_t d = sc.add_seq(0);
     Seq& sd = sc.seq(d);
     const Seq& sa = sc.seq(a);
     sd.tokens.assign(sa.tokens.begin(), sa.tokens.begin() + 20);
-    for (int k = 0; k < 6; ++k) sd.tokens.push_back(sc.random_token());
+    for (int k = 0; k < 6; ++k) sd.tokens.push_back(sc.token());
     sd.table = {sa.table[0], sc.take_block()};
     p.kv_copies.push_back({sa.table[1], sd.table[1], 4});
     sd.computed = 20;
@@ -330,12 +258,7 @@ TEST(DeterministicAttention, RowsDoNotDependOnTheirTile) {
           aa.group = group;
           aa.window = window;
           aa.scale = float(1.0 / std::sqrt(double(hd)));
-          aa.positions = view.positions;
-          aa.requests = view.requests;
-          aa.block_tables = view.block_tables;
-          aa.tree_parents = view.tree_parents;
-          aa.tasks = view.attention[0].tasks;
-          aa.num_tasks = view.attention[0].num_tasks;
+          xy::cuda::bind_attention_plan(aa, view, view.attention[0]);
           aa.batch_invariant = true;
           aa.out = reinterpret_cast<xy::cuda::bf16*>(d_out.get());
           aa.partial_out = d_po.get();

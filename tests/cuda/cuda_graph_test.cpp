@@ -27,6 +27,7 @@
 
 #include "cuda/device_test_util.h"
 #include "support/plan_builder.h"
+#include "support/plan_sequences.h"
 #include "xyserve/backend/cuda/cuda_backend.h"
 #include "xyserve/backend/cuda/cuda_graphs.h"
 #include "xyserve/backend/cuda/device.h"
@@ -117,10 +118,7 @@ TEST(GraphSafeAttention, DeviceCountsGiveTheBitsOfOneBlockPerTask) {
       aa.group = group;
       aa.window = window;
       aa.scale = float(1.0 / std::sqrt(double(hd)));
-      aa.positions = view.positions;
-      aa.requests = view.requests;
-      aa.block_tables = view.block_tables;
-      aa.tree_parents = view.tree_parents;
+      xy::cuda::bind_attention_plan(aa, view, view.attention[0]);
       aa.out = reinterpret_cast<xy::cuda::bf16*>(d_out.get());
       aa.partial_out = d_po.get();
       aa.partial_max = d_ps.get();
@@ -133,8 +131,6 @@ TEST(GraphSafeAttention, DeviceCountsGiveTheBitsOfOneBlockPerTask) {
         xy::cuda::launch_attention_merge(aa, d_merges.get(), int32_t(list.merges.size() + bad_merges.size()),
                                          nullptr, d_counts.get() + 1);
       } else {
-        aa.tasks = view.attention[0].tasks;
-        aa.num_tasks = view.attention[0].num_tasks;
         xy::cuda::launch_attention(aa, nullptr, kernel);
         xy::cuda::launch_attention_merge(aa, view.attention[0].merges, view.attention[0].num_merges, nullptr);
       }
@@ -153,90 +149,7 @@ constexpr int32_t kBlockSize = 16;
 constexpr int32_t kNumBlocks = 2048;
 constexpr int32_t kMaxLogitsRows = 256;  // also the largest bucket
 
-struct Seq {
-  std::vector<int32_t> tokens;  // every token the sequence has, computed or not
-  int32_t computed = 0;
-  std::vector<int32_t> table;
-};
-
-// Sequences over blocks from a shuffled pool, and the plans that advance them.
-class Sequences {
- public:
-  Sequences(int64_t vocab, uint64_t seed) : rng_(seed), vocab_(vocab) {
-    free_.resize(kNumBlocks);
-    std::iota(free_.begin(), free_.end(), 0);
-    std::shuffle(free_.begin(), free_.end(), rng_);
-  }
-  int32_t add(int32_t prompt_len) {
-    Seq s;
-    for (int32_t i = 0; i < prompt_len; ++i) s.tokens.push_back(token());
-    seqs_.push_back(std::move(s));
-    return int32_t(seqs_.size() - 1);
-  }
-  int32_t size() const { return int32_t(seqs_.size()); }
-  Seq& operator[](int32_t i) { return seqs_[size_t(i)]; }
-  int32_t token() { return int32_t(rng_() % uint64_t(vocab_)); }
-  std::mt19937_64& rng() { return rng_; }
-  int32_t take_block() {
-    EXPECT_FALSE(free_.empty()) << "test block pool exhausted";
-    const int32_t b = free_.back();
-    free_.pop_back();
-    return b;
-  }
-  // Rows for tokens [computed, computed + n) of sequence i; the last `logits` of them get logits.
-  void add_rows(meta::StepPlan& plan, int32_t i, int32_t n, int32_t logits) {
-    Seq& s = seqs_[size_t(i)];
-    while (int32_t(s.table.size()) * kBlockSize < s.computed + n) s.table.push_back(take_block());
-    meta::ScheduledRequest r;
-    r.request_id = i;
-    r.num_computed_tokens = s.computed;
-    r.num_new_tokens = n;
-    r.first_row = plan.num_rows();
-    r.num_logits_rows = logits;
-    r.block_table = s.table;
-    for (int32_t j = 0; j < n; ++j) {
-      plan.token_ids.push_back(s.tokens[size_t(s.computed + j)]);
-      plan.positions.push_back(s.computed + j);
-    }
-    plan.requests.push_back(std::move(r));
-    s.computed += n;
-  }
-  // One decode row of sequence i (a new token is drawn when it has none left to compute).
-  void add_decode(meta::StepPlan& plan, int32_t i) {
-    Seq& s = seqs_[size_t(i)];
-    if (s.computed == int32_t(s.tokens.size())) s.tokens.push_back(token());
-    add_rows(plan, i, 1, 1);
-  }
-  // A draft tree of parents.size() rows after sequence i's computed tokens (not yet computed).
-  void add_tree(meta::StepPlan& plan, int32_t i, const std::vector<int32_t>& parents, std::vector<int32_t>& drafts) {
-    Seq& s = seqs_[size_t(i)];
-    const int32_t n = int32_t(parents.size());
-    while (int32_t(s.table.size()) * kBlockSize < s.computed + n) s.table.push_back(take_block());
-    meta::ScheduledRequest r;
-    r.request_id = i;
-    r.num_computed_tokens = s.computed;
-    r.num_new_tokens = n;
-    r.first_row = plan.num_rows();
-    r.num_logits_rows = n;
-    r.block_table = s.table;
-    r.tree_parents = parents;
-    drafts.clear();
-    for (int32_t j = 0; j < n; ++j) {
-      int32_t depth = 0;
-      for (int32_t a = j; a > 0; a = parents[size_t(a)]) ++depth;
-      drafts.push_back(token());
-      plan.token_ids.push_back(drafts.back());
-      plan.positions.push_back(s.computed + depth);
-    }
-    plan.requests.push_back(std::move(r));
-  }
-
- private:
-  std::mt19937_64 rng_;
-  int64_t vocab_;
-  std::vector<int32_t> free_;
-  std::vector<Seq> seqs_;
-};
+using Seq = testing::PlanSequence;
 
 ::testing::AssertionResult bitwise_equal(const std::vector<float>& want, const std::vector<float>& got, int64_t vocab) {
   if (want.size() != got.size())
@@ -323,12 +236,12 @@ TEST_P(CudaGraphSteps, ReplayedDecodeStepsGiveTheBitsOfEagerSteps) {
     ASSERT_TRUE(bitwise_equal(le, lg, vocab)) << what << ", " << plan.num_rows() << " rows";
   };
 
-  Sequences seqs(vocab, 99);
+  testing::PlanSequences seqs(vocab, 99, kNumBlocks, kBlockSize);
   // 100 sequences: most prompts short, a few past the 512 and 1024 splits (deterministic mode's
   // spans, and merges in decode graphs).
   for (int32_t i = 0; i < 100; ++i) {
     const int32_t len = i == 0 ? 1300 : i == 1 ? 700 : i == 2 ? 530 : 1 + int32_t(seqs.rng()() % 300);
-    seqs.add(len);
+    seqs.add_seq(len);
   }
   {  // prefill in chunks of at most 3000 rows; a prompt's last row gets logits
     int32_t i = 0;
@@ -337,7 +250,7 @@ TEST_P(CudaGraphSteps, ReplayedDecodeStepsGiveTheBitsOfEagerSteps) {
       p.block_size = kBlockSize;
       int32_t budget = 3000;
       while (i < seqs.size() && budget > 0) {
-        Seq& s = seqs[i];
+        Seq& s = seqs.seq(i);
         const int32_t left = int32_t(s.tokens.size()) - s.computed;
         const int32_t n = std::min(left, budget);
         seqs.add_rows(p, i, n, n == left ? 1 : 0);
@@ -364,15 +277,15 @@ TEST_P(CudaGraphSteps, ReplayedDecodeStepsGiveTheBitsOfEagerSteps) {
   }
   {  // a decode with a KV block copy: sequence F forks sequence 3 (shares its full blocks,
      // copies its partial last block), decoding beside 7 others
-    Seq& src = seqs[3];
+    Seq& src = seqs.seq(3);
     if (src.computed % kBlockSize == 0) {  // make its last block partial
       meta::StepPlan p = decode_plan(1, 3);
       run_exact(p, "decode before the fork");
       if (HasFatalFailure()) return;
     }
-    const int32_t f = seqs.add(0);
-    Seq& fork = seqs[f];
-    const Seq& s3 = seqs[3];
+    const int32_t f = seqs.add_seq(0);
+    Seq& fork = seqs.seq(f);
+    const Seq& s3 = seqs.seq(3);
     fork.tokens.assign(s3.tokens.begin(), s3.tokens.begin() + s3.computed);
     fork.computed = s3.computed;
     fork.table.assign(s3.table.begin(), s3.table.begin() + s3.computed / kBlockSize);
@@ -391,7 +304,7 @@ TEST_P(CudaGraphSteps, ReplayedDecodeStepsGiveTheBitsOfEagerSteps) {
     if (HasFatalFailure()) return;
   }
   {  // accept 0 -> 1 -> 4: row 4's KV moves to the slot after row 1; then a decode of 16 with it
-    Seq& s = seqs[5];
+    Seq& s = seqs.seq(5);
     const int32_t nc = s.computed;
     for (int32_t r : {0, 1, 4}) s.tokens.push_back(drafts[size_t(r)]);
     meta::StepPlan p;

@@ -231,12 +231,7 @@ TEST_F(CudaKernels, AttentionOverWorkListMatchesCpuAttention) {
     aa.group = group;
     aa.window = window;
     aa.scale = ca.scale;
-    aa.positions = view.positions;
-    aa.requests = view.requests;
-    aa.block_tables = view.block_tables;
-    aa.tree_parents = view.tree_parents;
-    aa.tasks = view.attention[0].tasks;
-    aa.num_tasks = view.attention[0].num_tasks;
+    xy::cuda::bind_attention_plan(aa, view, view.attention[0]);
     aa.out = reinterpret_cast<bf16*>(d_out.get());
     aa.partial_out = d_po.get();
     aa.partial_max = d_ps.get();

@@ -9,12 +9,17 @@
 #pragma once
 
 #include <cstdint>
+#include <random>
 #include <span>
 #include <vector>
 
 #include "xyserve/meta/sampling_params.h"
 
 namespace xy::meta {
+
+// A uniform double in [0, 1) from the top 53 bits of one draw: the same on every platform (no
+// std::*_distribution, whose algorithm is unspecified). Every draw of sampling and verification.
+inline double uniform01(std::mt19937_64& rng) { return double(rng() >> 11) * 0x1.0p-53; }
 
 // A token of the row's penalty context: every distinct token of the prompt (when the
 // repetition penalty is on) and of the output so far plus the draft path to the row, with how

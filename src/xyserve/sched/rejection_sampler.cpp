@@ -24,8 +24,6 @@ int32_t argmax_of(std::span<const double> p) {
 
 }  // namespace
 
-double uniform01(std::mt19937_64& rng) { return double(rng() >> 11) * 0x1.0p-53; }
-
 int32_t draw_from(std::span<const double> weights, double total, std::mt19937_64& rng) {
   XY_CHECK(total > 0, "draw from an empty distribution");
   const double target = uniform01(rng) * total;

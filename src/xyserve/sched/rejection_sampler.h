@@ -34,6 +34,7 @@
 #include <span>
 #include <vector>
 
+#include "xyserve/meta/sampling_plan.h"
 #include "xyserve/sched/drafter.h"
 
 namespace xy::sched {
@@ -44,8 +45,7 @@ struct VerifyOutcome {
   int32_t next_row = 0;           // the row whose distribution gave next_token
 };
 
-// A uniform double in [0, 1) from the top 53 bits of one draw.
-double uniform01(std::mt19937_64& rng);
+using meta::uniform01;
 
 // Draws from a (not necessarily normalised, non-negative) vector with `total` = its sum.
 // Precondition: total > 0.

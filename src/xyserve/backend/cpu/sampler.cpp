@@ -25,8 +25,6 @@ double log_sum_exp(std::span<const float> logits) {
 
 }  // namespace
 
-double uniform01(std::mt19937_64& rng) { return double(rng() >> 11) * 0x1.0p-53; }
-
 int32_t draw(std::span<const TokenProb> dist, double uniform) {
   XY_CHECK(!dist.empty());
   double cum = 0.0;

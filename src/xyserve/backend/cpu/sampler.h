@@ -63,8 +63,7 @@ int32_t argmax(std::span<const float> logits);
 // exceeds `uniform` in [0, 1); the last token when rounding leaves the sum short.
 int32_t draw(std::span<const TokenProb> dist, double uniform);
 
-// A uniform double in [0, 1) from the top 53 bits of one draw: the `uniform` of a RowSampling.
-double uniform01(std::mt19937_64& rng);
+using meta::uniform01;  // the `uniform` of a RowSampling
 
 // Samples every row of `plan` from logits [plan.rows.size(), vocab] (backend/backend.h's
 // forward_and_sample on the CPU; the reference that the GPU sampler is tested against).

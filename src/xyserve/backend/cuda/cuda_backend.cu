@@ -245,13 +245,7 @@ void CudaBackend::run_layer(const xy::cuda::DevicePlanView& view, int64_t index)
   aa.group = int32_t(c.num_heads / c.num_kv_heads);
   aa.window = l.window;
   aa.scale = float(1.0 / std::sqrt(double(c.head_dim)));
-  aa.positions = view.positions;
-  aa.requests = view.requests;
-  aa.block_tables = view.block_tables;
-  aa.tree_parents = view.tree_parents;
-  aa.tasks = work.tasks;
-  aa.num_tasks = work.num_tasks;
-  aa.task_count = work.task_count;
+  xy::cuda::bind_attention_plan(aa, view, work);
   aa.batch_invariant = options_.deterministic;
   aa.out = attn_.get();
   aa.partial_out = partial_out_.get();

@@ -86,6 +86,19 @@ class PaddedPlan {
   DeviceBuffer<std::byte> device_;
 };
 
+// Points `args` at the uploaded plan's rows, requests, block tables and tree parents and at
+// `work`'s tasks (with its device-side task count when the plan is padded for a CUDA graph).
+inline void bind_attention_plan(AttentionArgs& args, const DevicePlanView& view,
+                                const DevicePlanView::Attention& work) {
+  args.positions = view.positions;
+  args.requests = view.requests;
+  args.block_tables = view.block_tables;
+  args.tree_parents = view.tree_parents;
+  args.tasks = work.tasks;
+  args.num_tasks = work.num_tasks;
+  args.task_count = work.task_count;
+}
+
 class DevicePlan {
  public:
   DevicePlan();
