@@ -1,6 +1,6 @@
 // The GPU sampler's cost: DeviceSampler::run (pack, upload, kernel, copy back, stream sync) and
 // the kernel alone, for rows in {1, 64, 256} at vocab 128,256 (Llama 3), against the floor of
-// reading the logits once at the H200's measured copy bandwidth.
+// reading the logits once at the copy bandwidth measured in the same run.
 //
 //   sampling_bench [--iters 50] [--vocab 128256] [--rows 1,64,256]
 //
@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "xyserve/backend/cpu/sampler.h"
 #include "xyserve/backend/cuda/cuda_check.h"
 #include "xyserve/backend/cuda/device.h"
@@ -29,21 +30,6 @@
 namespace {
 
 using namespace xy;
-
-// H200 device-to-device copy bandwidth as measured by decode_bench (bytes read per second).
-constexpr double kReadBandwidth = 4.23e12;
-
-std::vector<int> parse_list(const std::string& s) {
-  std::vector<int> out;
-  size_t i = 0;
-  while (i < s.size()) {
-    size_t j = s.find(',', i);
-    if (j == std::string::npos) j = s.size();
-    out.push_back(std::stoi(s.substr(i, j - i)));
-    i = j + 1;
-  }
-  return out;
-}
 
 std::vector<float> make_logits(int rows, int64_t vocab, bool peaked, std::mt19937& rng) {
   std::vector<float> out(size_t(rows) * size_t(vocab));
@@ -77,15 +63,26 @@ int main(int argc, char** argv) {
   std::vector<int> row_counts{1, 64, 256};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--iters") iters = std::stoi(v);
-    else if (k == "--vocab") vocab = std::stoll(v);
-    else if (k == "--rows") row_counts = parse_list(v);
-    else { std::fprintf(stderr, "sampling_bench: unknown flag %s\n", k.c_str()); return 2; }
+    if (k == "--iters")
+      iters = std::stoi(v);
+    else if (k == "--vocab")
+      vocab = std::stoll(v);
+    else if (k == "--rows")
+      row_counts = xy::bench::parse_int_list(v);
+    else {
+      std::fprintf(stderr, "sampling_bench: unknown flag %s\n", k.c_str());
+      return 2;
+    }
   }
-  if (cuda::device_count() == 0) { std::fprintf(stderr, "sampling_bench: no CUDA device\n"); return 1; }
+  if (cuda::device_count() == 0) {
+    std::fprintf(stderr, "sampling_bench: no CUDA device\n");
+    return 1;
+  }
   const cuda::DeviceInfo info = cuda::device_info(0);
-  std::printf("device %s, %d SMs; vocab %lld; floor = rows x vocab x 4 B / %.2f TB/s\n\n", info.name.c_str(),
-              info.num_sms, (long long)vocab, kReadBandwidth / 1e12);
+  // The floor's bandwidth: device-to-device copy (read + write) measured now, as decode_bench's MBU.
+  const double bandwidth = xy::bench::copy_bandwidth();
+  std::printf("device %s, %d SMs; vocab %lld; floor = rows x vocab x 4 B / %.2f TB/s (copy, measured)\n\n",
+              info.name.c_str(), info.num_sms, (long long)vocab, bandwidth / 1e12);
   std::printf("%5s  %-26s %-7s %10s %10s %10s %9s %9s\n", "rows", "setting", "logits", "run us",
               "kernel us", "floor us", "run/flr", "kern/flr");
 
@@ -103,7 +100,8 @@ int main(int argc, char** argv) {
     for (bool peaked : {false, true}) {
       const std::vector<float> host = make_logits(rows, vocab, peaked, rng);
       cuda::DeviceBuffer<float> logits(host.size());
-      XY_CUDA_CHECK(cudaMemcpy(logits.get(), host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
+      XY_CUDA_CHECK(cudaMemcpy(logits.get(), host.data(), host.size() * sizeof(float),
+                               cudaMemcpyHostToDevice));
       for (const Setting& s : settings) {
         meta::SamplingPlan plan;
         for (int r = 0; r < rows; ++r) {
@@ -119,7 +117,9 @@ int main(int argc, char** argv) {
         for (int i = 0; i < iters + 3; ++i) {
           const auto t0 = std::chrono::steady_clock::now();
           sampler.run(logits.get(), vocab, plan, out, stream.get());
-          const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+          const double us =
+              std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
+                  .count();
           if (i >= 3) run_us.push_back(us);
         }
 
@@ -134,7 +134,8 @@ int main(int argc, char** argv) {
         cuda::DeviceBuffer<cuda::SamplingRow> d_rows(packed.size());
         cuda::DeviceBuffer<int32_t> d_tokens(packed.size());
         cuda::DeviceBuffer<float> d_logprobs(packed.size());
-        XY_CUDA_CHECK(cudaMemcpy(d_rows.get(), packed.data(), packed.size() * sizeof(cuda::SamplingRow),
+        XY_CUDA_CHECK(cudaMemcpy(d_rows.get(), packed.data(),
+                                 packed.size() * sizeof(cuda::SamplingRow),
                                  cudaMemcpyHostToDevice));
         cuda::SamplingArgs args;
         args.logits = logits.get();
@@ -162,10 +163,11 @@ int main(int argc, char** argv) {
           return 1;
         }
 
-        const double floor_us = double(rows) * double(vocab) * 4.0 / kReadBandwidth * 1e6;
+        const double floor_us = double(rows) * double(vocab) * 4.0 / bandwidth * 1e6;
         const double run = median(run_us), kernel = median(kernel_us);
         std::printf("%5d  %-26s %-7s %10.1f %10.1f %10.2f %9.3f %9.3f\n", rows, s.name,
-                    peaked ? "peaked" : "flat", run, kernel, floor_us, floor_us / run, floor_us / kernel);
+                    peaked ? "peaked" : "flat", run, kernel, floor_us, floor_us / run,
+                    floor_us / kernel);
       }
     }
   }

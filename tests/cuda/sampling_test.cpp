@@ -4,6 +4,8 @@
 // against double); sampled tokens must agree except where the uniform falls within rounding of
 // a boundary (the GPU weighs tokens in float and 2^-40 fixed point, the CPU in double), which
 // leaves them >= 99.5% equal. Every test fails, never skips, without a working kernel.
+#include "xyserve/backend/cuda/kernels/sampling.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -21,7 +23,6 @@
 #include "xyserve/backend/cuda/device.h"
 #include "xyserve/backend/cuda/device_buffer.h"
 #include "xyserve/backend/cuda/device_sampler.h"
-#include "xyserve/backend/cuda/kernels/sampling.h"
 #include "xyserve/common/dtype.h"
 #include "xyserve/common/error.h"
 
@@ -67,7 +68,7 @@ T pick(std::initializer_list<T> values, std::mt19937& rng) {
 SamplingParams random_params(std::mt19937& rng) {
   SamplingParams p;
   p.temperature = rng() % 4 == 0 ? 0.0f : pick({0.3f, 0.7f, 1.0f, 1.5f}, rng);
-  p.top_k = rng() % 2 ? pick({-1, 1, 5, 50, 1000, 20000}, rng) : 0;
+  p.top_k = rng() % 2 ? pick({-1, 1, 5, 50, 1000, 20000, 60000}, rng) : 0;
   p.top_p = rng() % 2 ? pick({0.95f, 0.9f, 0.5f, 0.1f, 1e-6f}, rng) : 1.0f;
   p.min_p = rng() % 3 == 0 ? pick({0.05f, 0.2f}, rng) : 0.0f;
   p.logprobs = pick({-1, -1, 0, 1, 5, 20}, rng);
@@ -113,12 +114,13 @@ double log_sum_exp(const float* row, int64_t vocab) {
 // Whether the kernel lists this sampled row's candidates in shared memory (tokens within 2^-40
 // of the most likely, after penalties, fit kSamplingListCapacity): to check that the test data
 // reach both of its paths.
-bool fits_list(const float* raw, int64_t vocab, const SamplingPlan& plan, const meta::RowSampling& row) {
+bool fits_list(const float* raw, int64_t vocab, const SamplingPlan& plan,
+               const meta::RowSampling& row) {
   std::vector<float> l(raw, raw + vocab);
   backend::cpu::apply_penalties(
       l, row.params,
-      std::span(plan.penalties).subspan(size_t(row.penalties_begin),
-                                        size_t(row.penalties_end - row.penalties_begin)));
+      std::span(plan.penalties)
+          .subspan(size_t(row.penalties_begin), size_t(row.penalties_end - row.penalties_begin)));
   const float mx = *std::max_element(l.begin(), l.end());
   int64_t n = 0;
   for (float x : l) n += std::exp((x - mx) / row.params.temperature) >= 0x1p-40f;
@@ -134,13 +136,15 @@ class GpuSampling : public ::testing::Test {
 
   SamplingOutput gpu(const std::vector<float>& logits, int64_t vocab, const SamplingPlan& plan) {
     DeviceBuffer<float> d = testing::to_device(logits);
-    XY_CUDA_CHECK(cudaDeviceSynchronize());  // the upload is done before a non-blocking stream reads it
+    XY_CUDA_CHECK(
+        cudaDeviceSynchronize());  // the upload is done before a non-blocking stream reads it
     SamplingOutput out;
     sampler_.run(d.get(), vocab, plan, out, stream_->get());
     return out;
   }
 
-  static SamplingOutput cpu(const std::vector<float>& logits, int64_t vocab, const SamplingPlan& plan) {
+  static SamplingOutput cpu(const std::vector<float>& logits, int64_t vocab,
+                            const SamplingPlan& plan) {
     SamplingOutput out;
     backend::cpu::sample_rows(logits, vocab, plan, out);
     return out;
@@ -160,9 +164,9 @@ TEST_F(GpuSampling, MatchesCpuOnMixedRows) {
     Shape shape;
   };
   const Case cases[] = {
-      {1000, 1600, Shape::kFlat},     {1000, 600, Shape::kTied},     {4099, 600, Shape::kPeaked},
-      {32003, 300, Shape::kTied},     {128256, 240, Shape::kFlat},   {128256, 160, Shape::kPeaked},
-      {128256, 160, Shape::kTied},    {151936, 64, Shape::kPeaked},
+      {1000, 1600, Shape::kFlat},  {1000, 600, Shape::kTied},    {4099, 600, Shape::kPeaked},
+      {32003, 300, Shape::kTied},  {128256, 240, Shape::kFlat},  {128256, 160, Shape::kPeaked},
+      {128256, 160, Shape::kTied}, {151936, 64, Shape::kPeaked},
   };
   std::mt19937 rng(11);
   std::mt19937_64 draws(12);
@@ -177,7 +181,8 @@ TEST_F(GpuSampling, MatchesCpuOnMixedRows) {
     ASSERT_EQ(got.top_n, want.top_n);
     ASSERT_EQ(got.top_logprobs.size(), want.top_logprobs.size());
     ASSERT_EQ(got.logits.size(), want.logits.size());
-    EXPECT_EQ(std::memcmp(got.logits.data(), want.logits.data(), got.logits.size() * sizeof(float)), 0)
+    EXPECT_EQ(std::memcmp(got.logits.data(), want.logits.data(), got.logits.size() * sizeof(float)),
+              0)
         << "returned logits differ from the input rows";
     for (size_t i = 0; i < c.rows; ++i) {
       const meta::RowSampling& row = plan.rows[i];
@@ -214,9 +219,12 @@ TEST_F(GpuSampling, MatchesCpuOnMixedRows) {
     }
   }
   const double rate = double(agreed) / double(sampled);
-  std::printf("sampled tokens equal to the CPU's: %zu of %zu (%.4f); greedy rows %zu; sampled rows "
-              "with candidates listed %zu, from the row %zu; rows with top logprobs %zu\n",
-              agreed, sampled, rate, greedy, listed, unlisted, with_top);
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "[gpu sampling] sampled tokens equal to the CPU's: %zu of %zu (%.4f); greedy rows %zu; sampled "
+                "rows with candidates listed %zu, from the row %zu; rows with top logprobs %zu",
+                agreed, sampled, rate, greedy, listed, unlisted, with_top);
+  testing::gpu_report(line);
   EXPECT_GE(sampled, 2000u);
   EXPECT_GE(rate, 0.995);
   EXPECT_GE(listed, 100u) << "the data must reach the shared-memory list path";
@@ -248,7 +256,8 @@ TEST_F(GpuSampling, GreedyTakesTheLowestIdAmongPlantedTies) {
     }
     const SamplingOutput want = cpu(logits, vocab, plan);
     const SamplingOutput got = gpu(logits, vocab, plan);
-    for (size_t r = 0; r < rows; ++r) ASSERT_EQ(got.tokens[r], want.tokens[r]) << vocab << " row " << r;
+    for (size_t r = 0; r < rows; ++r)
+      ASSERT_EQ(got.tokens[r], want.tokens[r]) << vocab << " row " << r;
   }
 }
 
@@ -276,7 +285,8 @@ TEST_F(GpuSampling, TiesAreWalkedInIdOrder) {
       // (Not compared with the CPU: its double sum of 1/vocab may cross top_p one token late.)
       const SamplingOutput got = gpu(logits, vocab, plan);
       for (size_t r = 0; r < rows; ++r)
-        ASSERT_EQ(got.tokens[r], expect[r]) << "vocab " << vocab << " top_p " << top_p << " row " << r;
+        ASSERT_EQ(got.tokens[r], expect[r])
+            << "vocab " << vocab << " top_p " << top_p << " row " << r;
     }
   }
 }
@@ -285,15 +295,19 @@ TEST_F(GpuSampling, TiesAreWalkedInIdOrder) {
 // sampling_distribution, and no token outside it is ever drawn.
 TEST_F(GpuSampling, FrequenciesMatchTheDistribution) {
   const int64_t vocab = 12;
-  const std::vector<float> row = {2.0f, 1.5f, 1.5f, 0.3f, -1.0f, 0.0f, 1.0f, -3.0f, 0.7f, 1.5f, -0.4f, 2.2f};
+  const std::vector<float> row = {2.0f, 1.5f,  1.5f, 0.3f, -1.0f, 0.0f,
+                                  1.0f, -3.0f, 0.7f, 1.5f, -0.4f, 2.2f};
   struct Setting {
     float temperature;
     int32_t top_k;
     float top_p;
     float min_p;
   };
-  const Setting settings[] = {{1.0f, 0, 1.0f, 0.0f},   {0.8f, 6, 1.0f, 0.0f},  {1.3f, 0, 0.8f, 0.0f},
-                              {1.0f, 0, 1.0f, 0.25f},  {0.9f, 7, 0.9f, 0.1f}};
+  const Setting settings[] = {{1.0f, 0, 1.0f, 0.0f},
+                              {0.8f, 6, 1.0f, 0.0f},
+                              {1.3f, 0, 0.8f, 0.0f},
+                              {1.0f, 0, 1.0f, 0.25f},
+                              {0.9f, 7, 0.9f, 0.1f}};
   const size_t n = 40000;
   std::mt19937_64 draws(31);
   for (const Setting& s : settings) {
@@ -325,9 +339,9 @@ TEST_F(GpuSampling, FrequenciesMatchTheDistribution) {
       const double freq = count[size_t(t)] / double(n);
       const double sd = std::sqrt(p[size_t(t)] * (1.0 - p[size_t(t)]) / double(n));
       if (p[size_t(t)] == 0.0) {
-        EXPECT_EQ(count[size_t(t)], 0.0) << "token " << t << " is outside the kept set (T "
-                                         << s.temperature << " k " << s.top_k << " p " << s.top_p
-                                         << " min_p " << s.min_p << ")";
+        EXPECT_EQ(count[size_t(t)], 0.0)
+            << "token " << t << " is outside the kept set (T " << s.temperature << " k " << s.top_k
+            << " p " << s.top_p << " min_p " << s.min_p << ")";
       } else {
         // bound: 5 standard deviations of a binomial frequency
         EXPECT_NEAR(freq, p[size_t(t)], 5.0 * sd + 1e-9)
@@ -354,10 +368,19 @@ TEST_F(GpuSampling, UniformAtTheEndsDrawsTheFirstAndLastKeptToken) {
         meta::RowSampling rs;
         rs.params.temperature = pick({0.5f, 1.0f}, rng);
         switch (r % 4) {
-          case 0: rs.params.top_k = pick({3, 40, 700}, rng); break;
-          case 1: rs.params.top_p = pick({0.3f, 0.8f}, rng); break;
-          case 2: rs.params.min_p = pick({0.1f, 0.5f}, rng); break;
-          default: rs.params.top_k = 50; rs.params.top_p = 0.6f; break;
+          case 0:
+            rs.params.top_k = pick({3, 40, 700, 20000, 60000}, rng);
+            break;
+          case 1:
+            rs.params.top_p = pick({0.3f, 0.8f}, rng);
+            break;
+          case 2:
+            rs.params.min_p = pick({0.1f, 0.5f}, rng);
+            break;
+          default:
+            rs.params.top_k = 50;
+            rs.params.top_p = 0.6f;
+            break;
         }
         std::vector<backend::cpu::TokenProb> dist;
         backend::cpu::sampling_distribution(
@@ -380,7 +403,8 @@ TEST_F(GpuSampling, UniformAtTheEndsDrawsTheFirstAndLastKeptToken) {
         EXPECT_EQ(got.tokens[2 * r], first[r]) << "vocab " << vocab << " row " << r << " uniform 0";
         if (last[r] < 0) continue;
         ++checked_last;
-        EXPECT_EQ(got.tokens[2 * r + 1], last[r]) << "vocab " << vocab << " row " << r << " uniform 1-";
+        EXPECT_EQ(got.tokens[2 * r + 1], last[r])
+            << "vocab " << vocab << " row " << r << " uniform 1-";
       }
     }
   }
@@ -541,7 +565,8 @@ TEST_F(GpuSampling, RejectsWhatTheKernelCannotHold) {
   plan.rows[0].params.logprobs = 1;
   DeviceBuffer<float> d = testing::to_device(logits);
   SamplingOutput out;
-  EXPECT_THROW(sampler_.run(d.get(), kMaxSamplingVocab + 1, plan, out, stream_->get()), InvalidArgument);
+  EXPECT_THROW(sampler_.run(d.get(), kMaxSamplingVocab + 1, plan, out, stream_->get()),
+               InvalidArgument);
 }
 
 }  // namespace

@@ -41,11 +41,12 @@ void DeviceSampler::run(const float* logits, int64_t vocab, const meta::Sampling
     return;
   }
   if (vocab <= 0 || vocab > kMaxSamplingVocab)
-    throw InvalidArgument(cat("sampling: vocabulary of ", vocab, " outside [1, ", kMaxSamplingVocab,
-                              "] (the GPU sampler's limit)"));
+    throw InvalidArgument(cat("sampling: vocabulary of ", vocab, " outside [1, ",
+                              kMaxSamplingVocab, "] (the GPU sampler's limit)"));
   if (top_n > kMaxTopLogprobs)
-    throw InvalidArgument(cat("sampling: logprobs ", top_n, " asked; the GPU sampler returns at most ",
-                              kMaxTopLogprobs, " top logprobs"));
+    throw InvalidArgument(cat("sampling: logprobs ", top_n,
+                              " asked; the GPU sampler returns at most ", kMaxTopLogprobs,
+                              " top logprobs"));
   XY_CHECK(rows <= size_t(INT32_MAX), rows, " rows");
 
   // Pack: the rows, then the penalty entries, in one pinned buffer and one upload.
@@ -60,7 +61,8 @@ void DeviceSampler::run(const float* logits, int64_t vocab, const meta::Sampling
     const meta::RowSampling& rs = plan.rows[i];
     XY_CHECK(rs.penalties_begin >= 0 && rs.penalties_begin <= rs.penalties_end &&
                  size_t(rs.penalties_end) <= num_penalties,
-             "row ", i, " penalties [", rs.penalties_begin, ", ", rs.penalties_end, ") of ", num_penalties);
+             "row ", i, " penalties [", rs.penalties_begin, ", ", rs.penalties_end, ") of ",
+             num_penalties);
     SamplingRow& r = packed_rows[i];
     r = SamplingRow{};
     r.uniform = rs.uniform;
@@ -86,7 +88,8 @@ void DeviceSampler::run(const float* logits, int64_t vocab, const meta::Sampling
   auto* packed_penalties = reinterpret_cast<meta::PenaltyToken*>(host_plan_.get() + rows_bytes);
   for (size_t j = 0; j < num_penalties; ++j) {
     const meta::PenaltyToken& e = plan.penalties[j];
-    XY_CHECK(e.token >= 0 && e.token < vocab, "penalty token id ", e.token, " outside [0, ", vocab, ")");
+    XY_CHECK(e.token >= 0 && e.token < vocab, "penalty token id ", e.token, " outside [0, ",
+             vocab, ")");
     packed_penalties[j] = e;
   }
   device_plan_.reserve(plan_bytes);
@@ -126,7 +129,8 @@ void DeviceSampler::run(const float* logits, int64_t vocab, const meta::Sampling
       size_t j = i;
       while (j < rows && plan.rows[j].return_logits) ++j;
       XY_CUDA_CHECK(cudaMemcpyAsync(out.logits.data() + dst_row * size_t(vocab),
-                                    logits + i * size_t(vocab), (j - i) * size_t(vocab) * sizeof(float),
+                                    logits + i * size_t(vocab),
+                                    (j - i) * size_t(vocab) * sizeof(float),
                                     cudaMemcpyDeviceToHost, stream));
       dst_row += j - i;
       i = j;
@@ -141,8 +145,10 @@ void DeviceSampler::run(const float* logits, int64_t vocab, const meta::Sampling
                 rows * size_t(top_n) * sizeof(meta::TokenLogprob));
   for (size_t i = 0; i < rows; ++i) {
     const int32_t t = out.tokens[i];
-    XY_CHECK(t != kSamplingNoFiniteLogit, "row ", i, ": no token has a finite probability (logits all -inf, or NaN/+inf)");
-    XY_CHECK(t != kSamplingDuplicatePenalty, "row ", i, ": a token appears twice in its penalty entries");
+    XY_CHECK(t != kSamplingNoFiniteLogit, "row ", i,
+             ": no token has a finite probability (logits all -inf, or NaN or +inf)");
+    XY_CHECK(t != kSamplingDuplicatePenalty, "row ", i,
+             ": a token appears twice in the row's penalty entries");
     XY_CHECK(plan.rows[i].return_logits ? t == -1 : (t >= 0 && t < vocab), "row ", i, " token ", t);
   }
 }

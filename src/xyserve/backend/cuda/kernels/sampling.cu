@@ -5,9 +5,10 @@
 // - "Most likely first, ties to the lower id" is the order (penalised logit descending, id
 //   ascending). order_key() maps a float to a uint32 of the same order, so each cut point (the
 //   k-th largest for top-k; the token at which the cumulative mass reaches a target, for top-p
-//   and for the draw) is found by a radix descent over that key: 8 bits a level, a 256-bin
-//   histogram in shared memory, the bin that holds the target chosen by one warp. Ties at the
-//   cut key are broken by the same descent over the ids.
+//   and for the draw) is found by a radix descent over that key: three levels (digits of 11,
+//   11 and 10 bits), each a pass that fills a 2048-bin histogram in shared memory and one warp
+//   that picks the bin holding the target. Ties at the cut key are broken by the same descent
+//   over the ids.
 // - Mass is fixed point: a token weighs floor(2^40 * exp((l - l_max) / T)), its probability
 //   relative to the most likely token's. Integer sums are exact whatever order threads add in,
 //   so the outcome does not depend on scheduling: same inputs, bitwise the same outputs. A token
@@ -24,6 +25,7 @@
 //   of block argmax.
 #include "xyserve/backend/cuda/kernels/sampling.h"
 
+#include <cfloat>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -36,13 +38,17 @@ namespace {
 
 constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+
 // A key is cut into three digits of 11, 11 and 10 bits, one descent level each. Three passes
 // per descent, and a first digit (sign, exponent, two mantissa bits: quarter binades) fine
 // enough to spread a row's logits over dozens of bins: an 8-bit first digit (sign and seven
 // exponent bits) puts most of a row in a handful, whose shared-memory atomics then serialise.
 constexpr int kLevels = 3;
 constexpr int kBins = 2048;
-__device__ __forceinline__ int digit_shift(int level) { return level == 0 ? 21 : level == 1 ? 10 : 0; }
+__device__ __forceinline__ int digit_shift(int level) {
+  return level == 0 ? 21 : level == 1 ? 10 : 0;
+}
 // The key bits above level `level`'s digit.
 __device__ __forceinline__ uint32_t bits_above(int level) {
   return level == 0 ? 0u : ~0u << (level == 1 ? 21 : 10);
@@ -51,18 +57,18 @@ __device__ __forceinline__ uint32_t bits_above(int level) {
 __device__ __forceinline__ uint32_t digit_of(uint32_t key, int level) {
   return (key >> digit_shift(level)) & uint32_t(kBins - 1);
 }
-constexpr unsigned kFullMask = 0xffffffffu;
 
 // The tie-breaking select finds the j-th smallest id as the j-th largest of kIdFlip - id.
 constexpr uint32_t kIdFlip = 0xffffffu;
 static_assert(kMaxSamplingVocab - 1 <= int64_t(kIdFlip));
 
-// 2^40 per unit of relative probability: a row weighs at most vocab * 2^40 < 2^59.
+// 2^40 per unit of relative probability: a row weighs at most vocab * 2^40, within 64 bits.
 constexpr float kWeightScale = 0x1p40f;
 constexpr float kMinRelativeProb = 0x1p-40f;
 static_assert(kMaxSamplingVocab <= (int64_t(1) << 23));
 
-constexpr size_t kListBytes = size_t(kSamplingListCapacity) * (sizeof(uint32_t) + sizeof(int32_t));
+constexpr size_t kListBytes =
+    size_t(kSamplingListCapacity) * (sizeof(uint32_t) + sizeof(int32_t));
 constexpr size_t kMaxBitmapBytes = size_t(kMaxSamplingVocab) / 8;
 
 __device__ __forceinline__ uint32_t min_u32(uint32_t a, uint32_t b) { return a < b ? a : b; }
@@ -70,10 +76,17 @@ __device__ __forceinline__ uint32_t max_u32(uint32_t a, uint32_t b) { return a >
 __device__ __forceinline__ uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 __device__ __forceinline__ uint64_t max_u64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 struct MinOp {
-  __device__ __forceinline__ uint64_t operator()(uint64_t a, uint64_t b) const { return min_u64(a, b); }
+  __device__ __forceinline__ uint64_t operator()(uint64_t a, uint64_t b) const {
+    return min_u64(a, b);
+  }
 };
 struct MaxOp {
-  __device__ __forceinline__ uint64_t operator()(uint64_t a, uint64_t b) const { return max_u64(a, b); }
+  __device__ __forceinline__ uint64_t operator()(uint64_t a, uint64_t b) const {
+    return max_u64(a, b);
+  }
+};
+struct SumOp {
+  __device__ __forceinline__ uint64_t operator()(uint64_t a, uint64_t b) const { return a + b; }
 };
 
 // ---- Keys: floats as uint32 of the same order.
@@ -225,10 +238,12 @@ struct Weigher {
   float max_logit = 0.0f;
   float inv_temperature = 1.0f;
 
-  // exp((l - l_max) / T) in (0, 1]: the probability relative to the most likely token's.
-  // Non-decreasing in the key, so a set "key >= x" is a prefix of the sampling order.
+  // exp((l - l_max) / T) in (0, 1]: the probability relative to the most likely token's, a
+  // function of the key (tied tokens weigh the same). __expf (ex2.approx, relative error
+  // ~2^-21 near the top of the distribution) rather than expf: one pass evaluates it per token,
+  // and one SM's instruction rate, not memory, bounds a CTA's pass over a row.
   __device__ __forceinline__ float relative_prob(uint32_t key) const {
-    return expf(__fmul_rn(__fsub_rn(key_value(key), max_logit), inv_temperature));
+    return __expf(__fmul_rn(__fsub_rn(key_value(key), max_logit), inv_temperature));
   }
   __device__ __forceinline__ static uint64_t weight_of(float p) {
     return p >= kMinRelativeProb ? uint64_t(__fmul_rn(p, kWeightScale)) : 0;
@@ -252,26 +267,26 @@ __device__ __forceinline__ uint64_t block_reduce(uint64_t v, Op op, SamplingShar
   return r;
 }
 
-// Online log-sum-exp: sum of exp(x - max) over the values seen.
+// Online log-sum-exp: sum of exp(x - max) over the values seen. max starts at -FLT_MAX, not
+// -inf, so that -inf values add exp(-inf) = 0 with no special case (and a row of them gets
+// sum 0: lse -inf). __expf: its error grows with |x - max|, where the terms are small, and
+// the log-sum-exp stays within 1e-6 of the double one.
 struct LogSumExp {
-  float max = -INFINITY;
+  float max = -FLT_MAX;
   float sum = 0.0f;
 
   __device__ __forceinline__ void add(float x) {
-    if (x == -INFINITY) return;
     if (x > max) {
-      sum = __fadd_rn(__fmul_rn(sum, expf(max - x)), 1.0f);
+      sum = __fadd_rn(__fmul_rn(sum, __expf(max - x)), 1.0f);
       max = x;
     } else {
-      sum = __fadd_rn(sum, expf(x - max));
+      sum = __fadd_rn(sum, __expf(x - max));
     }
   }
   // Commutative bit for bit (no contraction), so both lanes of a butterfly agree.
   __device__ __forceinline__ static LogSumExp merge(LogSumExp a, LogSumExp b) {
-    if (b.max == -INFINITY) return a;
-    if (a.max == -INFINITY) return b;
     const float m = fmaxf(a.max, b.max);
-    return {m, __fadd_rn(__fmul_rn(a.sum, expf(a.max - m)), __fmul_rn(b.sum, expf(b.max - m)))};
+    return {m, __fadd_rn(__fmul_rn(a.sum, __expf(a.max - m)), __fmul_rn(b.sum, __expf(b.max - m)))};
   }
 };
 
@@ -296,37 +311,50 @@ __device__ __forceinline__ float block_log_sum_exp(LogSumExp v, SamplingShared& 
 
 // ---- Radix descents.
 
+// Warp inclusive prefix sum (lane 0 first).
+__device__ __forceinline__ uint64_t warp_inclusive_sum(uint64_t v) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint64_t up = __shfl_up_sync(kFullMask, v, o);
+    if (lane >= o) v += up;
+  }
+  return v;
+}
+
 // Warp 0: the bin, digits scanned from the largest down, holding unit `need` (1-based) of the
-// level's values; need_of(total) gives it from the level's total and must lie in [1, total],
-// so exactly one lane finds the bin. Writes sh.choice (min_id is the caller's). Each lane sums
-// its run of bins, the warp scans the sums, and the lane whose run holds the unit walks it.
+// level's values; need_of(total) gives it from the level's total and must lie in [1, total].
+// Writes sh.choice (min_id is the caller's). Each lane sums a run of 64 bins (reading them in
+// a lane-skewed order, free of bank conflicts), the warp scans the sums, then walks the run
+// that holds the unit 32 bins at a time.
 template <class Value, class Need>
 __device__ __forceinline__ void choose_bin(Value value, Need need_of, BinChoice& out) {
   constexpr int kPerLane = kBins / 32;
   const int lane = threadIdx.x;
-  const int top = kBins - 1 - lane * kPerLane;  // this lane's bins: top, top - 1, ...
+  const int top = kBins - 1 - lane * kPerLane;  // this lane's run: bins top, top - 1, ...
   uint64_t sum = 0;
-  for (int p = 0; p < kPerLane; ++p) sum += value(top - p);
-  uint64_t inclusive = sum;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const uint64_t up = __shfl_up_sync(kFullMask, inclusive, o);
-    if (lane >= o) inclusive += up;
-  }
+#pragma unroll 4
+  for (int p = 0; p < kPerLane; ++p) sum += value(top - ((p + lane) & (kPerLane - 1)));
+  const uint64_t inclusive = warp_inclusive_sum(sum);
   const uint64_t need = need_of(__shfl_sync(kFullMask, inclusive, 31));
-  uint64_t before = inclusive - sum;
-  if (before < need && need <= inclusive) {
-    for (int p = 0; p < kPerLane; ++p) {
-      const uint64_t v = value(top - p);
-      if (before + v >= need) {
-        out.digit = uint32_t(top - p);
-        out.before = before;
-        out.bin = v;
-        out.need = need;
-        break;
-      }
-      before += v;
+  const unsigned holds = __ballot_sync(kFullMask, inclusive - sum < need && need <= inclusive);
+  const int owner = __ffs(int(holds)) - 1;  // exactly one lane: runs partition [1, total]
+  uint64_t before = __shfl_sync(kFullMask, inclusive - sum, owner);
+  const int run_top = kBins - 1 - owner * kPerLane;
+#pragma unroll 1
+  for (int part = 0; part < kPerLane / 32; ++part) {
+    const int b = run_top - part * 32 - lane;
+    const uint64_t v = value(b);
+    const uint64_t in = before + warp_inclusive_sum(v);
+    const bool here = in - v < need && need <= in;
+    if (here) {
+      out.digit = uint32_t(b);
+      out.before = in - v;
+      out.bin = v;
+      out.need = need;
     }
+    if (__ballot_sync(kFullMask, here)) break;
+    before = __shfl_sync(kFullMask, in, 31);
   }
 }
 
@@ -395,8 +423,8 @@ struct Cut {
 // the element at which the cumulative weight first reaches need_of(total weight of the set),
 // need_of in [1, total]. Every key of the set lies in [lo, hi]; ids lie in [0, vocab).
 template <class Source, class InSet, class Need>
-__device__ Cut mass_cut(const Source& src, InSet in_set, const Weigher& wt, uint32_t lo, uint32_t hi,
-                        Need need_of, int32_t vocab, SamplingShared& sh) {
+__device__ Cut mass_cut(const Source& src, InSet in_set, const Weigher& wt, uint32_t lo,
+                        uint32_t hi, Need need_of, int32_t vocab, SamplingShared& sh) {
   const int first = first_free_level(lo, hi);
   uint32_t prefix = lo & bits_above(first);
   uint64_t need = 0;
@@ -443,24 +471,43 @@ __device__ Cut mass_cut(const Source& src, InSet in_set, const Weigher& wt, uint
 
 // ---- Sampling a row.
 
+// Per thread: keepers counted past a full list, and whether this thread has seen it full.
+struct Overflow {
+  uint32_t count = 0;
+  bool full = false;
+};
+
 // Appends (key, id) to the list when `keep`; a warp's keepers take their slots with one atomic.
-// Slots past `capacity` are counted, not written.
+// Once a thread has seen the list full it only counts its keepers: a flat row keeps every token,
+// and the warp votes and the atomic on one counter would otherwise cost every element.
 __device__ __forceinline__ void append_if(bool keep, uint32_t key, int32_t id, uint32_t* keys,
-                                          int32_t* ids, uint32_t capacity, SamplingShared& sh) {
+                                          int32_t* ids, uint32_t capacity, Overflow& overflow,
+                                          SamplingShared& sh) {
+  constexpr uint32_t kFull = 0xffffffffu;
+  if (overflow.full) {
+    overflow.count += keep ? 1u : 0u;
+    return;
+  }
   const unsigned active = __activemask();
   const unsigned keepers = __ballot_sync(active, keep);
   if (keepers == 0) return;
   const int lane = threadIdx.x % 32;
   const int leader = __ffs(int(keepers)) - 1;
-  uint32_t base = 0;
-  if (lane == leader) base = atomicAdd(&sh.num_listed, uint32_t(__popc(int(keepers))));
+  uint32_t base = kFull;
+  // A stale read only sends the leader to the atomic, whose slots then fall past capacity.
+  if (lane == leader && *static_cast<volatile uint32_t*>(&sh.num_listed) < capacity)
+    base = atomicAdd(&sh.num_listed, uint32_t(__popc(int(keepers))));
   base = __shfl_sync(active, base, leader);
-  if (keep) {
-    const uint32_t slot = base + uint32_t(__popc(int(keepers & ((1u << lane) - 1u))));
-    if (slot < capacity) {
-      keys[slot] = key;
-      ids[slot] = id;
-    }
+  if (base == kFull) {
+    overflow.full = true;
+    overflow.count += keep ? 1u : 0u;
+    return;
+  }
+  if (!keep) return;
+  const uint32_t slot = base + uint32_t(__popc(int(keepers & ((1u << lane) - 1u))));
+  if (slot < capacity) {
+    keys[slot] = key;
+    ids[slot] = id;
   }
 }
 
@@ -477,11 +524,12 @@ __device__ uint32_t compact(const Source& src, Keep keep, const List& list, Samp
   __syncthreads();  // the previous count has been read
   if (threadIdx.x == 0) sh.num_listed = 0;
   __syncthreads();
+  Overflow overflow;
   src.for_each([&](uint32_t key, int32_t id) {
-    append_if(keep(key, id), key, id, list.keys, list.ids, list.capacity, sh);
+    append_if(keep(key, id), key, id, list.keys, list.ids, list.capacity, overflow, sh);
   });
-  __syncthreads();
-  return sh.num_listed;
+  __syncthreads();  // the list and sh.num_listed are complete
+  return uint32_t(block_reduce(overflow.count, SumOp{}, sh)) + sh.num_listed;
 }
 
 // What the descents need of a sampled row besides its source.
@@ -571,7 +619,8 @@ __device__ int32_t sample_row(const RowSource& rs, const SamplingRow& row, uint3
   // min-p always keeps the most likely token (relative probability 1; min_p > 1 keeps it alone).
   rc.min_p_lo = min_u32(uint32_t(block_reduce(min_p_lo, MinOp{}, sh)), max_key);
   if (num_candidates <= list.capacity)
-    return sample_listed(ListSource{list.keys, list.ids, int32_t(num_candidates)}, row, rc, lo, sh);
+    return sample_listed(ListSource{list.keys, list.ids, int32_t(num_candidates)}, row, rc, lo,
+                         sh);
 
   // Too many candidates to list: top-k from the row, then list what it keeps if that fits.
   if (row.top_k > 0 && uint32_t(row.top_k) < num_candidates) {
@@ -614,7 +663,8 @@ __device__ int32_t top_logprobs(const float* row, int32_t vocab, int32_t n, floa
     if (best == 0) break;  // every list is spent: n > vocab
     if (mine == best) ++head;  // ids are distinct: one thread owns the winner
     if (threadIdx.x == 0)
-      out[found] = meta::TokenLogprob{packed_id(best), __fsub_rn(key_value(packed_key(best)), lse)};
+      out[found] =
+          meta::TokenLogprob{packed_id(best), __fsub_rn(key_value(packed_key(best)), lse)};
   }
   return found;
 }
@@ -638,9 +688,10 @@ __global__ void __launch_bounds__(kThreads, 1) sampling_kernel(const SamplingArg
   }
   const int32_t vocab = int32_t(a.vocab);
   const float* logits = a.logits + int64_t(r) * a.vocab;
-  const List list{dynamic_smem, reinterpret_cast<int32_t*>(dynamic_smem + (a.any_sampled ? kSamplingListCapacity : 0)),
-                  a.any_sampled ? uint32_t(kSamplingListCapacity) : 0u};
-  uint32_t* bitmap = dynamic_smem + 2 * list.capacity;
+  // Dynamic shared memory: [capacity] list keys, [capacity] list ids, the penalty bitmap.
+  const uint32_t capacity = a.any_sampled ? uint32_t(kSamplingListCapacity) : 0u;
+  const List list{dynamic_smem, reinterpret_cast<int32_t*>(dynamic_smem + capacity), capacity};
+  uint32_t* bitmap = dynamic_smem + 2 * capacity;
 
   RowSource rs;
   rs.row = logits;
@@ -661,18 +712,25 @@ __global__ void __launch_bounds__(kThreads, 1) sampling_kernel(const SamplingArg
   }
   __syncthreads();
 
-  // One pass over the raw row: its log-sum-exp, and the most likely penalised token.
+  // One pass over the raw row: its log-sum-exp, and the most likely penalised token. A thread
+  // meets its ids in ascending order, so a strict > keeps its lowest id among equal values, as
+  // backend::cpu::argmax does (and never takes a NaN or a -inf). No token above -inf: best 0.
   LogSumExp lse_part;
-  uint64_t best = 0;
+  float best_value = -INFINITY;
+  int32_t best_id = -1;
   for_each_value(logits, vocab, [&](float x, int32_t id) {
     lse_part.add(x);
     if (rs.penalised && ((rs.penalised[id >> 5] >> (id & 31)) & 1u)) return;
-    best = max_u64(best, pack_best(order_key(x), id));
+    if (x > best_value) {
+      best_value = x;
+      best_id = id;
+    }
   });
+  uint64_t best = best_id < 0 ? 0 : pack_best(order_key(best_value), best_id);
   for (int32_t j = threadIdx.x; j < rs.num_penalties; j += kThreads) {
     const meta::PenaltyToken e = rs.penalties[j];
-    best = max_u64(best, pack_best(order_key(rs.rules.apply(__ldg(logits + e.token), e.output_count)),
-                                   e.token));
+    const float penalised = rs.rules.apply(__ldg(logits + e.token), e.output_count);
+    if (penalised > -INFINITY) best = max_u64(best, pack_best(order_key(penalised), e.token));
   }
   const float lse = block_log_sum_exp(lse_part, sh);
   best = block_reduce(best, MaxOp{}, sh);
@@ -681,8 +739,9 @@ __global__ void __launch_bounds__(kThreads, 1) sampling_kernel(const SamplingArg
     return;
   }
 
-  const int32_t token =
-      row.temperature > 0.0f ? sample_row(rs, row, packed_key(best), list, sh) : packed_id(best);
+  // A row with nothing above -inf: the CPU's argmax takes id 0; sampling finds no candidate.
+  int32_t token = best == 0 ? 0 : packed_id(best);
+  if (row.temperature > 0.0f) token = sample_row(rs, row, packed_key(best), list, sh);
   if (token < 0) {
     if (threadIdx.x == 0) write_row(a, r, token, 0.0f, 0);
     return;
@@ -703,10 +762,12 @@ void launch_sampling(const SamplingArgs& a, cudaStream_t stream) {
     throw InvalidArgument(cat("sampling: vocabulary of ", a.vocab, " outside [1, ",
                               kMaxSamplingVocab, "] (the GPU sampler's limit)"));
   if (a.top_n < 0 || a.top_n > kMaxTopLogprobs)
-    throw InvalidArgument(cat("sampling: ", a.top_n, " top logprobs asked; the GPU sampler returns at most ",
+    throw InvalidArgument(cat("sampling: ", a.top_n,
+                              " top logprobs asked; the GPU sampler returns at most ",
                               kMaxTopLogprobs));
   static const bool configured = [] {
-    XY_CUDA_CHECK(cudaFuncSetAttribute(sampling_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    XY_CUDA_CHECK(cudaFuncSetAttribute(sampling_kernel,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        int(kListBytes + kMaxBitmapBytes)));
     return true;
   }();
