@@ -21,6 +21,7 @@
 #include <random>
 
 #include "cuda/device_test_util.h"
+#include "engine/tiny_model.h"
 #include "xyserve/backend/cpu/cpu_backend.h"
 #include "xyserve/backend/cuda/cuda_backend.h"
 #include "xyserve/backend/cuda/device.h"
@@ -93,17 +94,7 @@ Output run(Device d, const std::string& arch, const EngineConfig& config,
 }
 
 std::vector<std::vector<int32_t>> prompts_for(int n, int min_len, int max_len, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::vector<int32_t>> prompts;
-  for (int i = 0; i < n; ++i) {
-    const int len = min_len + int(rng() % uint64_t(max_len - min_len + 1));
-    std::vector<int32_t> p;
-    std::vector<int32_t> motif(2 + rng() % 4);  // every third repeats a motif: n-gram drafts hit
-    for (auto& t : motif) t = int32_t(rng() % kVocab);
-    for (int j = 0; j < len; ++j) p.push_back(i % 3 == 0 ? motif[size_t(j) % motif.size()] : int32_t(rng() % kVocab));
-    prompts.push_back(std::move(p));
-  }
-  return prompts;
+  return testing::random_prompts(n, min_len, max_len, seed, kVocab);
 }
 
 struct Agreement {

@@ -47,7 +47,8 @@ inline std::unique_ptr<backend::cpu::CpuBackend> tiny_backend(const std::string&
 }
 
 // Random prompts; every third repeats a short motif, so n-gram drafts find matches.
-inline std::vector<std::vector<int32_t>> random_prompts(int n, int min_len, int max_len, uint64_t seed) {
+inline std::vector<std::vector<int32_t>> random_prompts(int n, int min_len, int max_len, uint64_t seed,
+                                                        int64_t vocab = kTinyVocab) {
   std::mt19937_64 rng(seed);
   std::vector<std::vector<int32_t>> prompts;
   for (int i = 0; i < n; ++i) {
@@ -55,10 +56,10 @@ inline std::vector<std::vector<int32_t>> random_prompts(int n, int min_len, int 
     std::vector<int32_t> p;
     if (i % 3 == 0) {
       std::vector<int32_t> motif(2 + rng() % 4);
-      for (auto& t : motif) t = int32_t(rng() % kTinyVocab);
+      for (auto& t : motif) t = int32_t(rng() % uint64_t(vocab));
       while (int(p.size()) < len) p.push_back(motif[p.size() % motif.size()]);
     } else {
-      for (int j = 0; j < len; ++j) p.push_back(int32_t(rng() % kTinyVocab));
+      for (int j = 0; j < len; ++j) p.push_back(int32_t(rng() % uint64_t(vocab)));
     }
     prompts.push_back(std::move(p));
   }
