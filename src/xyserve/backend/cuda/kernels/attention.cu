@@ -202,7 +202,7 @@ __device__ __forceinline__ void attention_task(const AttentionArgs& a, const met
         if (d < kHeadDim) o[d] = __float2bfloat16(acc[i][t] * inv);
       }
     } else {
-      const int64_t prow = int64_t(task.partial) * kAttentionTileRows + r;
+      const int64_t prow = int64_t(task.partial) * a.partial_rows + r;
       float* o = a.partial_out + prow * kHeadDim;
 #pragma unroll
       for (int t = 0; t < T::kDimsPerLane; ++t) {
@@ -245,7 +245,7 @@ __device__ __forceinline__ void merge_group(const AttentionArgs& a, const meta::
 #pragma unroll
     for (int t = 0; t < kDimsPerLane; ++t) acc[t] = 0.0f;
     for (int32_t p = mg.first_partial; p < mg.first_partial + mg.num_partials; ++p) {
-      const int64_t prow = int64_t(p) * kAttentionTileRows + r;
+      const int64_t prow = int64_t(p) * a.partial_rows + r;
       const float pm = a.partial_max[prow], ps = a.partial_sum[prow];
       if (pm == -INFINITY) continue;
       const float m_new = fmaxf(m, pm);

@@ -112,18 +112,27 @@ struct AttentionArgs {
   // (the tensor-core kernel does not split a small tile's keys across warps).
   bool batch_invariant = false;
   bf16* out = nullptr;  // [m, num_heads * head_dim]
-  // Partials: [num_partials, kAttentionTileRows, head_dim] and [num_partials, kAttentionTileRows]
-  // twice; max in log2 units (the kernels' softmax is base 2).
+  // Partials: [num_partials, partial_rows, head_dim] and [num_partials, partial_rows] twice; max
+  // in log2 units (the kernels' softmax is base 2). partial_rows is the work list's tile_rows.
+  int32_t partial_rows = kAttentionTileRows;
   float* partial_out = nullptr;
   float* partial_max = nullptr;
   float* partial_sum = nullptr;
 };
 // Which kernel runs the work list: kAuto takes the tensor-core kernel (meta_attention.cu) for
-// head_dim 64 and 128 and the CUDA-core one (attention.cu) otherwise; the other two force one
-// (kTensorCore throws InvalidArgument on another head_dim). Both write the same outputs.
-enum class AttentionKernel { kAuto, kTensorCore, kCudaCore };
+// head_dim 64 and 128 and the CUDA-core one (attention.cu) otherwise; the others force one
+// (each throws InvalidArgument on a head_dim or task it does not serve). All write the same
+// outputs.
+//   kTensorCore  mma.sync, 64-row tiles (meta_attention.cu); the deterministic mode's kernel
+//   kCudaCore    the first kernel (attention.cu), any head_dim
+//   kWgmma       Hopper wgmma with producer/consumer warpgroups (meta_attention_wgmma.cu)
+//   kDecode      decode-specialised: tasks of at most kDecodeMaxRows rows (decode_attention.cu)
+enum class AttentionKernel { kAuto, kTensorCore, kCudaCore, kWgmma, kDecode };
 void launch_attention(const AttentionArgs& args, cudaStream_t stream,
                       AttentionKernel kernel = AttentionKernel::kAuto);
+void launch_attention_wgmma(const AttentionArgs& args, cudaStream_t stream);
+inline constexpr int32_t kDecodeMaxRows = 16;
+void launch_attention_decode(const AttentionArgs& args, cudaStream_t stream);
 // The first, CUDA-core kernel (any head_dim multiple of 8 up to 256), kept for comparison.
 void launch_attention_cuda_core(const AttentionArgs& args, cudaStream_t stream);
 

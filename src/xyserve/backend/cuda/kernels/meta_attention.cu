@@ -373,7 +373,7 @@ __device__ __forceinline__ void meta_attention_task(
       for (int dt = 0; dt < T::kOutTiles; ++dt)
         *reinterpret_cast<uint32_t*>(out + dt * 8 + 2 * t) = pack_bf16(o[dt][2 * h] * inv, o[dt][2 * h + 1] * inv);
     } else {
-      const int64_t prow = int64_t(task.partial) * kAttentionTileRows + r;
+      const int64_t prow = int64_t(task.partial) * a.partial_rows + r;
       float* out = a.partial_out + prow * kHeadDim;
 #pragma unroll
       for (int dt = 0; dt < T::kOutTiles; ++dt)
@@ -427,6 +427,8 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream, AttentionKern
   if (a.num_tasks == 0) return;
   if (a.group < 1 || a.group > kAttentionTileRows)
     throw InvalidArgument(cat("attention: GQA group ", a.group, " outside [1, ", kAttentionTileRows, "]"));
+  if (kernel == AttentionKernel::kWgmma) return launch_attention_wgmma(a, stream);
+  if (kernel == AttentionKernel::kDecode) return launch_attention_decode(a, stream);
   if (kernel == AttentionKernel::kCudaCore ||
       (kernel == AttentionKernel::kAuto && !tensor_core_head_dim(a.head_dim))) {
     launch_attention_cuda_core(a, stream);

@@ -1,0 +1,11 @@
+// Placeholder while the kernel is written (this session): throws, so nothing selects it.
+#include "xyserve/backend/cuda/kernels/kernels.h"
+#include "xyserve/common/error.h"
+
+namespace xy::cuda {
+
+void launch_attention_wgmma(const AttentionArgs&, cudaStream_t) {
+  throw InvalidArgument("attention: meta_attention_wgmma kernel not built yet");
+}
+
+}  // namespace xy::cuda
