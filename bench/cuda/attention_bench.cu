@@ -1,13 +1,23 @@
-// Attention over the meta work list on the device: the tensor-core kernel (meta_attention.cu)
+// Attention over the meta work list on the device: the Hopper wgmma kernel
+// (meta_attention_wgmma.cu, lists of 128-row tiles), the tensor-core kernel (meta_attention.cu)
 // and the first CUDA-core kernel (attention.cu), each followed by the split merge, on
 // Llama-3-8B heads (32 query, 8 KV, head_dim 128) over paged bf16 KV (block 16, blocks dealt
 // from a shuffled pool). Prints one line per (case, kernel): time, TFLOP/s (4 * head_dim *
 // query heads * visible (query, key) pairs; a causal prefill of L counts L^2 / 2 pairs) and,
-// for decode, TB/s of KV read (K and V of every context token, once per KV head). The PyTorch
-// SDPA baselines are tools/attention_baseline.py, run beside it in the same device command.
+// for decode and the hybrid mixes, TB/s of KV read (K and V of every context token, once per KV
+// head). The PyTorch SDPA baselines are tools/attention_baseline.py, run beside it in the same
+// device command.
 //   attention_bench [--iters N] [--only SUBSTRING]
-// Prefill and hybrid cases run twice with the tensor-core kernel: with the backend's split rule
-// (512 positions) and with split 8192 (no split at these lengths), to show what splitting costs.
+// Prefill and hybrid cases run twice: with the backend's first split rule (512 positions, halved
+// while the step has fewer tasks than SMs) and with split 8192 (no split at these lengths, as the
+// backend's current rule gives them), to show what splitting costs. Kernel column:
+//   wgmma         one eager launch: CTAs take tasks from a device counter, largest first (greedy)
+//   wgmma-rr      one graph-style launch (task count on the device): tasks dealt to the CTAs in a
+//                 symmetric round-robin (XY-Serve's deal), fixed before the launch
+//   wgmma-2x      two eager launches, the prefill tasks then the decode tasks (what one launch buys)
+// The "mix" cases sweep the step from all decode (256 decodes at 2k) to all prefill (8 chunks of
+// 1024 on 1024 cached): "pN" takes N% of the 8 chunks and (100 - N)% of the 256 decodes, each
+// pure step about 0.4-0.5 ms at cuDNN's rates, so p50 is the issue's hybrid step.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -22,6 +32,7 @@
 #include "xyserve/backend/cuda/cuda_check.h"
 #include "xyserve/backend/cuda/device_buffer.h"
 #include "xyserve/backend/cuda/device_plan.h"
+#include "xyserve/backend/cuda/decode_split.h"
 #include "xyserve/backend/cuda/kernels/kernels.h"
 
 namespace {
@@ -53,8 +64,9 @@ struct Seq {
 struct Case {
   std::string name;
   std::vector<Seq> seqs;
-  bool decode = false;        // report TB/s of KV read
+  bool report_kv = false;     // report TB/s of KV read (decode, mixes)
   double causal_pairs = -1;   // pairs to count for TFLOP/s; < 0: the exact visible pairs
+  bool mixed = false;         // also run the wgmma deal variants (round-robin, two launches)
 };
 
 namespace meta = xy::meta;
@@ -86,10 +98,11 @@ meta::StepPlan make_plan(const std::vector<Seq>& seqs, std::mt19937& rng, int32_
   return plan;
 }
 
-// The backend's split rule (cuda_backend.cu, run_step): 512 positions, halved down to 64 while
-// the step has fewer tasks than SMs.
-int32_t choose_split(const std::vector<Seq>& seqs, int num_sms) {
-  const int32_t tile_tokens = xy::cuda::kAttentionTileRows / (kHeads / kKvHeads);
+// The backend's first split rule, kept so that lines compare across runs, for tiles of
+// `tile_rows`: 512 positions, halved down to 64 while the step has fewer tasks than SMs. (The
+// backend now starts at 16k positions, cuda_backend.cu plan_attention: the split-8192 lines.)
+int32_t choose_split(const std::vector<Seq>& seqs, int num_sms, int32_t tile_rows) {
+  const int32_t tile_tokens = tile_rows / (kHeads / kKvHeads);
   int32_t split = 512;
   while (split > 64) {
     int64_t tasks = 0;
@@ -101,42 +114,38 @@ int32_t choose_split(const std::vector<Seq>& seqs, int num_sms) {
   return split;
 }
 
+// One kernel line of a case: which kernel, the work list's tile rows, and how it is launched.
+enum class Deal { kEager, kGraph, kTwoLaunches };
+struct Variant {
+  const char* name;
+  AttentionKernel kernel;
+  int32_t tile_rows;
+  Deal deal = Deal::kEager;
+};
+
+// The tasks of `list` whose request is (decode) or is not (prefill) a single new token; partial
+// slots keep their numbers, so the full list's merges fold them.
+meta::AttentionWorkList tasks_of_kind(const meta::AttentionWorkList& list, const meta::StepPlan& plan, bool decode) {
+  meta::AttentionWorkList part;
+  part.num_partials = list.num_partials;
+  part.max_tile_tokens = list.max_tile_tokens;
+  for (const meta::AttentionTask& t : list.tasks)
+    if ((plan.requests[size_t(t.request)].num_new_tokens == 1) == decode) part.tasks.push_back(t);
+  return part;
+}
+
 // split > 0 overrides the backend's rule (to measure what the split costs a long prefill).
-void run_case(const Case& c, int iters, int num_sms, int32_t split_override, bool with_old) {
+void run_case(const Case& c, int iters, int num_sms, int32_t split_override, const std::vector<Variant>& variants) {
   std::mt19937 rng(1);
   int32_t num_blocks = 0;
   const meta::StepPlan plan = make_plan(c.seqs, rng, num_blocks);
-  const int32_t split = split_override > 0 ? split_override : choose_split(c.seqs, num_sms);
-  const meta::AttentionWorkList list =
-      meta::build_attention_work_list(plan, {kHeads, kKvHeads, 0}, {xy::cuda::kAttentionTileRows, split});
-  xy::cuda::DevicePlan dplan;
-  std::vector<std::pair<int32_t, meta::AttentionWorkList>> lists{{0, list}};
-  const xy::cuda::DevicePlanView& view = dplan.upload(plan, lists, nullptr);
   const int32_t m = plan.num_rows();
   const size_t kv_elems = size_t(num_blocks) * kBlockSize * kKvHeads * kHeadDim;
   DeviceBuffer<bf16> q(size_t(m) * kHeads * kHeadDim), k(kv_elems), v(kv_elems), out(q.size());
-  const size_t np = size_t(std::max(list.num_partials, 1));
-  DeviceBuffer<float> po(np * xy::cuda::kAttentionTileRows * kHeadDim), ps(np * xy::cuda::kAttentionTileRows * 2);
   fill_random<<<1024, 256>>>(q.get(), q.size(), 1);
   fill_random<<<1024, 256>>>(k.get(), k.size(), 2);
   fill_random<<<1024, 256>>>(v.get(), v.size(), 3);
   XY_CUDA_CHECK_LAUNCH();
-
-  AttentionArgs aa;
-  aa.q = q.get();
-  aa.q_row_stride = kHeads * kHeadDim;
-  aa.k_cache = k.get();
-  aa.v_cache = v.get();
-  aa.block_size = kBlockSize;
-  aa.num_kv_heads = kKvHeads;
-  aa.head_dim = kHeadDim;
-  aa.group = kHeads / kKvHeads;
-  aa.scale = float(1.0 / std::sqrt(double(kHeadDim)));
-  xy::cuda::bind_attention_plan(aa, view, view.attention[0]);
-  aa.out = out.get();
-  aa.partial_out = po.get();
-  aa.partial_max = ps.get();
-  aa.partial_sum = ps.get() + np * xy::cuda::kAttentionTileRows;
 
   double pairs = 0, kv_tokens = 0;
   for (const Seq& s : c.seqs) {
@@ -150,10 +159,57 @@ void run_case(const Case& c, int iters, int num_sms, int32_t split_override, boo
   cudaEvent_t e0, e1;
   XY_CUDA_CHECK(cudaEventCreate(&e0));
   XY_CUDA_CHECK(cudaEventCreate(&e1));
-  for (AttentionKernel kernel : {AttentionKernel::kTensorCore, AttentionKernel::kCudaCore}) {
-    if (kernel == AttentionKernel::kCudaCore && !with_old) continue;
+  DeviceBuffer<int32_t> task_count(1);
+  for (const Variant& var : variants) {
+    // The decode kernel's lists: its own split rule (decode_split.h) unless overridden.
+    const int32_t split =
+        split_override > 0           ? split_override
+        : var.kernel == AttentionKernel::kDecode
+            ? xy::cuda::decode_kv_split(plan, var.tile_rows / (kHeads / kKvHeads), {kKvHeads, kBlockSize, 0, num_sms})
+            : choose_split(c.seqs, num_sms, var.tile_rows);
+    const meta::AttentionWorkList list =
+        meta::build_attention_work_list(plan, {kHeads, kKvHeads, 0}, {var.tile_rows, split});
+    // Uploaded: the list, then (two launches) its prefill and its decode tasks.
+    xy::cuda::WorkLists lists{{0, list}};
+    if (var.deal == Deal::kTwoLaunches) {
+      lists.push_back({0, tasks_of_kind(list, plan, false)});
+      lists.push_back({0, tasks_of_kind(list, plan, true)});
+    }
+    xy::cuda::DevicePlan dplan;
+    const xy::cuda::DevicePlanView& view = dplan.upload(plan, lists, nullptr);
+    const size_t np = size_t(std::max(list.num_partials, 1));
+    DeviceBuffer<float> po(np * size_t(var.tile_rows) * kHeadDim), ps(np * size_t(var.tile_rows) * 2);
+    const int32_t num_tasks = int32_t(list.tasks.size());
+    XY_CUDA_CHECK(cudaMemcpy(task_count.get(), &num_tasks, sizeof(num_tasks), cudaMemcpyHostToDevice));
+
+    AttentionArgs aa;
+    aa.q = q.get();
+    aa.q_row_stride = kHeads * kHeadDim;
+    aa.k_cache = k.get();
+    aa.v_cache = v.get();
+    aa.block_size = kBlockSize;
+    aa.num_kv_heads = kKvHeads;
+    aa.head_dim = kHeadDim;
+    aa.group = kHeads / kKvHeads;
+    aa.scale = float(1.0 / std::sqrt(double(kHeadDim)));
+    xy::cuda::bind_attention_plan(aa, view, view.attention[0]);
+    if (var.deal == Deal::kGraph) aa.task_count = task_count.get();
+    aa.out = out.get();
+    aa.partial_rows = var.tile_rows;
+    aa.partial_out = po.get();
+    aa.partial_max = ps.get();
+    aa.partial_sum = ps.get() + np * size_t(var.tile_rows);
+
     auto once = [&] {
-      xy::cuda::launch_attention(aa, nullptr, kernel);
+      if (var.deal == Deal::kTwoLaunches) {
+        for (size_t part = 1; part <= 2; ++part) {
+          AttentionArgs pa = aa;
+          xy::cuda::bind_attention_plan(pa, view, view.attention[part]);
+          xy::cuda::launch_attention(pa, nullptr, var.kernel);  // no tasks of a kind: no launch
+        }
+      } else {
+        xy::cuda::launch_attention(aa, nullptr, var.kernel);
+      }
       xy::cuda::launch_attention_merge(aa, view.attention[0].merges, view.attention[0].num_merges, nullptr);
     };
     for (int i = 0; i < 3; ++i) once();
@@ -164,10 +220,9 @@ void run_case(const Case& c, int iters, int num_sms, int32_t split_override, boo
     float ms = 0;
     XY_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
     const double sec = ms / 1e3 / iters;
-    std::printf("%-28s %-12s tasks %6d split %4d  %9.1f us  %7.1f TFLOP/s", c.name.c_str(),
-                kernel == AttentionKernel::kTensorCore ? "tensor-core" : "cuda-core", aa.num_tasks, split,
-                sec * 1e6, flops / sec / 1e12);
-    if (c.decode) std::printf("  %5.2f TB/s KV", kv_bytes / sec / 1e12);
+    std::printf("%-28s %-12s tasks %6d split %5d  %9.1f us  %7.1f TFLOP/s", c.name.c_str(), var.name, num_tasks,
+                split, sec * 1e6, flops / sec / 1e12);
+    if (c.report_kv) std::printf("  %5.2f TB/s KV", kv_bytes / sec / 1e12);
     std::printf("\n");
     std::fflush(stdout);
   }
@@ -195,15 +250,43 @@ int main(int argc, char** argv) {
   for (auto [batch, ctx] : std::vector<std::pair<int32_t, int32_t>>{{64, 1024}, {64, 4096}, {256, 2048}, {8, 32768}})
     cases.push_back({"decode " + std::to_string(batch) + " x " + std::to_string(ctx),
                      std::vector<Seq>(size_t(batch), Seq{ctx - 1, 1}), true, -1});
-  Case hybrid{"hybrid 4x1024@1024 + 128x2k", std::vector<Seq>(4, Seq{1024, 1024}), false, -1};
+  Case hybrid{"hybrid 4x1024@1024 + 128x2k", std::vector<Seq>(4, Seq{1024, 1024}), false, -1, true};
   for (int i = 0; i < 128; ++i) hybrid.seqs.push_back(Seq{2047, 1});
   cases.push_back(hybrid);
+  for (int share : {0, 25, 50, 75, 100}) {
+    const int chunks = 8 * share / 100, decodes = 256 * (100 - share) / 100;
+    Case mix{"mix p" + std::to_string(share) + " " + std::to_string(chunks) + "x1k@1k+" + std::to_string(decodes) + "x2k",
+             std::vector<Seq>(size_t(chunks), Seq{1024, 1024}), true, -1, true};
+    for (int i = 0; i < decodes; ++i) mix.seqs.push_back(Seq{2047, 1});
+    cases.push_back(mix);
+  }
   std::printf("attention_bench: %d query heads, %d KV heads, head_dim %d, block %d, %d SMs, %d iters\n",
               kHeads, kKvHeads, kHeadDim, kBlockSize, num_sms, iters);
-  for (const Case& c : cases)
-    if (only.empty() || c.name.find(only) != std::string::npos) {
-      run_case(c, iters, num_sms, 0, true);
-      if (!c.decode) run_case(c, iters, num_sms, 8192, false);  // the same without the 512 split
+  const Variant wgmma{"wgmma", AttentionKernel::kWgmma, 128};
+  const Variant wgmma_rr{"wgmma-rr", AttentionKernel::kWgmma, 128, Deal::kGraph};
+  const Variant wgmma_2x{"wgmma-2x", AttentionKernel::kWgmma, 128, Deal::kTwoLaunches};
+  const Variant tensor_core{"tensor-core", AttentionKernel::kTensorCore, xy::cuda::kAttentionTileRows};
+  const Variant cuda_core{"cuda-core", AttentionKernel::kCudaCore, xy::cuda::kAttentionTileRows};
+  const Variant decode{"decode", AttentionKernel::kDecode, xy::cuda::kDecodeMaxRows};
+  for (const Case& c : cases) {
+    if (!only.empty() && c.name.find(only) == std::string::npos) continue;
+    const bool sweep = c.name.rfind("mix", 0) == 0;
+    const bool decode_only = c.name.rfind("decode", 0) == 0 || c.name.rfind("mix p0 ", 0) == 0;
+    if (sweep) {
+      run_case(c, iters, num_sms, 0, {wgmma, wgmma_rr, wgmma_2x, tensor_core});
+      if (decode_only) run_case(c, iters, num_sms, 0, {decode});
+      continue;
     }
+    if (decode_only) {
+      // The decode-specialised kernel at its rule's split, then at fixed splits around it.
+      run_case(c, iters, num_sms, 0, {decode});
+      for (int32_t split : {1024, 4096, 16384, 32768}) run_case(c, iters, num_sms, split, {decode});
+    }
+    std::vector<Variant> variants{wgmma};
+    if (c.mixed) variants.insert(variants.end(), {wgmma_rr, wgmma_2x});
+    variants.insert(variants.end(), {tensor_core, cuda_core});
+    run_case(c, iters, num_sms, 0, variants);
+    if (!c.report_kv) run_case(c, iters, num_sms, 8192, {wgmma, tensor_core});  // the same without the 512 split
+  }
   return 0;
 }

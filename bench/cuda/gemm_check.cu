@@ -1,16 +1,26 @@
 // Correctness check of every SmoothGEMM kernel against an fp32 reference GEMM, on random shapes
-// (M = 1, M not a multiple of any tile, K from one block to 14336), fresh random inputs per case.
-// Outputs are poisoned (NaN) before each run; every element of rows < M must satisfy
+// (M = 1, M not a multiple of any tile, K from one block to 14336, N and K that only the gemv
+// kernels run), fresh random inputs per case. Outputs are poisoned (NaN) before each run; every
+// element of rows < M must satisfy
 //   |y - ref| <= 1e-2 * (|ref| + 1)                      (bf16 output rounding is 2^-9 relative)
 // and ‖y - ref‖ / ‖ref‖ <= 5e-3; rows >= M (allocated past the end) must still hold the poison.
 // Each case runs twice on one workspace that is zeroed once for the whole program: stream-K
-// kernels must leave it zeroed, and a second run must pass as the first did.
+// kernels must leave it zeroed, and a second run must pass as the first did. The second run is a
+// programmatic dependent launch (GemmArgs::pdl).
+//
+// PDL ordering: for every kernel, a slow producer kernel (it lets dependents launch at once,
+// then spins ~20 µs, then writes x over a NaN-poisoned x) is followed by the GEMM launched with
+// pdl, and that GEMM by a second PDL GEMM that reads the first one's y as its x (same workspace).
+// A GEMM that read x, or wrote y, before its griddepcontrol.wait would see NaN or be
+// overwritten; both outputs are checked as above. The sequence runs on a stream and again as a
+// replayed CUDA graph (stream capture turns the launches into programmatic edges).
 //
 // Usage: gemm_check [--quick | --small]   (exit status 0 when every case passes)
 //   --quick: the fixed cases only; --small: the fixed cases with N·K <= 2^21 (for
 //   compute-sanitizer, which runs kernels far slower).
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -41,6 +51,10 @@ std::vector<Case> make_cases(bool quick, bool small) {
       {129, 512, 12288},  {257, 2048, 512},   {777, 1024, 4096}, {1000, 768, 320},
       {5, 192, 128},      {45, 320, 256},   {7, 48, 1536},
       {2000, 4096, 512},  // more tiles than SMs: the persistent wgmma grid loops
+      // Only the gemv kernels run these (any N, K a multiple of 32): one row, fewer rows than
+      // SMs, rows shares that are not multiples of 8, K of one chunk and of an odd count.
+      {1, 1, 32},         {3, 37, 96},        {9, 1000, 160},   {24, 131, 4096},
+      {33, 4100, 2080},   {8, 6144 + 8, 4096},
   };
   if (small) std::erase_if(cases, [](const Case& c) { return int64_t{c.n} * c.k > (1 << 21); });
   if (quick || small) return cases;
@@ -51,6 +65,13 @@ std::vector<Case> make_cases(bool quick, bool small) {
     const int n = 128 * (1 + static_cast<int>(rng() % 48));
     // A third each a multiple of 64, 128 and 512 (what the 128-, 64- and 16-row stream tiles need).
     const int k = (i % 3 == 0 ? 64 : i % 3 == 1 ? 128 : 512) * (1 + static_cast<int>(rng() % 24));
+    cases.push_back({m, n, k});
+  }
+  // For the gemv kernels: M within their buckets, any N, K a multiple of 32.
+  for (int i = 0; i < 8; ++i) {
+    const int m = 1 + static_cast<int>(rng() % 40);
+    const int n = 1 + static_cast<int>(rng() % 3000);
+    const int k = 32 * (1 + static_cast<int>(rng() % 160));
     cases.push_back({m, n, k});
   }
   return cases;
@@ -95,11 +116,17 @@ Result compare(const std::vector<uint16_t>& y, const std::vector<float>& ref, in
   return r;
 }
 
-// Shapes a kernel must refuse, with InvalidArgument, before touching the device.
+bool is_gemv(GemmKernel kernel) { return std::strncmp(xy::cuda::gemm_kernel_name(kernel), "gemv", 4) == 0; }
+
+// Shapes a kernel must refuse, with InvalidArgument, before touching the device: M = 0, K = 100
+// (not a multiple of 32, the smallest block of K), and for the tiled kernels N = 200 (every
+// tile has 32 rows or more; the gemv kernels take any N).
 bool check_rejects_bad_shapes() {
   bool ok = true;
   for (GemmKernel kernel : xy::cuda::all_gemm_kernels()) {
-    for (Case c : {Case{4, 256, 100}, Case{0, 256, 64}, Case{4, 200, 64}}) {
+    std::vector<Case> bad = {{4, 256, 100}, {0, 256, 64}};
+    if (!is_gemv(kernel)) bad.push_back({4, 200, 64});
+    for (Case c : bad) {
       xy::cuda::GemmArgs args;
       args.m = c.m, args.n = c.n, args.k = c.k;
       try {
@@ -114,6 +141,105 @@ bool check_rejects_bad_shapes() {
   return ok;
 }
 
+// Lets dependents launch at once, spins `delay_ns`, then dst = src (count bf16): a producer that
+// finishes long after a PDL-launched consumer has started.
+__global__ void slow_producer_kernel(const __nv_bfloat16* src, __nv_bfloat16* dst, size_t count,
+                                     uint64_t delay_ns) {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  uint64_t start = 0, now = 0;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(start));
+  do {
+    __nanosleep(1000);
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));
+  } while (now - start < delay_ns);
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < count; i += size_t{gridDim.x} * blockDim.x) {
+    dst[i] = src[i];
+  }
+}
+
+// producer -> GEMM 1 (pdl) -> GEMM 2 (pdl, x = GEMM 1's y), eagerly on a stream and as a graph.
+// Returns the number of failed runs.
+int check_pdl_ordering(GemmKernel kernel, cudaStream_t stream, uint64_t& seed) {
+  const char* name = xy::cuda::gemm_kernel_name(kernel);
+  // (m, n1, k1) for GEMM 1 and n2 for GEMM 2 (k2 = n1): M = 1, M inside a token tile, M over
+  // two tiles of the gemv and stream kernels.
+  struct Chain {
+    int m, n1, k1, n2;
+  };
+  int failed = 0;
+  for (const Chain ch : {Chain{1, 512, 4096, 256}, Chain{13, 1024, 1536, 512}, Chain{45, 512, 2048, 768}}) {
+    if (*xy::cuda::gemm_unsupported_reason(kernel, ch.m, ch.n1, ch.k1) != '\0' ||
+        *xy::cuda::gemm_unsupported_reason(kernel, ch.m, ch.n2, ch.n1) != '\0') {
+      continue;
+    }
+    const size_t ws_bytes = std::max({size_t{256}, xy::cuda::gemm_workspace_bytes(kernel, ch.m, ch.n1, ch.k1),
+                                      xy::cuda::gemm_workspace_bytes(kernel, ch.m, ch.n2, ch.n1)});
+    DeviceBuffer workspace(ws_bytes);
+    XY_CUDA_CHECK(cudaMemset(workspace.as<void>(), 0, ws_bytes));
+    const size_t x_count = size_t{1} * ch.m * ch.k1;
+    DeviceBuffer x_src(2 * x_count), x(2 * x_count), w1(size_t{2} * ch.n1 * ch.k1), w2(size_t{2} * ch.n2 * ch.n1);
+    DeviceBuffer y1(size_t{2} * (ch.m + kPadRows) * ch.n1), y2(size_t{2} * (ch.m + kPadRows) * ch.n2);
+    DeviceBuffer ref1(size_t{4} * ch.m * ch.n1), ref2(size_t{4} * ch.m * ch.n2);
+    xy::bench::fill_uniform(x_src.as<__nv_bfloat16>(), x_count, seed++);
+    xy::bench::fill_uniform(w1.as<__nv_bfloat16>(), size_t{1} * ch.n1 * ch.k1, seed++);
+    xy::bench::fill_uniform(w2.as<__nv_bfloat16>(), size_t{1} * ch.n2 * ch.n1, seed++, 0.1f);
+    xy::bench::reference_gemm(x_src.as<__nv_bfloat16>(), w1.as<__nv_bfloat16>(), ref1.as<float>(), ch.m, ch.n1, ch.k1);
+    XY_CUDA_CHECK(cudaDeviceSynchronize());
+
+    // Poison x, y1 and y2, then the chain; all on `stream`.
+    auto enqueue = [&] {
+      XY_CUDA_CHECK(cudaMemsetAsync(x.as<void>(), 0x7F, x.bytes(), stream));
+      XY_CUDA_CHECK(cudaMemsetAsync(y1.as<void>(), 0x7F, y1.bytes(), stream));
+      XY_CUDA_CHECK(cudaMemsetAsync(y2.as<void>(), 0x7F, y2.bytes(), stream));
+      slow_producer_kernel<<<4, 256, 0, stream>>>(x_src.as<__nv_bfloat16>(), x.as<__nv_bfloat16>(), x_count,
+                                                  20000);
+      XY_CUDA_CHECK_LAUNCH();
+      xy::cuda::GemmArgs a1{x.as<__nv_bfloat16>(), w1.as<__nv_bfloat16>(), y1.as<__nv_bfloat16>(), ch.m, ch.n1,
+                            ch.k1, workspace.as<void>(), workspace.bytes(), true};
+      xy::cuda::gemm_launch(kernel, a1, stream);
+      xy::cuda::GemmArgs a2{y1.as<__nv_bfloat16>(), w2.as<__nv_bfloat16>(), y2.as<__nv_bfloat16>(), ch.m, ch.n2,
+                            ch.n1, workspace.as<void>(), workspace.bytes(), true};
+      xy::cuda::gemm_launch(kernel, a2, stream);
+    };
+    auto verify = [&](const char* how) {
+      XY_CUDA_CHECK(cudaStreamSynchronize(stream));
+      // GEMM 2's reference is computed from GEMM 1's bf16 output, which is checked itself.
+      xy::bench::reference_gemm(y1.as<__nv_bfloat16>(), w2.as<__nv_bfloat16>(), ref2.as<float>(), ch.m, ch.n2, ch.n1);
+      XY_CUDA_CHECK(cudaDeviceSynchronize());
+      for (int which = 1; which <= 2; ++which) {
+        const int n = which == 1 ? ch.n1 : ch.n2;
+        std::vector<uint16_t> y_host(size_t{1} * (ch.m + kPadRows) * n);
+        std::vector<float> ref_host(size_t{1} * ch.m * n);
+        XY_CUDA_CHECK(cudaMemcpy(y_host.data(), (which == 1 ? y1 : y2).as<void>(), y_host.size() * 2,
+                                 cudaMemcpyDeviceToHost));
+        XY_CUDA_CHECK(cudaMemcpy(ref_host.data(), (which == 1 ? ref1 : ref2).as<void>(), ref_host.size() * 4,
+                                 cudaMemcpyDeviceToHost));
+        const Result r = compare(y_host, ref_host, ch.m, n);
+        if (!r.ok) {
+          ++failed;
+          std::printf("FAIL %-14s PDL chain m=%d n1=%d k1=%d n2=%d, %s, GEMM %d: %s\n", name, ch.m, ch.n1, ch.k1,
+                      ch.n2, how, which, r.first_failure.c_str());
+        }
+      }
+    };
+    enqueue();
+    verify("stream");
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    XY_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    enqueue();
+    XY_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    XY_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    for (int replay = 0; replay < 2; ++replay) {
+      XY_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+      verify(replay == 0 ? "graph replay 0" : "graph replay 1");
+    }
+    XY_CUDA_CHECK(cudaGraphExecDestroy(exec));
+    XY_CUDA_CHECK(cudaGraphDestroy(graph));
+  }
+  return failed;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -121,15 +247,22 @@ int main(int argc, char** argv) {
   const bool small = argc > 1 && std::strcmp(argv[1], "--small") == 0;
   const std::vector<Case> cases = make_cases(quick, small);
   bool all_ok = check_rejects_bad_shapes();
+  // A blocking stream: it is ordered after the synchronous cudaMemset / cudaMemcpy calls below.
+  cudaStream_t stream;
+  XY_CUDA_CHECK(cudaStreamCreate(&stream));
   int num_checked = 0, num_failed = 0;
   uint64_t seed = 1;
   for (GemmKernel kernel : xy::cuda::all_gemm_kernels()) {
     const char* name = xy::cuda::gemm_kernel_name(kernel);
     size_t ws_bytes = 0;
-    for (const Case& c : cases) ws_bytes = std::max(ws_bytes, xy::cuda::gemm_workspace_bytes(kernel, c.m, c.n, c.k));
+    for (const Case& c : cases) {
+      if (*xy::cuda::gemm_unsupported_reason(kernel, c.m, c.n, c.k) != '\0') continue;
+      ws_bytes = std::max(ws_bytes, xy::cuda::gemm_workspace_bytes(kernel, c.m, c.n, c.k));
+    }
     DeviceBuffer workspace(std::max<size_t>(ws_bytes, 256));
     XY_CUDA_CHECK(cudaMemset(workspace.as<void>(), 0, workspace.bytes()));
     double worst_scaled = 0, worst_fro = 0;
+    int kernel_runs = 0;
     for (const Case& c : cases) {
       if (*xy::cuda::gemm_unsupported_reason(kernel, c.m, c.n, c.k) != '\0') continue;
       // x holds exactly M rows: a kernel that reads past M reads outside the allocation.
@@ -144,25 +277,30 @@ int main(int argc, char** argv) {
       for (int rep = 0; rep < 2; ++rep) {
         xy::bench::poison(y.as<void>(), y_host.size());
         xy::cuda::GemmArgs args{x.as<__nv_bfloat16>(), w.as<__nv_bfloat16>(), y.as<__nv_bfloat16>(),
-                                c.m, c.n, c.k, workspace.as<void>(), workspace.bytes()};
-        xy::cuda::gemm_launch(kernel, args, nullptr);
-        XY_CUDA_CHECK(cudaDeviceSynchronize());
+                                c.m, c.n, c.k, workspace.as<void>(), workspace.bytes(), /*pdl=*/rep == 1};
+        xy::cuda::gemm_launch(kernel, args, stream);
+        XY_CUDA_CHECK(cudaStreamSynchronize(stream));
         XY_CUDA_CHECK(cudaMemcpy(y_host.data(), y.as<void>(), y.bytes(), cudaMemcpyDeviceToHost));
         const Result r = compare(y_host, ref_host, c.m, c.n);
         ++num_checked;
+        ++kernel_runs;
         worst_scaled = std::max(worst_scaled, r.max_scaled_err);
         worst_fro = std::max(worst_fro, r.rel_fro);
         if (!r.ok) {
           ++num_failed;
           all_ok = false;
-          std::printf("FAIL %-14s m=%-5d n=%-6d k=%-6d run %d: %s\n", name, c.m, c.n, c.k, rep,
-                      r.first_failure.c_str());
+          std::printf("FAIL %-14s m=%-5d n=%-6d k=%-6d run %d%s: %s\n", name, c.m, c.n, c.k, rep,
+                      rep == 1 ? " (pdl)" : "", r.first_failure.c_str());
         }
       }
     }
-    std::printf("%-14s worst |err|/(|ref|+1) = %.2e, worst rel. Frobenius = %.2e\n", name,
-                worst_scaled, worst_fro);
+    const int pdl_failed = check_pdl_ordering(kernel, stream, seed);
+    num_failed += pdl_failed;
+    all_ok = all_ok && pdl_failed == 0;
+    std::printf("%-14s %4d runs, worst |err|/(|ref|+1) = %.2e, worst rel. Frobenius = %.2e; PDL chains %s\n",
+                name, kernel_runs, worst_scaled, worst_fro, pdl_failed == 0 ? "pass" : "FAIL");
   }
+  XY_CUDA_CHECK(cudaStreamDestroy(stream));
   std::printf("gemm_check: %d runs checked, %d failed: %s\n", num_checked, num_failed,
               all_ok ? "PASS" : "FAIL");
   return all_ok ? 0 : 1;

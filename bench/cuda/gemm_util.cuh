@@ -77,9 +77,13 @@ inline void fill_uniform(__nv_bfloat16* p, size_t n, uint64_t seed, float scale 
 }
 
 // Poison: every bf16 element becomes 0x7F7F, a NaN (exponent all ones, mantissa non-zero), so an
-// output the kernel failed to write can never pass for a value.
+// output the kernel failed to write can never pass for a value. Synchronous: cudaMemset may
+// return before it is done, and the benchmark launches on a non-blocking stream.
 constexpr uint16_t kPoisonBits = 0x7F7F;
-inline void poison(void* p, size_t num_bf16) { XY_CUDA_CHECK(cudaMemset(p, 0x7F, num_bf16 * 2)); }
+inline void poison(void* p, size_t num_bf16) {
+  XY_CUDA_CHECK(cudaMemset(p, 0x7F, num_bf16 * 2));
+  XY_CUDA_CHECK(cudaDeviceSynchronize());
+}
 
 // Reference: ref[m][n] = Σ_k x[m][k]·w[n][k] in fp32, one warp per output, lanes over k.
 __global__ void reference_gemm_kernel(const __nv_bfloat16* x, const __nv_bfloat16* w,

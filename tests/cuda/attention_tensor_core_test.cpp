@@ -1,8 +1,11 @@
-// The tensor-core attention kernel (kernels/meta_attention.cu) against the CPU attention and
-// against the first, CUDA-core kernel on random hybrid work lists: prefill chunks with prefix
-// offsets, decodes, draft-tree verifies, sliding windows, long contexts split into partials, and
-// tails (one query row, one key, spans and tiles that end mid-block). Outputs and partials are
-// poisoned with NaN before every run and every element is checked.
+// The tensor-core attention kernels against the CPU attention: the mma.sync kernel
+// (kernels/meta_attention.cu, also against the first, CUDA-core kernel) and the Hopper wgmma
+// kernel (kernels/meta_attention_wgmma.cu, on work lists of 64- and 128-row tiles), on random
+// hybrid work lists: prefill chunks with prefix offsets, decodes, draft-tree verifies, sliding
+// windows, long contexts split into partials, and tails (one query row, one key, spans and tiles
+// that end mid-block); the wgmma kernel also in a graph-style launch (task count on the device,
+// capacity past it). Outputs and partials are poisoned with NaN before every run and every
+// element is checked.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,6 +13,7 @@
 #include <cstdio>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "cuda/attention_test_util.h"
@@ -35,6 +39,45 @@ using attention_test::Problem;
 using attention_test::random_hybrid_plan;
 using attention_test::run_on_cpu;
 using attention_test::run_on_device;
+
+// Bound of a device output against the CPU's fp32 one. Outputs are convex combinations of v in
+// [-1, 1]. The kernels round P to bf16 before P V (relative 2^-9 per weight, so at most 2^-9
+// absolute on the output) and the output to bf16 (relative 2^-9); scores are exact products
+// summed in fp32.
+float output_tolerance(float want) { return 2.5e-3f + std::fabs(want) / 128; }
+
+// Random q, k, v for `p`'s plan: q in [-2, 2), k in [-2, 2), v in [-1, 1).
+void fill_inputs(Problem& p, std::mt19937& rng) {
+  const int32_t heads = p.kv_heads * p.group;
+  p.q = random_bf16(size_t(p.plan.num_rows()) * size_t(heads * p.hd), rng, 2.0f);
+  p.k = random_bf16(size_t(p.num_blocks) * size_t(p.block_size) * size_t(p.kv_heads * p.hd), rng, 2.0f);
+  p.v = random_bf16(p.k.size(), rng, 1.0f);
+}
+
+// Every element of `got` within output_tolerance of `want`; returns the largest error.
+double expect_close(const Problem& p, const std::vector<uint16_t>& got, const std::vector<float>& want,
+                    const std::string& what) {
+  const size_t row_elems = size_t(p.kv_heads * p.group * p.hd);
+  double max_err = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const float g = bf16_to_f32(got[i]);
+    const float err = std::fabs(g - want[i]);
+    EXPECT_TRUE(std::isfinite(g) && err <= output_tolerance(want[i]))
+        << what << " hd " << p.hd << " group " << p.group << " window " << p.window << " block " << p.block_size
+        << " tile_rows " << p.tile_rows << " element " << i << " (row " << i / row_elems << ", head "
+        << i % row_elems / size_t(p.hd) << "): got " << g << " want " << want[i] << "\n"
+        << p.plan << "\n" << p.list;
+    if (!(std::isfinite(g) && err <= output_tolerance(want[i]))) return INFINITY;  // one report per run
+    max_err = std::max(max_err, double(err));
+  }
+  return max_err;
+}
+
+// The backend's split (512 positions, a multiple of the block) or one block: many partials,
+// spans that end mid-block of the kernels' key blocks.
+int32_t split_for(int trial, int32_t block_size) {
+  return trial % 3 == 2 ? block_size : (512 + block_size - 1) / block_size * block_size;
+}
 
 class AttentionTensorCore : public ::testing::Test {
  protected:
@@ -92,6 +135,109 @@ TEST_F(AttentionTensorCore, RejectsHeadDimsItHasNoKernelFor) {
   aa.group = 1;
   aa.head_dim = 96;
   EXPECT_THROW(launch_attention(aa, nullptr, AttentionKernel::kTensorCore), InvalidArgument);
+}
+
+
+// ---- the Hopper wgmma kernel -------------------------------------------------------------------
+
+TEST_F(AttentionTensorCore, WgmmaMatchesCpuOnRandomHybridWorkListsOf64And128RowTiles) {
+  std::mt19937 rng(66);
+  double max_err = 0;
+  for (int trial = 0; trial < 32; ++trial) {
+    Problem p;
+    p.hd = trial % 2 ? 128 : 64;
+    p.tile_rows = (trial / 2) % 2 ? 128 : 64;
+    p.kv_heads = 1 + int32_t(rng() % 3);
+    p.group = std::vector<int32_t>{1, 4, 6, 8}[size_t(rng() % 4)];  // 6: tiles of 60 or 126 rows
+    p.block_size = std::vector<int32_t>{8, 16, 32}[size_t(rng() % 3)];
+    p.window = trial % 4 == 3 ? 30 + int32_t(rng() % 200) : 0;
+    p.num_blocks = 20000 / p.block_size;
+    p.plan = random_hybrid_plan(rng, p.block_size, p.num_blocks);
+    const int32_t heads = p.kv_heads * p.group;
+    const int32_t split = split_for(trial, p.block_size);
+    p.list = meta::build_attention_work_list(p.plan, {heads, p.kv_heads, p.window}, {p.tile_rows, split});
+    fill_inputs(p, rng);
+    const std::vector<float> want = run_on_cpu(p);
+    const double err = expect_close(p, run_on_device(p, AttentionKernel::kWgmma), want,
+                                    cat("trial ", trial, " split ", split));
+    ASSERT_TRUE(std::isfinite(err));
+    max_err = std::max(max_err, err);
+  }
+  std::printf("[attention wgmma] max abs error vs CPU %.3e\n", max_err);
+}
+
+TEST_F(AttentionTensorCore, WgmmaServesLongContextsWholeAndSplitIntoManyPartials) {
+  std::mt19937 rng(67);
+  for (int32_t hd : {64, 128}) {
+    Problem p;
+    p.hd = hd;
+    p.tile_rows = 128;
+    p.kv_heads = 2;
+    p.group = 4;
+    p.block_size = 16;
+    p.num_blocks = 40000 / p.block_size;
+    p.plan.block_size = p.block_size;
+    std::vector<int32_t> pool(static_cast<size_t>(p.num_blocks));
+    std::iota(pool.begin(), pool.end(), 0);
+    std::shuffle(pool.begin(), pool.end(), rng);
+    testing::append_request(p.plan, 0, 6001, 1, {}, pool);    // a decode at 6k
+    testing::append_request(p.plan, 1, 4093, 100, {}, pool);  // a chunk on a 4k prefix, mid-block
+    testing::append_request(p.plan, 2, 7000, 5, testing::random_tree(5, rng), pool);  // a verify at 7k
+    testing::append_request(p.plan, 3, 0, 400, {}, pool);     // a first chunk
+    fill_inputs(p, rng);
+    const int32_t heads = p.kv_heads * p.group;
+    std::vector<float> want;  // the CPU's split only changes rounding: one reference serves all
+    for (int32_t split : {16384, 512, 128}) {
+      p.list = meta::build_attention_work_list(p.plan, {heads, p.kv_heads, 0}, {p.tile_rows, split});
+      if (want.empty()) want = run_on_cpu(p);
+      ASSERT_TRUE(std::isfinite(expect_close(p, run_on_device(p, AttentionKernel::kWgmma), want,
+                                             cat("long contexts, split ", split))));
+    }
+  }
+}
+
+// A graph-style launch: the tasks past task_count are decoys that would overwrite outputs and
+// partial slots with a one-key result if the kernel ran them.
+TEST_F(AttentionTensorCore, WgmmaGraphStyleLaunchRunsOnlyTheTaskCountReadOnTheDevice) {
+  std::mt19937 rng(68);
+  for (int trial = 0; trial < 8; ++trial) {
+    Problem p;
+    p.hd = trial % 2 ? 128 : 64;
+    p.tile_rows = trial % 4 < 2 ? 128 : 64;
+    p.kv_heads = 2;
+    p.group = std::vector<int32_t>{1, 4, 8}[size_t(trial % 3)];
+    p.block_size = 16;
+    p.window = trial % 5 == 4 ? 100 : 0;
+    p.num_blocks = 20000 / p.block_size;
+    p.plan = random_hybrid_plan(rng, p.block_size, p.num_blocks);
+    const int32_t heads = p.kv_heads * p.group;
+    p.list = meta::build_attention_work_list(p.plan, {heads, p.kv_heads, p.window}, {p.tile_rows, 512});
+    fill_inputs(p, rng);
+    const std::vector<float> want = run_on_cpu(p);
+    const int32_t count = int32_t(p.list.tasks.size());
+    for (int32_t i = 0; i < count + 300; ++i) {  // capacity well past the count and the grid
+      meta::AttentionTask decoy = p.list.tasks[size_t(i % count)];
+      decoy.kv_end = decoy.kv_begin + 1;
+      decoy.mask = meta::MaskKind::kNone;
+      p.list.tasks.push_back(decoy);
+    }
+    ASSERT_TRUE(std::isfinite(expect_close(p, run_on_device(p, AttentionKernel::kWgmma, count), want,
+                                           cat("graph-style trial ", trial))));
+  }
+}
+
+TEST_F(AttentionTensorCore, WgmmaRejectsHeadDimsAndBlockSizesItHasNoKernelFor) {
+  AttentionArgs aa;
+  aa.num_tasks = 1;
+  aa.group = 1;
+  aa.block_size = 16;
+  aa.head_dim = 96;
+  EXPECT_THROW(launch_attention(aa, nullptr, AttentionKernel::kWgmma), InvalidArgument);
+  aa.head_dim = 128;
+  aa.block_size = 24;
+  EXPECT_THROW(launch_attention(aa, nullptr, AttentionKernel::kWgmma), InvalidArgument);
+  aa.block_size = 4;
+  EXPECT_THROW(launch_attention(aa, nullptr, AttentionKernel::kWgmma), InvalidArgument);
 }
 
 }  // namespace

@@ -56,8 +56,10 @@ struct Problem {
   std::vector<uint16_t> q, k, v;
 };
 
-// Runs the work list with `kernel` (then the merge) and returns the bf16 output bits.
-inline std::vector<uint16_t> run_on_device(const Problem& p, AttentionKernel kernel) {
+// Runs the work list with `kernel` (then the merge) and returns the bf16 output bits. With
+// task_count >= 0, only the list's first task_count tasks are the step (the rest is capacity, as
+// in a CUDA-graph bucket): the kernel reads the count on the device (AttentionArgs::task_count).
+inline std::vector<uint16_t> run_on_device(const Problem& p, AttentionKernel kernel, int32_t task_count = -1) {
   const int32_t heads = p.kv_heads * p.group;
   DevicePlan dplan;
   std::vector<std::pair<int32_t, meta::AttentionWorkList>> lists{{p.window, p.list}};
@@ -83,6 +85,11 @@ inline std::vector<uint16_t> run_on_device(const Problem& p, AttentionKernel ker
   aa.window = p.window;
   aa.scale = float(1.0 / std::sqrt(double(p.hd)));
   xy::cuda::bind_attention_plan(aa, view, view.attention[0]);
+  DeviceBuffer<int32_t> d_count(1);
+  if (task_count >= 0) {
+    XY_CUDA_CHECK(cudaMemcpy(d_count.get(), &task_count, sizeof(task_count), cudaMemcpyHostToDevice));
+    aa.task_count = d_count.get();
+  }
   aa.out = reinterpret_cast<bf16*>(d_out.get());
   aa.partial_out = d_po.get();
   aa.partial_max = d_ps.get();

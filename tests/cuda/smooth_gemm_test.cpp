@@ -3,6 +3,7 @@
 // lookup misses in between: every route against a host reference accumulated in double, with
 // gemm_check's bound (bench/cuda/gemm_check.cu), and against LtGemm. M = 1 and M that are not a
 // multiple of any tile; outputs poisoned (NaN) before each run; rows >= M must stay poisoned.
+// Also every route launched with pdl after a norm kernel, on a stream and in a CUDA graph.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -14,6 +15,7 @@
 #include "xyserve/backend/cuda/device.h"
 #include "xyserve/backend/cuda/device_buffer.h"
 #include "xyserve/backend/cuda/gemm.h"
+#include "xyserve/backend/cuda/kernels/kernels.h"
 #include "xyserve/backend/cuda/lt_gemm.h"
 #include "xyserve/backend/cuda/smooth_gemm.h"
 #include "xyserve/common/dtype.h"
@@ -127,8 +129,11 @@ int lt_index_for(int m, int n, int k) {
 meta::GemmTable make_table(const std::string& lt_algo_id) {
   meta::GemmTable table("test device", "hand-made table");
   table.add_shape(kN, kK, {{1, "stream_t16"},
+                           {4, "gemv_t8"},
                            {8, "stream_t16_n32"},
+                           {16, "gemv_t16"},
                            {24, "stream_t32_n64"},
+                           {32, "gemv_t32"},
                            {40, "stream_t32"},
                            {64, "stream_t64"},
                            {72, "stream_t16_n64"},
@@ -181,8 +186,10 @@ TEST_F(SmoothGemmTest, EveryRouteMatchesTheReferenceAndLtGemm) {
   for (int m = 1; m <= kMaxM; ++m) ASSERT_EQ(smooth.candidate_for(m, kN, kK), table.lookup(kN, kK, m)) << m;
   // M = 1, and M inside buckets and just past their bounds: none of them (kMaxM, a miss, aside)
   // a multiple of any tile's rows (16, 32, 64, 128).
-  const Case cases[] = {{1, "stream_t16"},      {2, "stream_t16_n32"},   {7, "stream_t16_n32"},
-                        {9, "stream_t32_n64"},  {23, "stream_t32_n64"},  {25, "stream_t32"},
+  const Case cases[] = {{1, "stream_t16"},      {2, "gemv_t8"},          {3, "gemv_t8"},
+                        {5, "stream_t16_n32"},  {7, "stream_t16_n32"},   {9, "gemv_t16"},
+                        {15, "gemv_t16"},       {17, "stream_t32_n64"},  {23, "stream_t32_n64"},
+                        {25, "gemv_t32"},       {31, "gemv_t32"},        {33, "stream_t32"},
                         {39, "stream_t32"},     {41, "stream_t64"},      {63, "stream_t64"},
                         {65, "stream_t16_n64"}, {71, "stream_t16_n64"},  {73, "stream_t64_n64"},
                         {99, "stream_t64_n64"}, {101, lt_algo_id},       {127, lt_algo_id},
@@ -255,6 +262,75 @@ TEST_F(SmoothGemmTest, RoutesReplayInsideACudaGraph) {
       XY_CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
       XY_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
       ASSERT_TRUE(matches_reference(to_host(y, y.size()), p)) << "replay " << replay;
+    }
+    XY_CUDA_CHECK(cudaGraphExecDestroy(exec));
+    XY_CUDA_CHECK(cudaGraphDestroy(graph));
+  }
+}
+
+// pdl = true (GemmArgs::pdl) after a producer that lets its dependents launch early: the norm
+// kernel writes x, every route of the table reads it. Family kernels then start while the norm
+// runs and must wait for it before reading x; cuBLASLt routes launch plainly. On a stream and in
+// a replayed graph (programmatic edges). x is poisoned before the norm runs, so a kernel that
+// read it early would produce NaN. (gemm_check's PDL chains hold the producer back 20 µs so that
+// the overlap surely happens; here the norm is short and the check is of the route plumbing.)
+TEST_F(SmoothGemmTest, PdlRoutesReadWhatTheNormBeforeThemWrote) {
+  const std::string lt_algo_id = cat("cublaslt:", lt_index_for(128, kN, kK));
+  SmoothGemm smooth(make_table(lt_algo_id), kMaxM);
+  Stream stream;
+  std::mt19937 rng(17);
+  for (int m : {1, 3, 12, 30, 55, 99, 127, 150, 280}) {
+    SCOPED_TRACE(cat("m=", m, " candidate ", smooth.candidate_for(m, kN, kK)));
+    // residual [m, kK] fp32, norm weight [kK]; x = norm(residual) is the GEMM's input.
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    std::vector<float> residual_host(size_t(m) * kK);
+    for (float& v : residual_host) v = u(rng);
+    DeviceBuffer<float> residual = to_device(residual_host);
+    const DeviceBuffer<uint16_t> norm_weight = to_device(random_bf16(kK, rng, 1.0f));
+    const DeviceBuffer<uint16_t> w = to_device(random_bf16(size_t(kN) * kK, rng, 0.5f));
+    DeviceBuffer<uint16_t> x(size_t(m) * kK), y(size_t(m + kPadRows) * kN);
+    XY_CUDA_CHECK(cudaDeviceSynchronize());  // the copies above, before `stream` (non-blocking) reads them
+    auto enqueue = [&] {
+      XY_CUDA_CHECK(cudaMemsetAsync(x.get(), 0xff, x.bytes(), stream.get()));
+      XY_CUDA_CHECK(cudaMemsetAsync(y.get(), 0xff, y.bytes(), stream.get()));
+      // delta = null: the residual is only read, so every run sees the same x.
+      launch_add_rms_norm(residual.get(), nullptr, as_bf16(norm_weight), nullptr, m, kK, 1e-5f,
+                          reinterpret_cast<bf16*>(x.get()), stream.get());
+      smooth.run(as_bf16(x), as_bf16(w), y.get(), GemmOut::kBF16, m, kN, kK, stream.get(), /*pdl=*/true);
+    };
+    // The reference from the x that the norm wrote in the first run (the norm is deterministic;
+    // later runs must write the same x, checked bitwise).
+    Problem p;
+    auto check = [&](const char* how) {
+      XY_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+      const std::vector<uint16_t> x_now = to_host(x, x.size());
+      if (p.ref.empty()) {
+        p.m = m, p.n = kN, p.k = kK;
+        p.x = x_now;
+        const std::vector<uint16_t> w_host = to_host(w, w.size());
+        p.ref.assign(size_t(m) * kN, 0.0);
+        for (int r = 0; r < m; ++r)
+          for (int c = 0; c < kN; ++c) {
+            double sum = 0;
+            for (int i = 0; i < kK; ++i)
+              sum += double(bf16_to_f32(p.x[size_t(r) * kK + i])) * double(bf16_to_f32(w_host[size_t(c) * kK + i]));
+            p.ref[size_t(r) * kN + c] = sum;
+          }
+      }
+      ASSERT_EQ(x_now, p.x) << how << ": the norm wrote a different x";
+      ASSERT_TRUE(matches_reference(to_host(y, y.size()), p)) << how;
+    };
+    enqueue();  // also the warm-up outside the graph (cuBLASLt plans its M on first use)
+    check("stream");
+    cudaGraph_t graph = nullptr;
+    XY_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
+    enqueue();
+    XY_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &graph));
+    cudaGraphExec_t exec = nullptr;
+    XY_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    for (int replay = 0; replay < 2; ++replay) {
+      XY_CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
+      check(replay == 0 ? "graph replay 0" : "graph replay 1");
     }
     XY_CUDA_CHECK(cudaGraphExecDestroy(exec));
     XY_CUDA_CHECK(cudaGraphDestroy(graph));

@@ -3,8 +3,10 @@
 #include <algorithm>
 
 #include "xyserve/backend/cpu/cpu_backend.h"
+#include "xyserve/backend/cpu/cpu_tensor_parallel.h"
 #include "xyserve/cache/kv_cache_sizing.h"
 #include "xyserve/common/error.h"
+#include "xyserve/parallel/shard.h"
 #ifdef XY_HAVE_CUDA
 #include "xyserve/backend/cuda/cuda_backend.h"
 #include "xyserve/backend/cuda/device.h"
@@ -17,6 +19,10 @@ void add_engine_flags(FlagSet& f) {
   f.add("device", "auto|cuda|cpu", "auto",
         "where to run: auto is cuda when a GPU is present and xyserve was built with the CUDA backend");
   f.add("threads", "N", "0", "CPU backend threads; 0 uses every core");
+  f.add("tensor-parallel-size", "N", "1",
+        "split the model over N ranks, Megatron-style (attention heads, MLP columns, vocabulary), with an "
+        "all-reduce after attention and after the MLP; CPU: N ranks on threads of this process, sharing "
+        "--threads; CUDA: not built yet");
   f.add("block-size", "N", "16", "tokens per KV cache block");
   f.add("num-kv-blocks", "N", "", "KV cache blocks (default: from the memory budget)");
   f.add("kv-cache-memory", "BYTES", "1073741824", "CPU: KV cache budget in bytes, when neither --num-kv-blocks nor the command sets the KV size");
@@ -28,6 +34,9 @@ void add_engine_flags(FlagSet& f) {
   f.add_bool("enforce-eager", false, "GPU: no CUDA graphs for decode steps");
   f.add("gemm", "smooth|cublas", "smooth",
         "GPU linear layers: SmoothGEMM's tuned table (cuBLASLt where it has no entry), or cuBLASLt alone");
+  f.add("attention-kernel", "auto|tensor-core", "auto",
+        "GPU attention: auto (the decode-specialised kernel for decode steps, the wgmma kernel for the rest, "
+        "the mma.sync kernel when --deterministic), or tensor-core (the mma.sync kernel for every step)");
   f.add("gemm-table", "FILE", "",
         "SmoothGEMM table (default: MODEL/xyserve_gemm_table_<device>.json, written by `xyserve tune`)");
   f.add("max-num-batched-tokens", "N", "2048", "token budget of one step");
@@ -105,6 +114,16 @@ std::unique_ptr<backend::Backend> make_backend(const FlagSet& flags, const std::
     throw InvalidArgument(cat(command, ": --device cuda: this xyserve was built without the CUDA backend (no nvcc)"));
 #endif
   if (device_used) *device_used = use_cuda ? "cuda" : "cpu";
+  const int32_t tensor_parallel_size = positive(flags, command, "tensor-parallel-size");
+  if (use_cuda && tensor_parallel_size > 1) {
+    throw InvalidArgument(cat(command, ": --tensor-parallel-size ", tensor_parallel_size,
+                              ": tensor parallelism on CUDA is not built yet (--device cpu runs it)"));
+  }
+  try {
+    parallel::check_tensor_parallel(weights.config, tensor_parallel_size);
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(cat(command, ": --tensor-parallel-size: ", e.what()));
+  }
   if (use_cuda) {
 #ifdef XY_HAVE_CUDA
     backend::cuda::CudaBackendOptions o;
@@ -122,6 +141,10 @@ std::unique_ptr<backend::Backend> make_backend(const FlagSet& flags, const std::
       throw InvalidArgument(cat(command, ": --gemm ", gemm, " is not one of smooth|cublas"));
     if (gemm == "smooth")
       o.gemm_table = xy::cuda::find_gemm_table(flags.get("model"), flags.get("gemm-table"), o.device);
+    const std::string attention = flags.get("attention-kernel");
+    if (attention != "auto" && attention != "tensor-core")
+      throw InvalidArgument(cat(command, ": --attention-kernel ", attention, " is not one of auto|tensor-core"));
+    o.attention = attention == "auto" ? xy::cuda::AttentionKernel::kAuto : xy::cuda::AttentionKernel::kTensorCore;
     return std::make_unique<backend::cuda::CudaBackend>(weights, o);
 #endif
   }
@@ -132,7 +155,9 @@ std::unique_ptr<backend::Backend> make_backend(const FlagSet& flags, const std::
     const auto& c = weights.config;
     cache::KvCacheShape shape;
     shape.num_layers = c.num_layers;
-    shape.num_kv_heads = c.num_kv_heads;
+    // Every rank keeps its own KV heads (replicated ones on each of their ranks): the budget is
+    // for all of them together.
+    shape.num_kv_heads = parallel::kv_heads_per_rank(c, tensor_parallel_size) * tensor_parallel_size;
     shape.head_dim = c.head_dim;
     shape.block_size = block_size;
     shape.dtype = DType::kF32;  // the CPU backend keeps KV in fp32
@@ -140,6 +165,7 @@ std::unique_ptr<backend::Backend> make_backend(const FlagSet& flags, const std::
     if (request.blocks_useful > 0) num_blocks = int32_t(std::min<int64_t>(num_blocks, request.blocks_useful));
   }
   o.num_kv_blocks = num_blocks;
+  if (tensor_parallel_size > 1) return backend::cpu::make_tensor_parallel_cpu_backend(weights, o, tensor_parallel_size);
   return std::make_unique<backend::cpu::CpuBackend>(weights, o);
 }
 

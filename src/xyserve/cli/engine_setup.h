@@ -15,7 +15,7 @@
 
 namespace xy::cli {
 
-// Declares --device, --threads, --block-size, --num-kv-blocks, --kv-cache-memory,
+// Declares --device, --threads, --tensor-parallel-size, --block-size, --num-kv-blocks, --kv-cache-memory,
 // --gpu-memory-utilization, --deterministic, --enforce-eager, --max-num-batched-tokens, --max-num-seqs,
 // --long-prefill-token-threshold, --scheduling-policy, --enable-prefix-caching,
 // --speculative-method, --num-speculative-tokens, --speculative-tree.
@@ -30,6 +30,8 @@ engine::EngineConfig engine_config_from_flags(const FlagSet& flags, const std::s
 // The backend --device names (auto: CUDA when this build has it and a GPU is present). KV blocks:
 // --num-kv-blocks if given, else `blocks_wanted` if > 0, else from --kv-cache-memory on the CPU
 // and --gpu-memory-utilization on the GPU, capped at `blocks_useful` when > 0.
+// --tensor-parallel-size N > 1 runs the CPU backend's N ranks (backend/cpu/cpu_tensor_parallel.h),
+// with --kv-cache-memory for all ranks' caches together; on CUDA it throws InvalidArgument.
 struct BackendRequest {
   int32_t blocks_wanted = 0;
   int64_t blocks_useful = 0;

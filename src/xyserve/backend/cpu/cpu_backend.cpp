@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <span>
 
 #include "xyserve/backend/cpu/gemm.h"
 #include "xyserve/backend/cpu/sampler.h"
@@ -38,10 +39,26 @@ std::vector<float> to_f32(const model::WeightTensor& t, const std::vector<int64_
   return out;
 }
 
+// out[i, :] = table[token_ids[i] - begin, :] for the ids in [begin, begin + rows), else zeros:
+// a vocabulary-parallel rank's share of the embedding, which the all-reduce over ranks completes
+// (exactly: each row is its one owner's plus zeros).  table: [rows, dim];  out: [M, dim].
+void embedding_gather_range(const float* table, int64_t begin, int64_t rows, int64_t dim,
+                            std::span<const int32_t> token_ids, float* out) {
+  for (size_t i = 0; i < token_ids.size(); ++i) {
+    const int64_t row = int64_t(token_ids[i]) - begin;
+    float* dst = out + int64_t(i) * dim;
+    if (row >= 0 && row < rows) std::copy_n(table + row * dim, dim, dst);
+    else std::fill_n(dst, dim, 0.0f);
+  }
+}
+
 }  // namespace
 
 CpuBackend::CpuBackend(const model::ModelWeights& weights, const CpuBackendOptions& options)
     : config_(weights.config),
+      comm_(options.communicator),
+      shard_(options.shard),
+      vocab_size_(options.communicator ? options.shard.vocab_size : weights.config.vocab_size),
       rope_(weights.config.rope, weights.config.head_dim),
       kv_(weights.config.num_layers, options.num_kv_blocks, options.block_size,
           weights.config.num_kv_heads, weights.config.head_dim),
@@ -57,6 +74,12 @@ CpuBackend::CpuBackend(const model::ModelWeights& weights, const CpuBackendOptio
   XY_CHECK(c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads == 0, "heads ", c.num_heads,
            " kv_heads ", c.num_kv_heads);
   XY_CHECK(int64_t(weights.layers.size()) == c.num_layers, "layers ", weights.layers.size());
+  if (comm_) {
+    XY_CHECK(comm_->size() == shard_.size && comm_->rank() == shard_.rank, "communicator rank ",
+             comm_->rank(), " of ", comm_->size(), " for shard ", shard_.rank, " of ", shard_.size);
+    XY_CHECK(c.vocab_size == shard_.vocab_per_rank && shard_.vocab_per_rank * shard_.size >= vocab_size_,
+             "shard vocabulary rows ", c.vocab_size);
+  }
 
   embed_ = to_f32(weights.embed_tokens, {c.vocab_size, h});
   final_norm_ = to_f32(weights.final_norm, {h});
@@ -100,6 +123,10 @@ void CpuBackend::reserve_rows(int64_t m, int64_t num_logits_rows) {
   if (rows <= capacity_rows_) return;
   const auto& c = config_;
   capacity_rows_ = rows;
+  if (comm_) {
+    rank_logits_.resize(size_t(rows * c.vocab_size));
+    gathered_logits_.resize(size_t(comm_->size() * rows * c.vocab_size));
+  }
   hidden_.resize(size_t(rows * c.hidden_size));
   normed_.resize(size_t(rows * c.hidden_size));
   proj_.resize(size_t(rows * c.hidden_size));
@@ -147,6 +174,7 @@ void CpuBackend::run_layer(const meta::StepPlan& plan, const Layer& l, int64_t i
   args.out = attn_.data();
   attention_.run(args, work_list_for(l.window), &pool_);
   linear(attn_.data(), m, q_dim_, l.o_proj.data(), h, nullptr, proj_.data(), &pool_);
+  all_reduce_rows(proj_.data(), m);
   add_inplace(hidden_.data(), proj_.data(), m * h);
 
   // MLP block: x += down(silu(gate(norm(x))) * up(norm(x)))
@@ -157,7 +185,45 @@ void CpuBackend::run_layer(const meta::StepPlan& plan, const Layer& l, int64_t i
     silu_mul(gate, gate + inter, inter, act_.data() + i * inter);
   }
   linear(act_.data(), m, inter, l.down.data(), h, nullptr, proj_.data(), &pool_);
+  all_reduce_rows(proj_.data(), m);
   add_inplace(hidden_.data(), proj_.data(), m * h);
+}
+
+void CpuBackend::all_reduce_rows(float* rows, int64_t m) {
+  if (comm_) comm_->all_reduce_sum(rows, m * config_.hidden_size);
+}
+
+void CpuBackend::embed_tokens(const meta::StepPlan& plan) {
+  const int64_t h = config_.hidden_size;
+  if (!comm_) {
+    embedding_gather(embed_.data(), config_.vocab_size, h, plan.token_ids, hidden_.data());
+    return;
+  }
+  embedding_gather_range(embed_.data(), shard_.vocab_begin, config_.vocab_size, h, plan.token_ids,
+                         hidden_.data());
+  all_reduce_rows(hidden_.data(), plan.num_rows());
+}
+
+void CpuBackend::project_logits(int64_t num_logits, float* logits) {
+  const int64_t h = config_.hidden_size;
+  const float* head = lm_head_.empty() ? embed_.data() : lm_head_.data();
+  if (!comm_) {
+    linear(last_.data(), num_logits, h, head, vocab_size_, nullptr, logits, &pool_);
+    return;
+  }
+  // Vocabulary-parallel LM head: rank r computes logits [rows, V'] of vocabulary rows
+  // [r V', (r+1) V'); the gather stacks them as [size, rows, V'], and each row's slices are laid
+  // side by side in rank order, the padding past the vocabulary dropped.
+  const int64_t per_rank = config_.vocab_size;
+  linear(last_.data(), num_logits, h, head, per_rank, nullptr, rank_logits_.data(), &pool_);
+  comm_->all_gather(rank_logits_.data(), gathered_logits_.data(), num_logits * per_rank);
+  for (int32_t r = 0; r < comm_->size(); ++r) {
+    const int64_t begin = r * per_rank;
+    const int64_t n = std::clamp<int64_t>(vocab_size_ - begin, 0, per_rank);
+    const float* slice = gathered_logits_.data() + r * num_logits * per_rank;
+    for (int64_t i = 0; i < num_logits; ++i)
+      std::copy_n(slice + i * per_rank, n, logits + i * vocab_size_ + begin);
+  }
 }
 
 const meta::AttentionWorkList& CpuBackend::work_list_for(int32_t window) const {
@@ -172,12 +238,12 @@ void CpuBackend::forward(const meta::StepPlan& plan, std::vector<float>& logits)
   const auto& c = config_;
   const int64_t m = plan.num_rows(), h = c.hidden_size;
   const int64_t num_logits = plan.num_logits_rows();
-  logits.resize(size_t(num_logits * c.vocab_size));
+  logits.resize(size_t(num_logits * vocab_size_));
   kv_.apply_copies_and_moves(plan);
   if (m == 0) return;
   reserve_rows(m, num_logits);
 
-  embedding_gather(embed_.data(), c.vocab_size, h, plan.token_ids, hidden_.data());
+  embed_tokens(plan);
   rope_.fill_tables(plan.positions, cos_.data(), sin_.data());
   // Plan once, run many: one attention work list per distinct window, shared by its layers.
   work_lists_.clear();
@@ -200,8 +266,7 @@ void CpuBackend::forward(const meta::StepPlan& plan, std::vector<float>& logits)
   }
   if (num_logits == 0) return;
   rms_norm(last_.data(), final_norm_.data(), num_logits, h, c.rms_norm_eps, last_.data());
-  const float* head = lm_head_.empty() ? embed_.data() : lm_head_.data();
-  linear(last_.data(), num_logits, h, head, c.vocab_size, nullptr, logits.data(), &pool_);
+  project_logits(num_logits, logits.data());
 }
 
 void CpuBackend::forward_and_sample(const meta::StepPlan& plan, const meta::SamplingPlan& sampling,
@@ -209,7 +274,7 @@ void CpuBackend::forward_and_sample(const meta::StepPlan& plan, const meta::Samp
   XY_CHECK(int32_t(sampling.rows.size()) == plan.num_logits_rows(), sampling.rows.size(),
            " sampling rows for ", plan.num_logits_rows(), " logits rows");
   forward(plan, step_logits_);
-  sample_rows(step_logits_, config_.vocab_size, sampling, out);
+  sample_rows(step_logits_, vocab_size_, sampling, out);
 }
 
 }  // namespace xy::backend::cpu

@@ -4,8 +4,15 @@
 // (gemm.h, attention.h), so batched = alone, chunked prefill = unchunked and a verified draft
 // row = the same token decoded alone hold exactly.
 //
-// Threading: forward() runs on the engine thread only; it spreads GEMM column blocks and
-// attention tasks over the backend's own persistent pool (options.num_threads).
+// Tensor parallelism: with a communicator, the backend runs one rank's shard of the model
+// (parallel/shard.h): its attention heads, MLP columns and vocabulary rows. Partial sums are
+// all-reduced after o_proj and after down_proj (before the residual adds) and after the
+// vocabulary-parallel embedding; the LM head's logits slices are all-gathered, so every rank
+// ends the step with the whole logits. Its KV cache holds its KV heads only.
+//
+// Threading: forward() runs on the engine thread only (a tensor-parallel rank's thread); it
+// spreads GEMM column blocks and attention tasks over the backend's own persistent pool
+// (options.num_threads).
 #pragma once
 
 #include <cstdint>
@@ -18,6 +25,8 @@
 #include "xyserve/backend/cpu/ops.h"
 #include "xyserve/backend/cpu/thread_pool.h"
 #include "xyserve/model/weights.h"
+#include "xyserve/parallel/communicator.h"
+#include "xyserve/parallel/shard.h"
 
 namespace xy::backend::cpu {
 
@@ -25,6 +34,11 @@ struct CpuBackendOptions {
   int32_t num_kv_blocks = 0;  // > 0
   int32_t block_size = 16;
   int num_threads = 0;  // 0: hardware concurrency
+  // Tensor parallelism: the weights are rank shard.rank's shard of shard.size, and `communicator`
+  // (that rank's, of a group of that size) joins the ranks' partial results. Null: the whole
+  // model, and `shard` is unused.
+  parallel::Communicator* communicator = nullptr;
+  parallel::ShardInfo shard{};
 };
 
 class CpuBackend : public Backend {
@@ -38,9 +52,11 @@ class CpuBackend : public Backend {
   void forward_and_sample(const meta::StepPlan& plan, const meta::SamplingPlan& sampling,
                           meta::SamplingOutput& out) override;
 
-  int64_t vocab_size() const override { return config_.vocab_size; }
+  int64_t vocab_size() const override { return vocab_size_; }  // the whole model's
   int32_t num_kv_blocks() const override { return kv_.num_blocks(); }
   int32_t block_size() const override { return kv_.block_size(); }
+  // The config of the weights it runs: under tensor parallelism, the shard's (its head counts,
+  // intermediate size and vocabulary rows).
   const model::ModelConfig& config() const { return config_; }
 
  private:
@@ -60,12 +76,19 @@ class CpuBackend : public Backend {
   void check_plan(const meta::StepPlan& plan) const;
   void reserve_rows(int64_t m, int64_t num_logits_rows);
   void run_layer(const meta::StepPlan& plan, const Layer& layer, int64_t index);
+  void embed_tokens(const meta::StepPlan& plan);
+  // Completes a row-parallel layer's output: the sum of every rank's partial [M, hidden].
+  void all_reduce_rows(float* rows, int64_t m);
+  void project_logits(int64_t num_logits, float* logits);  // last_ rows -> [rows, vocab_size_]
 
   model::ModelConfig config_;
+  parallel::Communicator* comm_ = nullptr;  // null: the whole model
+  parallel::ShardInfo shard_;
+  int64_t vocab_size_ = 0;  // the whole model's; config_.vocab_size is this rank's rows
   int64_t q_dim_ = 0, kv_dim_ = 0, qkv_dim_ = 0;
-  std::vector<float> embed_;  // [vocab, hidden]
+  std::vector<float> embed_;  // [vocab rows, hidden]: config_.vocab_size rows
   std::vector<float> final_norm_;
-  std::vector<float> lm_head_;  // [vocab, hidden]; empty when tied to embed_
+  std::vector<float> lm_head_;  // [vocab rows, hidden]; empty when tied to embed_
   std::vector<Layer> layers_;
   Rope rope_;
   PagedKvCache kv_;
@@ -82,6 +105,9 @@ class CpuBackend : public Backend {
   int64_t capacity_rows_ = 0;
   std::vector<float> hidden_, normed_, qkv_, attn_, proj_, gate_up_, act_, cos_, sin_, last_;
   std::vector<float> step_logits_;  // forward_and_sample's
+  // Tensor parallelism: this rank's logits [rows, vocab rows] and every rank's, gathered:
+  // [size, rows, vocab rows].
+  std::vector<float> rank_logits_, gathered_logits_;
 };
 
 }  // namespace xy::backend::cpu

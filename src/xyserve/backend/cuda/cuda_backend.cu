@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "xyserve/backend/cpu/ops.h"
+#include "xyserve/backend/cuda/decode_split.h"
 #include "xyserve/common/check.h"
 #include "xyserve/common/error.h"
 #include "xyserve/common/log.h"
@@ -202,6 +203,12 @@ void CudaBackend::check_plan(const meta::StepPlan& plan) const {
              plan.token_ids[i], " at row ", i, " outside [0, ", config_.vocab_size, ")");
 }
 
+// The layer's four GEMMs are launched with programmatic dependent launch: the kernels before
+// them (norm, attention or merge, SiLU-mul) let dependents start early, and a SmoothGEMM kernel
+// streams its first weights before it waits for their output (gemm.h, GemmArgs::pdl). cuBLASLt
+// routes launch normally.
+constexpr bool kPdl = true;
+
 void CudaBackend::run_layer(const xy::cuda::DevicePlanView& view, int64_t index) {
   const auto& c = config_;
   const Layer& l = layers_[size_t(index)];
@@ -215,7 +222,7 @@ void CudaBackend::run_layer(const xy::cuda::DevicePlanView& view, int64_t index)
   // x += down(...) of the previous layer (none before layer 0); normed = norm(x)
   xy::cuda::launch_add_rms_norm(residual_.get(), index == 0 ? nullptr : proj_.get(), l.input_norm.get(),
                                 nullptr, m, h, eps, normed_.get(), s);
-  gemm_.run(normed_.get(), l.qkv.get(), qkv_.get(), xy::cuda::GemmOut::kBF16, m, int(qkv_dim_), int(h), s);
+  gemm_.run(normed_.get(), l.qkv.get(), qkv_.get(), xy::cuda::GemmOut::kBF16, m, int(qkv_dim_), int(h), s, kPdl);
   xy::cuda::QkvPrologueArgs pa;
   pa.qkv = qkv_.get();
   pa.m = m;
@@ -248,33 +255,64 @@ void CudaBackend::run_layer(const xy::cuda::DevicePlanView& view, int64_t index)
   xy::cuda::bind_attention_plan(aa, view, work);
   aa.batch_invariant = options_.deterministic;
   aa.out = attn_.get();
+  aa.partial_rows = work_options_.tile_rows;
   aa.partial_out = partial_out_.get();
   aa.partial_max = partial_stats_.get();
   aa.partial_sum = partial_stats_.get() + (partial_stats_.size() / 2);
-  xy::cuda::launch_attention(aa, s);
+  xy::cuda::launch_attention(aa, s, attention_kernel_);
   xy::cuda::launch_attention_merge(aa, work.merges, work.num_merges, s, work.merge_count);
-  gemm_.run(attn_.get(), l.o_proj.get(), proj_.get(), xy::cuda::GemmOut::kBF16, m, int(h), int(q_dim_), s);
+  gemm_.run(attn_.get(), l.o_proj.get(), proj_.get(), xy::cuda::GemmOut::kBF16, m, int(h), int(q_dim_), s, kPdl);
 
   xy::cuda::launch_add_rms_norm(residual_.get(), proj_.get(), l.post_norm.get(), nullptr, m, h, eps,
                                 normed_.get(), s);
-  gemm_.run(normed_.get(), l.gate_up.get(), gate_up_.get(), xy::cuda::GemmOut::kBF16, m, int(2 * inter), int(h), s);
+  gemm_.run(normed_.get(), l.gate_up.get(), gate_up_.get(), xy::cuda::GemmOut::kBF16, m, int(2 * inter), int(h), s, kPdl);
   xy::cuda::launch_silu_mul(gate_up_.get(), m, inter, act_.get(), s);
-  gemm_.run(act_.get(), l.down.get(), proj_.get(), xy::cuda::GemmOut::kBF16, m, int(h), int(inter), s);
+  gemm_.run(act_.get(), l.down.get(), proj_.get(), xy::cuda::GemmOut::kBF16, m, int(h), int(inter), s, kPdl);
+}
+
+namespace {
+
+bool tensor_core_head_dim(int64_t head_dim) { return head_dim == 64 || head_dim == 128; }
+bool power_of_two_block(int32_t block_size) { return block_size >= 8 && (block_size & (block_size - 1)) == 0; }
+
+}  // namespace
+
+xy::cuda::AttentionKernel CudaBackend::choose_attention_kernel(const meta::StepPlan& plan) const {
+  using xy::cuda::AttentionKernel;
+  const auto& c = config_;
+  if (!tensor_core_head_dim(c.head_dim)) return AttentionKernel::kCudaCore;
+  // The mma.sync kernel is the one whose reduction order is batch invariant (kernels.h).
+  if (options_.deterministic || options_.attention == AttentionKernel::kTensorCore || !power_of_two_block(block_size_))
+    return AttentionKernel::kTensorCore;
+  const int64_t group = c.num_heads / c.num_kv_heads;
+  bool small_queries = group <= xy::cuda::kDecodeMaxRows;
+  for (const auto& r : plan.requests) small_queries = small_queries && r.num_new_tokens * group <= xy::cuda::kDecodeMaxRows;
+  return small_queries ? AttentionKernel::kDecode : AttentionKernel::kWgmma;
 }
 
 void CudaBackend::plan_attention(const meta::StepPlan& plan) {
   const auto& c = config_;
+  attention_kernel_ = choose_attention_kernel(plan);
+  work_options_.tile_rows = attention_kernel_ == xy::cuda::AttentionKernel::kDecode  ? xy::cuda::kDecodeMaxRows
+                            : attention_kernel_ == xy::cuda::AttentionKernel::kWgmma ? 2 * xy::cuda::kAttentionTileRows
+                                                                                     : xy::cuda::kAttentionTileRows;
   if (options_.deterministic) {
     // Spans cut at multiples of a fixed split, as on the CPU backend: a row's split (and so its
     // merge order) then depends on its position only (meta/attention_work_list.h).
     work_options_.kv_split = fixed_kv_split_;
+  } else if (attention_kernel_ == xy::cuda::AttentionKernel::kDecode) {
+    // The decode kernel's own rule (decode_split.h). One split serves every window's list; the
+    // unwindowed count is the larger, so the conservative one.
+    const int32_t group = int32_t(c.num_heads / c.num_kv_heads);
+    work_options_.kv_split = xy::cuda::decode_kv_split(plan, work_options_.tile_rows / group,
+                                                       {int32_t(c.num_kv_heads), block_size_, 0, num_sms_});
   } else {
     // KV split: the largest power of two from 16k positions down to 64 (a multiple of the block
     // size) that still gives the step enough tasks to fill the SMs. A step with many tasks keeps
     // its spans whole (splitting long prefill at 512 cost it 15-20%: bench/cuda/attention_bench.md);
     // a decode of one request over 512 keys would otherwise be 8 tasks on a 132-SM H200. The split
     // changes rounding only (merges are exact in real arithmetic).
-    const int32_t tile_tokens = xy::cuda::kAttentionTileRows / int32_t(c.num_heads / c.num_kv_heads);
+    const int32_t tile_tokens = work_options_.tile_rows / int32_t(c.num_heads / c.num_kv_heads);
     auto round_split = [&](int32_t split) { return std::max(block_size_, split / block_size_ * block_size_); };
     int32_t split = round_split(16384);
     while (split > round_split(64)) {
@@ -297,8 +335,9 @@ void CudaBackend::plan_attention(const meta::StepPlan& plan) {
     work_lists_[i] = {windows_[i], meta::build_attention_work_list(plan, shape, work_options_)};
     max_partials = std::max(max_partials, work_lists_[i].second.num_partials);
   }
-  const size_t tile = size_t(xy::cuda::kAttentionTileRows);
-  if (size_t(max_partials) * tile * size_t(c.head_dim) > partial_out_.size()) {
+  const size_t tile = size_t(work_options_.tile_rows);
+  if (size_t(max_partials) * tile * size_t(c.head_dim) > partial_out_.size() ||
+      size_t(max_partials) * tile * 2 > partial_stats_.size()) {
     // Grown rarely (a step with more split spans than any before); cudaFree waits for the
     // device, so no kernel of an earlier step still reads the old buffers. Graphs captured
     // over the old ones are stale from here on.

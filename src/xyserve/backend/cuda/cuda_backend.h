@@ -57,6 +57,12 @@ struct CudaBackendOptions {
   bool deterministic = false;
   // SmoothGEMM's dispatch table (`xyserve tune`); empty: every GEMM on cuBLASLt (--gemm cublas).
   meta::GemmTable gemm_table;
+  // Attention kernels (kernels.h). kAuto: steps whose every request brings at most
+  // kDecodeMaxRows / group query tokens (decodes, short verifies) run the decode-specialised
+  // kernel, other steps the wgmma kernel, deterministic mode the mma.sync kernel throughout;
+  // head dims or block sizes a kernel lacks fall back to the next. kTensorCore: the mma.sync
+  // kernel for every step (the first version, kept for comparison).
+  xy::cuda::AttentionKernel attention = xy::cuda::AttentionKernel::kAuto;
 };
 
 class CudaBackend : public Backend {
@@ -104,7 +110,9 @@ class CudaBackend : public Backend {
   };
 
   void check_plan(const meta::StepPlan& plan) const;
-  // Chooses the KV split, builds the work lists and grows the partial buffers for `plan`.
+  // The attention kernel of a step (CudaBackendOptions::attention).
+  xy::cuda::AttentionKernel choose_attention_kernel(const meta::StepPlan& plan) const;
+  // Chooses the kernel and the KV split, builds the work lists and grows the partial buffers.
   void plan_attention(const meta::StepPlan& plan);
   void run_kv_copies_and_moves(const xy::cuda::DevicePlanView& view);
   // Everything after the KV housekeeping: embedding, layers, final norm and LM head. What a
@@ -141,6 +149,7 @@ class CudaBackend : public Backend {
   uint64_t partials_generation_ = 0;  // bumped when they move (graphs over them are stale)
 
   meta::WorkListOptions work_options_{xy::cuda::kAttentionTileRows, 512};
+  xy::cuda::AttentionKernel attention_kernel_ = xy::cuda::AttentionKernel::kTensorCore;  // this step's
   int32_t fixed_kv_split_ = 512;  // the CPU backend's split, used in deterministic mode
   std::vector<int32_t> windows_;  // distinct layer windows
   std::vector<std::pair<int32_t, meta::AttentionWorkList>> work_lists_;

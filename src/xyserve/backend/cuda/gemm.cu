@@ -11,29 +11,36 @@ namespace xy::cuda {
 namespace {
 
 constexpr GemmKernel kAllKernels[] = {
+    GemmKernel::kGemvT8,       GemmKernel::kGemvT16,      GemmKernel::kGemvT32,
     GemmKernel::kStreamT16,    GemmKernel::kStreamT32,    GemmKernel::kStreamT64,
     GemmKernel::kStreamT16N64, GemmKernel::kStreamT32N64, GemmKernel::kStreamT64N64,
     GemmKernel::kStreamT16N32, GemmKernel::kWgmma128x256, GemmKernel::kWgmma128x128};
 
+enum class Family { kGemv, kStream, kWgmma };
+
 // The compiled tile of each kernel: tokens per tile (0 for the wgmma kernels), rows of W per
-// tile, columns of K per block.
+// tile (1 for the gemv kernels: any n), columns of K per block.
 struct Tile {
+  Family family;
   int tokens, rows, cols;
 };
 
 Tile tile_of(GemmKernel kernel) {
   switch (kernel) {
-    case GemmKernel::kStreamT16: return {16, 128, 64};
-    case GemmKernel::kStreamT32: return {32, 128, 64};
-    case GemmKernel::kStreamT64: return {64, 128, 64};
-    case GemmKernel::kStreamT16N64: return {16, 64, 128};
-    case GemmKernel::kStreamT32N64: return {32, 64, 128};
-    case GemmKernel::kStreamT64N64: return {64, 64, 128};
-    case GemmKernel::kStreamT16N32: return {16, 32, 256};
-    case GemmKernel::kWgmma128x256: return {0, 256, 64};
-    case GemmKernel::kWgmma128x128: return {0, 128, 64};
+    case GemmKernel::kGemvT8: return {Family::kGemv, 8, 1, 32};
+    case GemmKernel::kGemvT16: return {Family::kGemv, 16, 1, 32};
+    case GemmKernel::kGemvT32: return {Family::kGemv, 32, 1, 32};
+    case GemmKernel::kStreamT16: return {Family::kStream, 16, 128, 64};
+    case GemmKernel::kStreamT32: return {Family::kStream, 32, 128, 64};
+    case GemmKernel::kStreamT64: return {Family::kStream, 64, 128, 64};
+    case GemmKernel::kStreamT16N64: return {Family::kStream, 16, 64, 128};
+    case GemmKernel::kStreamT32N64: return {Family::kStream, 32, 64, 128};
+    case GemmKernel::kStreamT64N64: return {Family::kStream, 64, 64, 128};
+    case GemmKernel::kStreamT16N32: return {Family::kStream, 16, 32, 256};
+    case GemmKernel::kWgmma128x256: return {Family::kWgmma, 0, 256, 64};
+    case GemmKernel::kWgmma128x128: return {Family::kWgmma, 0, 128, 64};
   }
-  return {0, 0, 0};
+  return {Family::kWgmma, 0, 0, 0};
 }
 
 }  // namespace
@@ -42,6 +49,9 @@ std::span<const GemmKernel> all_gemm_kernels() { return kAllKernels; }
 
 const char* gemm_kernel_name(GemmKernel kernel) {
   switch (kernel) {
+    case GemmKernel::kGemvT8: return "gemv_t8";
+    case GemmKernel::kGemvT16: return "gemv_t16";
+    case GemmKernel::kGemvT32: return "gemv_t32";
     case GemmKernel::kStreamT16: return "stream_t16";
     case GemmKernel::kStreamT32: return "stream_t32";
     case GemmKernel::kStreamT64: return "stream_t64";
@@ -55,6 +65,8 @@ const char* gemm_kernel_name(GemmKernel kernel) {
   return "unknown";
 }
 
+bool gemm_kernel_supports_pdl(GemmKernel kernel) { return tile_of(kernel).family != Family::kWgmma; }
+
 const char* gemm_unsupported_reason(GemmKernel kernel, int m, int n, int k) {
   if (m < 1 || n < 1 || k < 1) return "m, n and k must be positive";
   const Tile tile = tile_of(kernel);
@@ -62,17 +74,25 @@ const char* gemm_unsupported_reason(GemmKernel kernel, int m, int n, int k) {
   static constexpr const char* kRowsReason[] = {"n must be a multiple of 16", "n must be a multiple of 32",
                                                 "n must be a multiple of 64", "n must be a multiple of 128",
                                                 "n must be a multiple of 256"};
-  static constexpr const char* kColsReason[] = {"k must be a multiple of 64", "k must be a multiple of 128",
-                                                "k must be a multiple of 256", "k must be a multiple of 512"};
-  if (n % tile.rows != 0) return kRowsReason[std::countr_zero(unsigned(tile.rows)) - 4];
-  if (k % tile.cols != 0) return kColsReason[std::countr_zero(unsigned(tile.cols)) - 6];
+  static constexpr const char* kColsReason[] = {"k must be a multiple of 32", "k must be a multiple of 64",
+                                                "k must be a multiple of 128", "k must be a multiple of 256",
+                                                "k must be a multiple of 512"};
+  if (tile.rows > 1 && n % tile.rows != 0) return kRowsReason[std::countr_zero(unsigned(tile.rows)) - 4];
+  if (k % tile.cols != 0) return kColsReason[std::countr_zero(unsigned(tile.cols)) - 5];
+  // The gemv kernels run a token tile per gridDim.y (at most 65535).
+  if (tile.family == Family::kGemv && (int64_t{m} + tile.tokens - 1) / tile.tokens > 65535)
+    return "m must be at most 65535 token tiles";
   return "";
 }
 
 size_t gemm_workspace_bytes(GemmKernel kernel, int m, int n, int k) {
   const Tile tile = tile_of(kernel);
-  return tile.tokens == 0 ? gemm_detail::wgmma_workspace_bytes(tile.rows, m, n, k)
-                          : gemm_detail::stream_workspace_bytes(tile.tokens, tile.rows, m, n, k);
+  switch (tile.family) {
+    case Family::kGemv: return 0;
+    case Family::kStream: return gemm_detail::stream_workspace_bytes(tile.tokens, tile.rows, m, n, k);
+    case Family::kWgmma: return gemm_detail::wgmma_workspace_bytes(tile.rows, m, n, k);
+  }
+  return 0;
 }
 
 void gemm_launch(GemmKernel kernel, const GemmArgs& a, cudaStream_t stream) {
@@ -96,12 +116,17 @@ void gemm_launch(GemmKernel kernel, const GemmArgs& a, cudaStream_t stream) {
                               a.workspace_bytes));
   }
   const Tile tile = tile_of(kernel);
-  if (tile.tokens != 0) {
-    XY_CUDA_CHECK(gemm_detail::launch_stream(tile.tokens, tile.rows, a.x, a.w, a.y, a.m, a.n,
-                                             a.k, a.workspace, stream));
-  } else {
-    XY_CUDA_CHECK(gemm_detail::launch_wgmma(tile.rows, a.x, a.w, a.y, a.m, a.n, a.k, a.workspace,
-                                            stream));
+  switch (tile.family) {
+    case Family::kGemv:
+      XY_CUDA_CHECK(gemm_detail::launch_gemv(tile.tokens, a.x, a.w, a.y, a.m, a.n, a.k, a.pdl, stream));
+      break;
+    case Family::kStream:
+      XY_CUDA_CHECK(gemm_detail::launch_stream(tile.tokens, tile.rows, a.x, a.w, a.y, a.m, a.n, a.k,
+                                               a.workspace, a.pdl, stream));
+      break;
+    case Family::kWgmma:  // not PDL-aware: a plain launch whatever a.pdl says
+      XY_CUDA_CHECK(gemm_detail::launch_wgmma(tile.rows, a.x, a.w, a.y, a.m, a.n, a.k, a.workspace, stream));
+      break;
   }
 }
 

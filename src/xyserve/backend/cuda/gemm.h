@@ -17,6 +17,12 @@
 namespace xy::cuda {
 
 enum class GemmKernel {
+  // Weight-streaming kernels for a few tokens ("GEMV"): one CTA per SM owns an even share of W's
+  // rows, all of K, so no workspace; W goes straight from HBM into tensor-core fragments.
+  // kGemvT<t> serves M <= t in one pass over W (a larger M takes ceil(M / t) passes).
+  kGemvT8,
+  kGemvT16,
+  kGemvT32,
   // Weight-streaming stream-K kernels for small M: every SM streams an equal share of the
   // (tile, k-block) iterations of W; partial tiles are summed in an fp32 workspace by the
   // last CTA to finish the tile. kStreamT<t> keeps t tokens (rows of x) per tile and streams
@@ -53,7 +59,18 @@ struct GemmArgs {
   // Calls that share a workspace must be ordered (same stream).
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  // Programmatic dependent launch: the kernel may start while the previous kernel in the stream
+  // is still running and request its first blocks of W (never written by kernels) before it
+  // waits for that kernel (griddepcontrol.wait); it reads x, writes y and touches the workspace
+  // only after. The previous kernel lets it start early by issuing griddepcontrol.launch_dependents
+  // (without it, the launch still waits for its completion, as a plain launch does). Kernels that
+  // are not PDL-aware (kWgmma*) ignore the flag. Works inside CUDA graph capture (a
+  // programmatic edge).
+  bool pdl = false;
 };
+
+// Whether the kernel honours GemmArgs::pdl.
+bool gemm_kernel_supports_pdl(GemmKernel kernel);
 
 // Empty when `kernel` can run this shape, else the reason (a static string).
 const char* gemm_unsupported_reason(GemmKernel kernel, int m, int n, int k);

@@ -156,7 +156,8 @@ SmoothGemm::SmoothGemm(const meta::GemmTable& table, int max_m) : max_m_(max_m) 
       // The M this bucket serves here; none when the bucket starts above max_m.
       const int first = lower + 1, last = std::min(bucket.max_m, max_m);
       if (candidate->kind == GemmCandidate::Kind::kKernel) {
-        const char* reason = gemm_unsupported_reason(candidate->kernel, 1, shape.n, shape.k);
+        // At the largest M the bucket serves here: a kernel's limits on M are upper bounds.
+        const char* reason = gemm_unsupported_reason(candidate->kernel, std::max(first, last), shape.n, shape.k);
         if (*reason != '\0') throw InvalidArgument(cat(where, " cannot run the shape: ", reason));
         // Every M of the bucket: the wgmma kernels' split count changes with M, so the largest
         // need is not always at the bucket's top.
@@ -216,7 +217,7 @@ std::string SmoothGemm::candidate_for(int m, int n, int k) const {
 }
 
 void SmoothGemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, GemmOut out, int m, int n,
-                     int k, cudaStream_t stream) {
+                     int k, cudaStream_t stream, bool pdl) {
   if (m == 0) return;
   if (out == GemmOut::kF32 || batch_invariant_) {
     lt_default_.run(x, w, y, out, m, n, k, stream);
@@ -227,7 +228,7 @@ void SmoothGemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, Ge
   if (route == nullptr || route->candidate.kind == GemmCandidate::Kind::kCublasLtDefault) {
     lt_default_.run(x, w, y, out, m, n, k, stream);
   } else if (route->candidate.kind == GemmCandidate::Kind::kKernel) {
-    const GemmArgs args{x, w, static_cast<__nv_bfloat16*>(y), m, n, k, workspace_.get(), workspace_.bytes()};
+    const GemmArgs args{x, w, static_cast<__nv_bfloat16*>(y), m, n, k, workspace_.get(), workspace_.bytes(), pdl};
     gemm_launch(route->candidate.kernel, args, stream);
   } else {
     lt_algo_gemm_.run(lt_algos_[size_t(route->algo_slot)], x, w, static_cast<__nv_bfloat16*>(y), m, n, k,

@@ -93,8 +93,14 @@ class SmoothGemm {
   // y[m, n] = x[m, k] · w[n, k]ᵀ, all row-major, as LtGemm::run. A bf16 output runs the table's
   // candidate for (n, k, m), or cuBLASLt's default when the table has none; an fp32 output (the
   // LM head) always runs cuBLASLt's default. Precondition: m <= max_m for a bf16 output.
+  //
+  // pdl: launch a kernel of the family as a programmatic dependent launch (GemmArgs::pdl): it
+  // may start streaming w while the previous kernel on `stream` finishes, and waits for that
+  // kernel before it reads x or writes y. Safe whenever w is not written by the kernels just
+  // before (weights never are). cuBLASLt routes and kernels that are not PDL-aware launch
+  // plainly. It pays only when the previous kernel issues griddepcontrol.launch_dependents.
   void run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, GemmOut out, int m, int n,
-           int k, cudaStream_t stream);
+           int k, cudaStream_t stream, bool pdl = false);
 
   // The id of the candidate that run() uses for a bf16 y[m, n], or meta::kNoGemmCandidate when
   // the table has none (then cuBLASLt's default runs). For logs and tests.

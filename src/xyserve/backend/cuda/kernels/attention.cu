@@ -224,6 +224,9 @@ __global__ void __launch_bounds__(AttentionTraits<kHeadDim>::kThreads)
   using T = AttentionTraits<kHeadDim>;
   extern __shared__ uint32_t smem[];
   __shared__ KeyTile<T::kKeys> keys;
+  // The o GEMM after attention may be launched with PDL (GemmArgs::pdl): it may start streaming
+  // weights now; it still waits for this grid's completion before reading the output.
+  cudaTriggerProgrammaticLaunchCompletion();
   const int32_t num_tasks = a.task_count ? min(*a.task_count, a.num_tasks) : a.num_tasks;
   for (int32_t i = blockIdx.x; i < num_tasks; i += gridDim.x) {
     attention_task<kHeadDim>(a, a.tasks[i], smem, keys);
@@ -273,6 +276,7 @@ __device__ __forceinline__ void merge_group(const AttentionArgs& a, const meta::
 template <int kHeadDim>
 __global__ void attention_merge_kernel(AttentionArgs a, const meta::MergeGroup* merges, int32_t num_merges,
                                        const int32_t* merge_count) {
+  cudaTriggerProgrammaticLaunchCompletion();  // as in attention_kernel: the o GEMM may start early
   const int32_t n = merge_count ? min(*merge_count, num_merges) : num_merges;
   for (int32_t g = blockIdx.x; g < n; g += gridDim.x) merge_group<kHeadDim>(a, merges[g]);
 }

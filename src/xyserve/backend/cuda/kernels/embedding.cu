@@ -4,8 +4,12 @@
 namespace xy::cuda {
 namespace {
 
-// One block per row; threads stride over the hidden dimension.
+// One block per row; threads stride over the hidden dimension. Lets the kernel that follows
+// start early and is itself safe to launch with PDL, as add_rms_norm_kernel (rms_norm.cu)
+// explains.
 __global__ void embedding_kernel(const bf16* table, int64_t hidden, const int32_t* ids, float* out) {
+  cudaTriggerProgrammaticLaunchCompletion();
+  cudaGridDependencySynchronize();
   const int64_t row = blockIdx.x;
   const bf16* src = table + int64_t(ids[row]) * hidden;
   float* dst = out + row * hidden;

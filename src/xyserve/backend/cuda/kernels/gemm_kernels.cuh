@@ -1,21 +1,79 @@
 // Launchers of the GEMM kernel family, one per compiled tile; gemm.cu dispatches to them after
-// checking shapes. Each returns the CUDA launch error (never throws).
+// checking shapes. Each returns the CUDA launch error (never throws). The wgmma kernel is not
+// PDL-aware and is always launched plainly.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
+#include <utility>
 
 namespace xy::cuda::gemm_detail {
+
+// cudaFuncSetAttribute applies to the current device only, so a kernel's dynamic shared memory
+// limit is raised once per device that launches it (devices 0..63; `done` holds one bit per
+// device, one mask per kernel): a process that drives several GPUs from its threads (tensor
+// parallelism) needs it on each.
+inline cudaError_t allow_dynamic_smem(const void* kernel, int bytes, std::atomic<uint64_t>& done) {
+  int device = 0;
+  if (const cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit != 0 && (done.load(std::memory_order_acquire) & bit) != 0) return cudaSuccess;
+  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (err == cudaSuccess) done.fetch_or(bit, std::memory_order_acq_rel);
+  return err;
+}
+
+// Launches `kernel` on `stream`; with `pdl`, as a programmatic dependent launch (the kernel may
+// start while the previous kernel in the stream is still running, and must griddepcontrol.wait
+// before touching what that kernel writes or reads). Inside stream capture the launch becomes a
+// programmatic edge of the graph (CUDA programming guide, "Programmatic Dependent Launch").
+template <class... Params, class... Args>
+cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
+                          cudaStream_t stream, bool pdl, Args&&... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem_bytes;
+  config.stream = stream;
+  config.attrs = pdl ? &attr : nullptr;
+  config.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+// Weight-streaming kernel for M <= `tok` (8, 16 or 32; a larger M runs ceil(M / tok) passes
+// over W): one CTA per SM owns an even share of W's rows, whole (gemm_gemv.cu). PDL-aware
+// (`pdl`); no workspace. Preconditions: k % 32 == 0, pointers 16-byte aligned; any n >= 1.
+//
+// Launch configuration: gemv_config() derives it from the shape; benchmarks pass their own to
+// compare. groups x unroll: 8-row groups of W per block x 32-column chunks per warp step, 8 x 1
+// or 4 x 2 (tok = 32: 4 x 2 only); prefetch_steps: how many steps ahead each warp prefetches
+// its W lines into L2 (0: none). One step ahead is ~2 µs of HBM time per SM (64 KB at ~32 GB/s
+// per SM), longer than HBM's loaded latency.
+inline constexpr int kGemvPrefetchSteps = 1;
+struct GemvConfig {
+  int groups = 8;
+  int unroll = 1;
+  int prefetch_steps = kGemvPrefetchSteps;
+};
+GemvConfig gemv_config(int tok, int n);
+cudaError_t launch_gemv(int tok, const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
+                        int m, int n, int k, bool pdl, cudaStream_t stream,
+                        const GemvConfig* config = nullptr);
 
 // Stream-K weight-streaming kernel with `tok` rows of x per tile and W blocks of `bn` rows x
 // 8192 / bn columns: (tok, bn) in {16, 32, 64} x {128, 64} and (16, 32).
 // Preconditions: n % bn == 0, k % (8192 / bn) == 0, pointers 16-byte aligned, workspace of
-// stream_workspace_bytes() bytes, zero-filled.
+// stream_workspace_bytes() bytes, zero-filled. PDL-aware (`pdl`).
 size_t stream_workspace_bytes(int tok, int bn, int m, int n, int k);
 cudaError_t launch_stream(int tok, int bn, const __nv_bfloat16* x, const __nv_bfloat16* w,
-                          __nv_bfloat16* y, int m, int n, int k, void* workspace,
+                          __nv_bfloat16* y, int m, int n, int k, void* workspace, bool pdl,
                           cudaStream_t stream);
 
 // TMA + wgmma kernel, 128 x `bn` output tile (bn = 128 or 256), split along K into

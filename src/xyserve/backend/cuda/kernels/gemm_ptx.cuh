@@ -1,4 +1,5 @@
-// Thin inline-PTX wrappers used by the GEMM kernels: cp.async, ldmatrix, mma.sync (sm_80+),
+// Thin inline-PTX wrappers used by the GEMM kernels: cp.async, cache-hinted loads and L2
+// prefetch, griddepcontrol (programmatic dependent launch, sm_90), ldmatrix, mma.sync (sm_80+),
 // mbarrier, TMA (cp.async.bulk.tensor, sm_90) and wgmma (sm_90a). Each wrapper is one
 // instruction; the PTX ISA section it implements is named beside it.
 #pragma once
@@ -38,6 +39,35 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+// --- vector loads and L2 prefetch (PTX: ld, prefetch) ---------------------------------------
+// 16 bytes through the read-only path, not kept in L1, marked evict-first in L2: for weights,
+// which no kernel writes while a GEMM runs (so the non-coherent path is safe even before
+// griddepcontrol.wait) and which each GEMM reads exactly once.
+__device__ __forceinline__ uint4 ld_global_nc_evict_first(const void* p, uint64_t policy) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p), "l"(policy));
+  return v;
+}
+// Brings the 128-byte line holding `p` into L2; no register is written, nothing waits for it.
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+
+// --- programmatic dependent launch (PTX 9.7.13.13, griddepcontrol, sm_90) --------------------
+// wait: blocks until every grid this one depends on has completed and its memory operations
+// are visible to this grid; a no-op when the grid was not launched with programmatic stream
+// serialization. Everything that reads what the previous kernel wrote, or writes what it may
+// still read, must come after it.
+__device__ __forceinline__ void griddep_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+// launch_dependents: once every CTA of this grid has issued it (or exited), the next kernel in
+// the stream, if launched with programmatic stream serialization, may start; it still waits
+// for this grid's completion at its own griddep_wait, so this is only a scheduling hint.
+__device__ __forceinline__ void griddep_launch_dependents() {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 
 // --- ldmatrix / mma.sync (PTX 9.7.14.5) -----------------------------------------------------

@@ -19,10 +19,15 @@
 //
 // Virtual padding: rows of x past M are zero-filled by cp.async (src-size 0) and rows of y past
 // M are never stored.
+//
+// Programmatic dependent launch: the prologue's blocks of W are requested before
+// griddepcontrol.wait, everything else (x, y, the workspace) after it, so under a PDL launch the
+// first 32-64 KB of W per CTA (kStages - 1 blocks) stream in while the previous kernel finishes.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <tuple>
 
@@ -115,13 +120,13 @@ __global__ void __launch_bounds__(StreamTraits<kTok, kBN, kBK, kWarpsK>::kThread
   const int64_t it_begin = shape.total_iters * blockIdx.x / gridDim.x;
   const int64_t it_end = shape.total_iters * (blockIdx.x + 1) / gridDim.x;
 
-  auto load_stage = [&](int64_t it, int stage) {
+  // A stage is a block of W and the matching tokens of x, loaded apart so that W can be
+  // requested before griddepcontrol.wait (W never depends on the previous kernel; x does).
+  auto load_stage_w = [&](int64_t it, int stage) {
     const int tile = static_cast<int>(it / shape.k_iters);
     const int kb = static_cast<int>(it - int64_t{tile} * shape.k_iters);
     const int n_tile = tile / shape.num_m_tiles;
-    const int m_tile = tile - n_tile * shape.num_m_tiles;
     const uint32_t w_smem = smem_base + stage * T::kStageBytes;
-    const uint32_t x_smem = w_smem + T::kWTileBytes;
     const __nv_bfloat16* w_src = w + (int64_t{n_tile} * T::kBN) * shape.k + kb * T::kBK;
 #pragma unroll
     for (int i = 0; i < T::kWChunksPerThread; ++i) {
@@ -130,6 +135,13 @@ __global__ void __launch_bounds__(StreamTraits<kTok, kBN, kBK, kWarpsK>::kThread
       ptx::cp_async_16_evict_first(w_smem + block_offset(T::kBN, row, chunk),
                                    w_src + int64_t{row} * shape.k + chunk * 8, policy);
     }
+  };
+  auto load_stage_x = [&](int64_t it, int stage) {
+    const int tile = static_cast<int>(it / shape.k_iters);
+    const int kb = static_cast<int>(it - int64_t{tile} * shape.k_iters);
+    const int n_tile = tile / shape.num_m_tiles;
+    const int m_tile = tile - n_tile * shape.num_m_tiles;
+    const uint32_t x_smem = smem_base + stage * T::kStageBytes + T::kWTileBytes;
 #pragma unroll
     for (int i = 0; i < T::kXChunksPerThread; ++i) {
       const int id = i * T::kThreads + tid;
@@ -139,6 +151,10 @@ __global__ void __launch_bounds__(StreamTraits<kTok, kBN, kBK, kWarpsK>::kThread
       const __nv_bfloat16* src = valid ? x + int64_t{token} * shape.k + kb * T::kBK + chunk * 8 : x;
       ptx::cp_async_16(x_smem + block_offset(kTok, row, chunk), src, valid);
     }
+  };
+  auto load_stage = [&](int64_t it, int stage) {
+    load_stage_w(it, stage);
+    load_stage_x(it, stage);
   };
 
   float acc[T::kMmaM][T::kMmaN][4];
@@ -327,11 +343,19 @@ __global__ void __launch_bounds__(StreamTraits<kTok, kBN, kBK, kWarpsK>::kThread
     if (num_pending == 2 && s_is_last[1]) finalize_tile(pending_tile1);
   };
 
-  // Pipeline prologue: kStages - 1 loads in flight. Every step commits a group, empty or
+  // Pipeline prologue: kStages - 1 loads in flight. W of every prologue stage is requested
+  // before griddepcontrol.wait (a no-op unless launched with PDL), x after it; the first commit
+  // group then holds all of that W with stage 0's x, so waiting for it is waiting for more than
+  // the main loop needs at its first step, never less. Every step commits a group, empty or
   // not, so that wait_group counts stay uniform.
 #pragma unroll
   for (int s = 0; s < T::kStages - 1; ++s) {
-    if (it_begin + s < it_end) load_stage(it_begin + s, s);
+    if (it_begin + s < it_end) load_stage_w(it_begin + s, s);
+  }
+  ptx::griddep_wait();  // from here on: x, y, the workspace and its counters
+#pragma unroll
+  for (int s = 0; s < T::kStages - 1; ++s) {
+    if (it_begin + s < it_end) load_stage_x(it_begin + s, s);
     ptx::cp_async_commit();
   }
   zero_acc();
@@ -356,19 +380,27 @@ __global__ void __launch_bounds__(StreamTraits<kTok, kBN, kBK, kWarpsK>::kThread
     }
   }
   ptx::cp_async_wait<0>();
+  ptx::griddep_launch_dependents();  // the next kernel's launch overlaps the fix-ups below
   finish_run();
+}
+
+// Raises the kernel's shared-memory limit on the current device (once per device).
+template <int kTok, int kBN, int kBK, int kWarpsK>
+cudaError_t allow_stream_smem() {
+  static std::atomic<uint64_t> allowed{0};
+  return allow_dynamic_smem(reinterpret_cast<const void*>(stream_gemm_kernel<kTok, kBN, kBK, kWarpsK>),
+                            StreamTraits<kTok, kBN, kBK, kWarpsK>::kSmemBytes, allowed);
 }
 
 template <int kTok, int kBN, int kBK, int kWarpsK>
 int stream_grid_size() {
-  // Cached per instantiation: occupancy does not change within a process.
+  // Cached per instantiation: occupancy does not change within a process (its GPUs are alike).
   static const int grid = [] {
     using T = StreamTraits<kTok, kBN, kBK, kWarpsK>;
     int device = 0, num_sms = 0, per_sm = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
-    cudaFuncSetAttribute(stream_gemm_kernel<kTok, kBN, kBK, kWarpsK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         T::kSmemBytes);
+    allow_stream_smem<kTok, kBN, kBK, kWarpsK>();
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, stream_gemm_kernel<kTok, kBN, kBK, kWarpsK>,
                                                   T::kThreads,
                                                   T::kSmemBytes);
@@ -393,7 +425,7 @@ size_t counters_bytes(int num_tiles) { return (size_t(num_tiles) * 4 + 255) / 25
 
 template <int kTok, int kBN, int kBK, int kWarpsK>
 cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, int m,
-                   int n, int k, void* workspace, cudaStream_t stream) {
+                   int n, int k, void* workspace, bool pdl, cudaStream_t stream) {
   using T = StreamTraits<kTok, kBN, kBK, kWarpsK>;
   const StreamShape shape = make_shape(kTok, kBN, kBK, m, n, k);
   const int num_tiles = shape.num_m_tiles * shape.num_n_tiles;
@@ -401,9 +433,9 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
   auto* partials =
       reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) + counters_bytes(num_tiles));
   const int64_t grid = std::min<int64_t>(stream_grid_size<kTok, kBN, kBK, kWarpsK>(), shape.total_iters);
-  stream_gemm_kernel<kTok, kBN, kBK, kWarpsK><<<static_cast<int>(grid), T::kThreads, T::kSmemBytes, stream>>>(
-      x, w, y, shape, counters, partials);
-  return cudaGetLastError();
+  if (const cudaError_t err = allow_stream_smem<kTok, kBN, kBK, kWarpsK>(); err != cudaSuccess) return err;
+  return launch_kernel(stream_gemm_kernel<kTok, kBN, kBK, kWarpsK>, dim3(static_cast<unsigned>(grid)),
+                       dim3(T::kThreads), T::kSmemBytes, stream, pdl, x, w, y, shape, counters, partials);
 }
 
 }  // namespace
@@ -415,9 +447,9 @@ size_t stream_workspace_bytes(int tok, int bn, int m, int n, int k) {
 }
 
 cudaError_t launch_stream(int tok, int bn, const __nv_bfloat16* x, const __nv_bfloat16* w,
-                          __nv_bfloat16* y, int m, int n, int k, void* workspace,
+                          __nv_bfloat16* y, int m, int n, int k, void* workspace, bool pdl,
                           cudaStream_t stream) {
-  const auto args = std::make_tuple(x, w, y, m, n, k, workspace, stream);
+  const auto args = std::make_tuple(x, w, y, m, n, k, workspace, pdl, stream);
   if (bn == 128) {
     switch (tok) {
       case 16: return std::apply(launch<16, 128, 64, 1>, args);

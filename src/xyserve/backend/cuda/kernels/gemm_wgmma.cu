@@ -25,6 +25,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "xyserve/backend/cuda/kernels/gemm_kernels.cuh"
@@ -287,9 +288,12 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
   if (!make_map(&map_x, x, m, k, T::kBM) || !make_map(&map_w, w, n, k, T::kBN)) {
     return cudaErrorInvalidValue;
   }
-  static const cudaError_t attr_status = cudaFuncSetAttribute(
-      wgmma_gemm_kernel<kBN>, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes);
-  if (attr_status != cudaSuccess) return attr_status;
+  static std::atomic<uint64_t> smem_allowed{0};
+  if (const cudaError_t err =
+          allow_dynamic_smem(reinterpret_cast<const void*>(wgmma_gemm_kernel<kBN>), T::kSmemBytes, smem_allowed);
+      err != cudaSuccess) {
+    return err;
+  }
   const int num_tiles = ((m + T::kBM - 1) / T::kBM) * (n / T::kBN);
   const int splits = wgmma_splits(kBN, m, n, k);
   auto* counters = static_cast<uint32_t*>(workspace);

@@ -395,6 +395,7 @@ __global__ void __launch_bounds__(MetaAttentionTraits<kHeadDim>::kThreads, 2)
   using T = MetaAttentionTraits<kHeadDim>;
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ KeyRing<T::kStages, T::kKeys> ring;
+  cudaTriggerProgrammaticLaunchCompletion();  // the o GEMM may be PDL-launched (attention.cu)
   const int32_t num_tasks = a.task_count ? min(*a.task_count, a.num_tasks) : a.num_tasks;
   for (int32_t i = blockIdx.x; i < num_tasks; i += gridDim.x) {
     meta_attention_task<kHeadDim>(a, a.tasks[i], smem, ring);

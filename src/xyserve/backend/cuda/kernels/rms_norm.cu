@@ -7,8 +7,16 @@ namespace {
 
 // One block per output row. The residual row is read twice (sum of squares, then scale): the
 // second read hits L1/L2, and fp32 residuals keep the stream as exact as the CPU reference's.
+//
+// Programmatic dependent launch (CUDA programming guide): the GEMM that follows a norm may be
+// launched with PDL (GemmArgs::pdl) and stream its weights while this kernel runs, so every
+// block lets dependents launch as soon as it starts; they still wait for this grid's completion
+// before reading `out`. The grid-dependency wait makes the kernel itself safe to launch with
+// PDL (it reads what the previous kernel wrote only after it); launched plainly it is a no-op.
 __global__ void add_rms_norm_kernel(float* residual, const bf16* delta, const bf16* weight,
                                     const int32_t* rows, int64_t hidden, float eps, bf16* out) {
+  cudaTriggerProgrammaticLaunchCompletion();
+  cudaGridDependencySynchronize();
   __shared__ float scratch[32];
   const int64_t i = blockIdx.x;
   const int64_t r = rows ? rows[i] : i;

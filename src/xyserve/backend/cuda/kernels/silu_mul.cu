@@ -4,8 +4,12 @@
 namespace xy::cuda {
 namespace {
 
-// One block row per token row; grid-stride over the intermediate dimension.
+// One block row per token row; grid-stride over the intermediate dimension. Lets the down GEMM
+// that follows start early and is itself safe to launch with PDL, as add_rms_norm_kernel
+// (rms_norm.cu) explains.
 __global__ void silu_mul_kernel(const bf16* gate_up, int64_t inter, bf16* out) {
+  cudaTriggerProgrammaticLaunchCompletion();
+  cudaGridDependencySynchronize();
   const int64_t row = blockIdx.y;
   const bf16* gate = gate_up + row * 2 * inter;
   const bf16* up = gate + inter;

@@ -1,0 +1,57 @@
+#include "xyserve/parallel/tensor_parallel_backend.h"
+
+#include <algorithm>
+
+#include "xyserve/common/check.h"
+
+namespace xy::parallel {
+
+TensorParallelBackend::TensorParallelBackend(const model::ModelWeights& weights,
+                                             std::vector<std::unique_ptr<Communicator>> comms,
+                                             const ShardFactory& make_shard)
+    : comms_(std::move(comms)), threads_(int32_t(comms_.size())) {
+  const int32_t size = int32_t(comms_.size());
+  XY_CHECK(size >= 1, "tensor parallel size ", size);
+  for (int32_t r = 0; r < size; ++r)
+    XY_CHECK(comms_[size_t(r)]->rank() == r && comms_[size_t(r)]->size() == size, "communicator ", r);
+  check_tensor_parallel(weights.config, size);
+  ranks_.resize(size_t(size));
+  rank_logits_.resize(size_t(size));
+  // Each rank slices and converts its own shard, in parallel; a GPU rank binds its device on
+  // the thread that will run its steps.
+  run_ranks([&](int32_t r) {
+    const ShardedWeights shard = shard_weights(weights, r, size);
+    ranks_[size_t(r)] = make_shard(shard, *comms_[size_t(r)]);
+  });
+  num_kv_blocks_ = ranks_[0]->num_kv_blocks();
+  for (const auto& rank : ranks_) {
+    XY_CHECK(rank->vocab_size() == ranks_[0]->vocab_size() && rank->block_size() == ranks_[0]->block_size(),
+             "ranks disagree on vocab_size or block_size");
+    num_kv_blocks_ = std::min(num_kv_blocks_, rank->num_kv_blocks());
+  }
+}
+
+TensorParallelBackend::~TensorParallelBackend() = default;
+
+void TensorParallelBackend::forward(const meta::StepPlan& plan, std::vector<float>& logits) {
+  run_ranks([&](int32_t r) { ranks_[size_t(r)]->forward(plan, r == 0 ? logits : rank_logits_[size_t(r)]); });
+}
+
+void TensorParallelBackend::forward_and_sample(const meta::StepPlan& plan,
+                                               const meta::SamplingPlan& sampling,
+                                               meta::SamplingOutput& out) {
+  run_ranks([&](int32_t r) {
+    if (r == 0) ranks_[0]->forward_and_sample(plan, sampling, out);
+    else ranks_[size_t(r)]->forward(plan, rank_logits_[size_t(r)]);
+  });
+}
+
+std::optional<double> TensorParallelBackend::device_busy_s() const {
+  std::optional<double> busy;
+  for (const auto& rank : ranks_) {
+    if (auto b = rank->device_busy_s()) busy = std::max(busy.value_or(0.0), *b);
+  }
+  return busy;
+}
+
+}  // namespace xy::parallel
