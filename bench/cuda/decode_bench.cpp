@@ -5,6 +5,7 @@
 //   decode_bench [--model DIR] [--preset llama3-8b] [--context 512] [--batches 1,8,32,128,256]
 //                [--prefill 1024,4096,8192] [--steps 20] [--cuda-graphs 0|1|both]
 //                [--deterministic 0|1] [--gemm smooth|cublas|both] [--gemm-table FILE]
+//                [--attention auto|tensor-core]   (CudaBackendOptions::attention)
 // Without --model, writes the preset's random checkpoint to /tmp/xy-<preset> (once).
 // --cuda-graphs both (the default) times the decode steps eagerly and with CUDA graphs, one
 // backend after the other (two would not fit beside each other's KV cache), side by side.
@@ -94,6 +95,7 @@ int main(int argc, char** argv) {
   std::string model_dir, preset = "llama3-8b", graphs = "both", gemm = "cublas", gemm_table_path;
   int context = 512, steps = 20;
   bool deterministic = false;
+  std::string attention = "auto";  // CudaBackendOptions::attention: auto | tensor-core
   std::vector<int> batches{1, 8, 32, 128, 256}, prefills{1024, 4096, 8192};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
@@ -107,6 +109,7 @@ int main(int argc, char** argv) {
     else if (k == "--deterministic") deterministic = v == "1";
     else if (k == "--gemm") gemm = v;
     else if (k == "--gemm-table") gemm_table_path = v;
+    else if (k == "--attention") attention = v;
     else { std::fprintf(stderr, "decode_bench: unknown flag %s\n", k.c_str()); return 2; }
   }
   std::vector<bool> modes;  // cuda_graphs of each backend, in order
@@ -149,6 +152,11 @@ int main(int argc, char** argv) {
   opt.max_num_tokens = std::max(8192, *std::max_element(prefills.begin(), prefills.end()));
   opt.max_logits_rows = std::max(256, *std::max_element(batches.begin(), batches.end()));
   opt.deterministic = deterministic;
+  if (attention != "auto" && attention != "tensor-core") {
+    std::fprintf(stderr, "decode_bench: --attention takes auto or tensor-core, not %s\n", attention.c_str());
+    return 2;
+  }
+  opt.attention = attention == "auto" ? cuda::AttentionKernel::kAuto : cuda::AttentionKernel::kTensorCore;
 
   // (gemm, graphs, batch) -> median step ms; absent: skipped. (gemm, tokens) -> prefill step ms.
   std::map<std::tuple<std::string, bool, int>, double> decode_ms;
@@ -169,10 +177,10 @@ int main(int argc, char** argv) {
       if (!printed_header) {
         printed_header = true;
         std::printf("device %s, %d SMs; model %s (%s): %.2f GB of bf16 weights, uploaded in %.1f s; "
-                    "%d KV blocks of %d tokens; copy bandwidth %.0f GB/s (read + write)%s\n",
+                    "%d KV blocks of %d tokens; copy bandwidth %.0f GB/s (read + write)%s; attention %s\n",
                     info.name.c_str(), info.num_sms, model_dir.c_str(), c.architecture.c_str(),
                     double(be.weight_bytes()) / 1e9, load_s, be.num_kv_blocks(), bs, bw / 1e9,
-                    deterministic ? "; deterministic mode" : "");
+                    deterministic ? "; deterministic mode" : "", attention.c_str());
       }
       for (int b : batches) {
         const int blocks_per = (context + 1 + bs - 1) / bs;

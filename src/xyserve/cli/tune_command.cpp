@@ -324,9 +324,13 @@ std::vector<meta::GemmBucket> tune_shape(const LinearShape& s, const std::vector
     std::vector<Candidate> candidates;
     for (xy::cuda::GemmKernel kernel : kernels) {
       candidates.push_back({xy::cuda::gemm_kernel_name(kernel), [&, kernel, m](int set) {
-                              const xy::cuda::GemmArgs args{ops.x[size_t(set)].get(), ops.w[size_t(set)].get(),
-                                                            ops.y[size_t(set)].get(), m, s.n, s.k,
-                                                            workspace.get(), workspace.bytes()};
+                              xy::cuda::GemmArgs args{ops.x[size_t(set)].get(), ops.w[size_t(set)].get(),
+                                                      ops.y[size_t(set)].get(), m, s.n, s.k,
+                                                      workspace.get(), workspace.bytes()};
+                              // As the backend launches the layer GEMMs (cuda_backend.cu): with
+                              // programmatic dependent launch, which PDL-aware kernels use to
+                              // stream weights while the kernel before them ends.
+                              args.pdl = true;
                               xy::cuda::gemm_launch(kernel, args, ctx.stream);
                             }});
     }
