@@ -54,9 +54,10 @@ cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size
 // Launch configuration: gemv_config() derives it from the shape; benchmarks pass their own to
 // compare. groups x unroll: 8-row groups of W per block x 32-column chunks per warp step, 8 x 1
 // or 4 x 2 (tok = 32: 4 x 2 only); prefetch_steps: how many steps ahead each warp prefetches
-// its W lines into L2 (0: none). One step ahead is ~2 µs of HBM time per SM (64 KB at ~32 GB/s
-// per SM), longer than HBM's loaded latency.
-inline constexpr int kGemvPrefetchSteps = 1;
+// its W lines into L2 (0: none). The defaults are measured (gemm_bench's gemv ablation, H200,
+// 2026-11-25, Llama-3-8B shapes at M = 1, 8, 16): prefetching cost 2-25%, and 4 x 2 beat 8 x 1
+// everywhere but qkv (18.5 against 18.3 µs at M = 1); e.g. down M = 1: 4 x 2 32.8 µs, 8 x 1 46.9.
+inline constexpr int kGemvPrefetchSteps = 0;
 struct GemvConfig {
   int groups = 8;
   int unroll = 1;
