@@ -4,8 +4,10 @@
 // hybrid work lists: prefill chunks with prefix offsets, decodes, draft-tree verifies, sliding
 // windows, long contexts split into partials, and tails (one query row, one key, spans and tiles
 // that end mid-block); the wgmma kernel also in a graph-style launch (task count on the device,
-// capacity past it). Outputs and partials are poisoned with NaN before every run and every
-// element is checked.
+// capacity past it), at every KV block size its TMA boxes handle (8 to 256: up to 16 pages a key
+// block, or a box inside a page), on steps of hundreds of tiny tasks (its load rings and Q
+// buffers run across task boundaries), and on spans that start mid-page. Outputs and partials
+// are poisoned with NaN before every run and every element is checked.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -223,6 +225,115 @@ TEST_F(AttentionTensorCore, WgmmaGraphStyleLaunchRunsOnlyTheTaskCountReadOnTheDe
     }
     ASSERT_TRUE(std::isfinite(expect_close(p, run_on_device(p, AttentionKernel::kWgmma, count), want,
                                            cat("graph-style trial ", trial))));
+  }
+}
+
+// K and V come by TMA, one box per page (block_size <= 128) or per 128 slots of a page (256):
+// every block size, with prefix offsets, windows and splits that start spans mid-page and
+// mid-block, and the boxes past a span's end that load a page the task holds instead.
+TEST_F(AttentionTensorCore, WgmmaMatchesCpuAtEveryBlockSizeItsTmaBoxesServe) {
+  std::mt19937 rng(69);
+  double max_err = 0;
+  const std::vector<int32_t> block_sizes{8, 16, 32, 64, 128, 256};
+  for (int trial = 0; trial < 24; ++trial) {
+    Problem p;
+    p.hd = trial % 2 ? 128 : 64;
+    p.tile_rows = (trial / 2) % 2 ? 128 : 64;
+    p.kv_heads = 1 + int32_t(rng() % 3);
+    p.group = std::vector<int32_t>{1, 4, 6, 8}[size_t(rng() % 4)];
+    p.block_size = block_sizes[size_t(trial % 6)];
+    p.window = trial % 5 == 4 ? 30 + int32_t(rng() % 300) : 0;
+    p.num_blocks = 40000 / p.block_size + 64;  // room for six long requests at any block size
+    p.plan = random_hybrid_plan(rng, p.block_size, p.num_blocks);
+    const int32_t heads = p.kv_heads * p.group;
+    const int32_t split = split_for(trial, p.block_size);
+    p.list = meta::build_attention_work_list(p.plan, {heads, p.kv_heads, p.window}, {p.tile_rows, split});
+    fill_inputs(p, rng);
+    const std::vector<float> want = run_on_cpu(p);
+    const double err = expect_close(p, run_on_device(p, AttentionKernel::kWgmma), want,
+                                    cat("block-size trial ", trial, " split ", split));
+    ASSERT_TRUE(std::isfinite(err));
+    max_err = std::max(max_err, err);
+  }
+  std::printf("[attention wgmma, block sizes 8-256] max abs error vs CPU %.3e\n", max_err);
+}
+
+// Hundreds of decodes and verifies of short contexts with a few chunks: several tasks per CTA of
+// one to three key blocks each, so the producer's rings and the two Q buffers carry over task
+// boundaries all the time (a tile of one task in one Q buffer while the next loads); eager and
+// graph-style deals, 64- and 128-row tiles, both head dims.
+TEST_F(AttentionTensorCore, WgmmaStreamsStepsOfManyTinyTasksAcrossTaskBoundaries) {
+  std::mt19937 rng(70);
+  for (int trial = 0; trial < 8; ++trial) {
+    Problem p;
+    p.hd = trial % 2 ? 128 : 64;
+    p.tile_rows = trial % 4 < 2 ? 128 : 64;
+    p.kv_heads = trial % 4 == 0 ? 1 : 2;
+    p.group = trial % 3 == 0 ? 6 : 4;
+    p.block_size = std::vector<int32_t>{8, 16, 32, 256}[size_t(trial % 4)];
+    p.window = trial == 5 ? 50 : 0;
+    constexpr int32_t kRequests = 420, kMaxTokens = 330 + 90;
+    p.num_blocks = kRequests * ((kMaxTokens + p.block_size - 1) / p.block_size) + 16;
+    p.plan.block_size = p.block_size;
+    std::vector<int32_t> pool(static_cast<size_t>(p.num_blocks));
+    std::iota(pool.begin(), pool.end(), 0);
+    std::shuffle(pool.begin(), pool.end(), rng);
+    for (int64_t r = 0; r < kRequests; ++r) {
+      const int kind = int(rng() % 10);  // 0-6 decode, 7-8 verify, 9 chunk
+      const int32_t computed = int32_t(rng() % 330);
+      if (kind <= 6) {
+        testing::append_request(p.plan, r, computed, 1, {}, pool);
+      } else if (kind <= 8) {
+        const int32_t n = 2 + int32_t(rng() % 6);
+        testing::append_request(p.plan, r, computed, n, testing::random_tree(n, rng), pool);
+      } else {
+        testing::append_request(p.plan, r, computed, 1 + int32_t(rng() % 90), {}, pool);
+      }
+    }
+    fill_inputs(p, rng);
+    const int32_t heads = p.kv_heads * p.group;
+    p.list = meta::build_attention_work_list(p.plan, {heads, p.kv_heads, p.window}, {p.tile_rows, 512});
+    const std::vector<float> want = run_on_cpu(p);
+    const int32_t count = int32_t(p.list.tasks.size());
+    ASSERT_TRUE(std::isfinite(expect_close(p, run_on_device(p, AttentionKernel::kWgmma), want,
+                                           cat("tiny tasks trial ", trial, " eager"))));
+    ASSERT_TRUE(std::isfinite(expect_close(p, run_on_device(p, AttentionKernel::kWgmma, count), want,
+                                           cat("tiny tasks trial ", trial, " graph-style"))));
+  }
+}
+
+// Spans that start mid-page and mid-key-block: prefixes of every residue modulo the page and the
+// 128-key block, chunks split at one page, windows whose start falls inside a page. The keys
+// of the first key block before the span's start are real slots of other positions, loaded and
+// masked.
+TEST_F(AttentionTensorCore, WgmmaMatchesCpuOnSpansThatStartMidPage) {
+  std::mt19937 rng(71);
+  for (int trial = 0; trial < 8; ++trial) {
+    Problem p;
+    p.hd = trial % 2 ? 128 : 64;
+    p.tile_rows = 128;
+    p.kv_heads = 1;
+    p.group = 4;
+    p.block_size = std::vector<int32_t>{16, 64, 256, 32}[size_t(trial % 4)];
+    p.window = trial >= 4 ? 37 + 64 * trial : 0;
+    p.num_blocks = 60000 / p.block_size + 64;
+    p.plan.block_size = p.block_size;
+    std::vector<int32_t> pool(static_cast<size_t>(p.num_blocks));
+    std::iota(pool.begin(), pool.end(), 0);
+    std::shuffle(pool.begin(), pool.end(), rng);
+    for (int64_t r = 0; r < 6; ++r) {
+      const int32_t computed = 128 * int32_t(1 + rng() % 12) + int32_t(rng() % 128);  // any residue
+      testing::append_request(p.plan, r, computed, r % 2 ? 1 : 3 + int32_t(rng() % 150), {}, pool);
+    }
+    fill_inputs(p, rng);
+    const int32_t heads = p.kv_heads * p.group;
+    std::vector<float> want;
+    for (int32_t split : {p.block_size, 512, 16384}) {
+      p.list = meta::build_attention_work_list(p.plan, {heads, p.kv_heads, p.window}, {p.tile_rows, split});
+      if (want.empty()) want = run_on_cpu(p);
+      ASSERT_TRUE(std::isfinite(expect_close(p, run_on_device(p, AttentionKernel::kWgmma), want,
+                                             cat("mid-page trial ", trial, " split ", split))));
+    }
   }
 }
 

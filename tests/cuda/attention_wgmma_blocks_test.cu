@@ -4,11 +4,16 @@
 // descriptor (K-major), packs S to bf16 as P in registers and runs O = P V with V read MN-major
 // (transposed B) — the same wrappers and descriptors as the kernel — against double-precision
 // host products. Q holds 128 rows and the wgmma reads the 64 starting at row 0 or 64, as the two
-// consumers do.
+// consumers do. And the kernel's K/V load: one 128-key block of a paged cache fetched by TMA
+// boxes through encode_kv_tensor_map, page by page, must land exactly where sw128_offset says,
+// for every block size from 8 (16 boxes a block) to 256 (a box inside a page).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -99,6 +104,36 @@ __global__ void __launch_bounds__(128) wgmma_blocks_kernel(const __nv_bfloat16* 
     for (int e = 0; e < 4; ++e) o_out[(warp * 16 + gq + 8 * (e / 2)) * D + 8 * j + 2 * tq + (e & 1)] = o[4 * j + e];
 }
 
+// One 128-key block of a paged K cache by TMA, as the kernel's producer loads it: the block holds
+// slots [base, base + 128) of a request; box i (box_rows = min(block_size, 128) slots) comes from
+// the page the block table names, into rows i * box_rows of each 64-column panel. The tile's raw
+// bytes are copied out for the host to check.
+template <int D>
+__global__ void tma_block_kernel(const __grid_constant__ CUtensorMap map, const int32_t* table, int32_t block_size,
+                                 int32_t base, int32_t kv_head, uint4* out) {
+  extern __shared__ uint8_t smem_raw[];
+  __shared__ uint64_t full;
+  uint8_t* tile = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  const int box_rows = min(block_size, kKeys), num_boxes = kKeys / box_rows;
+  if (threadIdx.x == 0) {
+    ptx::mbarrier_init(&full, 1);
+    ptx::fence_mbarrier_init();
+  }
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    if (threadIdx.x == 0) ptx::mbarrier_arrive_expect_tx(&full, kKeys * D * 2);
+    if (int(threadIdx.x) < num_boxes) {
+      const int32_t slot = base + int32_t(threadIdx.x) * box_rows;
+      const int32_t row = table[slot / block_size] * block_size + slot % block_size;
+      for (int p = 0; p < D / 64; ++p)
+        wgmma::tma_load_3d(ptx::smem_addr(tile) + p * kKeys * 128 + threadIdx.x * box_rows * 128, &map,
+                           ptx::smem_addr(&full), p * 64, kv_head, row);
+    }
+  }
+  ptx::mbarrier_wait(&full, 0);
+  for (int i = threadIdx.x; i < kKeys * D / 8; i += blockDim.x) out[i] = reinterpret_cast<const uint4*>(tile)[i];
+}
+
 class AttentionWgmmaBlocks : public ::testing::Test {
  protected:
   void SetUp() override { ASSERT_GT(device_count(), 0) << "no CUDA device"; }
@@ -152,6 +187,47 @@ class AttentionWgmmaBlocks : public ::testing::Test {
       }
   }
 };
+
+template <int D>
+void check_tma_block(int32_t block_size, int32_t base) {
+  constexpr int32_t kHeads = 3, kHead = 2;  // a head other than 0: the head stride counts
+  std::mt19937 rng(uint32_t(D * 1000 + block_size + base));
+  const int32_t num_pages = (base + kKeys) / block_size + 8;
+  const auto cache = random_bf16(size_t(num_pages) * size_t(block_size) * kHeads * D, rng);
+  std::vector<int32_t> table(static_cast<size_t>(num_pages));
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), rng);
+  auto d_cache = to_device(cache);
+  auto d_table = to_device(table);
+  DeviceBuffer<uint4> d_out(size_t(kKeys) * D / 8);
+  testing::poison(d_out);
+  CUtensorMap map;
+  ASSERT_TRUE(wgmma::encode_kv_tensor_map(&map, d_cache.get(), kHeads, D, std::min(block_size, kKeys)));
+  const size_t smem = 1024 + size_t(kKeys) * D * 2;
+  XY_CUDA_CHECK(cudaFuncSetAttribute(tma_block_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  tma_block_kernel<D><<<1, 128, smem>>>(map, d_table.get(), block_size, base, kHead, d_out.get());
+  XY_CUDA_CHECK_LAUNCH();
+  const std::vector<uint4> tile = to_host(d_out, d_out.size());
+  const auto* bytes = reinterpret_cast<const uint8_t*>(tile.data());
+  for (int32_t kk = 0; kk < kKeys; ++kk) {
+    const int32_t slot = base + kk;
+    const size_t row = size_t(table[size_t(slot / block_size)]) * size_t(block_size) + size_t(slot % block_size);
+    for (int ch = 0; ch < D / 8; ++ch) {
+      const uint16_t* want = cache.data() + (row * kHeads + kHead) * D + size_t(ch) * 8;
+      ASSERT_EQ(std::memcmp(bytes + wgmma::sw128_offset(kk, ch, kKeys), want, 16), 0)
+          << "D " << D << " block_size " << block_size << " base " << base << ": key " << kk << " chunk " << ch;
+    }
+  }
+}
+
+TEST_F(AttentionWgmmaBlocks, TmaBoxesOfPagedKvLandInTheSwizzledLayoutAtEveryBlockSize) {
+  for (int32_t block_size : {8, 16, 32, 64, 128, 256}) {
+    for (int32_t base : {0, 128, 384}) {  // at 256, slot 128 and 384 start mid-page
+      check_tma_block<128>(block_size, base);
+      check_tma_block<64>(block_size, base);
+    }
+  }
+}
 
 TEST_F(AttentionWgmmaBlocks, ScoresAndWeightedValuesMatchTheHostAtHeadDim128) {
   check<128>(0);

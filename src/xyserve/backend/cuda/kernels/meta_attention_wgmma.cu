@@ -1,39 +1,69 @@
-// Hopper attention over the meta work list (issue 6, second version): wgmma (sm_90a) issued by
+// Hopper attention over the meta work list (issue 6, third version): wgmma (sm_90a) issued by
 // warpgroups, with a producer warpgroup feeding two consumer warpgroups through shared-memory
 // rings that complete on mbarriers (the FlashAttention-3 design, written here from its ideas).
 //
-// A persistent CTA of 3 warpgroups walks the tasks (one CTA per SM: 195 KB of shared memory at
+// A persistent CTA of 3 warpgroups walks the tasks (one CTA per SM: 225 KB of shared memory at
 // head_dim 128). Per task, a GQA-packed query tile of up to 128 rows against a KV span read
 // through the block table, in blocks of 128 keys:
-//   producer (warpgroup 0, 72 registers): publishes the task, then gathers K and V blocks with
-//     cp.async into two rings (K and V, kStages each, 128B-swizzled as wgmma reads them) and the
-//     query tile into its buffer; each buffer completes on a "full" mbarrier and is refilled
-//     once its "empty" mbarrier says both consumers are done with it.
-//   consumers (warpgroups 1 and 2, 216 registers), each 64 query rows:
+//   producer (warpgroup 0, 56 registers; warps 2 and 3 leave at once):
+//     warp 0 takes the tasks (see Dealing), publishes each in a 2-slot task ring (and describes
+//       the next one right away, so its dependent loads overlap this task's), and loads the
+//       K and V blocks by TMA into two rings (kStages each): one 3-D box per (page, 64-column
+//       panel) of the paged cache (encode_kv_tensor_map), 128B-swizzled as wgmma reads them,
+//       issued by lane i for the block's i-th page and completing on the stage's "full" mbarrier
+//       by byte count. A stage is refilled once its "empty" mbarrier says the 8 consumer warps are
+//       done with it. The rings run across task boundaries: the producer is kStages blocks ahead
+//       of the consumers whatever the task, so a step of many small tasks streams like one long
+//       one.
+//     warp 1 loads each task's query tile with cp.async into one of two Q buffers (task t into
+//       buffer t % 2), so the next task's tile lands while the consumers finish this one.
+//   consumers (warpgroups 1 and 2, 224 registers), each 64 query rows:
 //     S = Q K^T            wgmma m64n128k16, Q and K from shared memory
 //     mask, online softmax fp32 registers, base 2, the masking rules of meta_attention.cu
 //     O += P V             wgmma m64nDk16, P (bf16) from the S registers, V MN-major
-//   The next block's Q K^T is issued before this block's P V, so the softmax of one block runs
-//   while the tensor cores work on the other (FA3's intra-warpgroup overlap); K is released
-//   after its scores are masked, V after its P V.
+//   The next block's Q K^T is issued before this block's P V (each its own wgmma group), so the
+//   softmax of one block runs while the tensor cores work on the other (FA3's intra-warpgroup
+//   overlap); K is released as soon as its scores are in registers, V after its P V.
+//   Epilogue: the normalised rows are written in bf16 into the consumer's own rows of the task's
+//   Q buffer (done with by then) and copied out as 16-byte row segments; the buffer goes back to
+//   the Q loader after that. Partials (fp32) are stored from registers.
 // A tile of at most 64 rows (a decode, a verify, a short chunk, any tile of a 64-row list) fills
 // one consumer's rows: both consumers then take the same 64 rows and alternate key blocks, and
 // consumer 1 hands its softmax state to consumer 0 through shared memory, which merges the two
 // by log-sum-exp and writes the rows.
 //
+// Keys: a task lists the cache slots [key_base, key_base + num_keys), key_base the multiple of 128
+// at or below its first visible slot, so block b is slots key_base + 128 b onwards and starts on a
+// page boundary (block sizes are powers of two). A slot below num_computed (any slot, for a task
+// without a tree) is the key at position = slot, visible to the mask when in [a_begin, a_end); a
+// tree task's slots from num_computed on are its step rows, visible when their position is in
+// the span. Keys outside that (before the span or window, past the span, rows of the 128-key
+// block past the list) are masked to -inf. Every stage row holds finite data all the same: the
+// TMA boxes of a block cover all 128 rows, a box past the list loads a page the task holds (the
+// one of its first visible slot) instead, and the cache holds finite bf16 (zero-initialised,
+// written only with finite values), so P = 0 times a stale V stays 0.
+//
 // Outputs are those of launch_attention(kTensorCore) (kernels.h): normalised bf16 rows, or the
-// (o, max in log2 units, sum) partial of a split task at row partial * partial_rows + r. Key
-// blocks start at multiples of 128 positions below the span's first visible key (keys before it
-// and past the span read as zeros and are masked), then a tree task's step rows follow by slot.
+// (o, max in log2 units, sum) partial of a split task at row partial * partial_rows + r.
 //
 // Dealing: eager launches (task_count null) take tasks greedily from a device counter in list
 // order (largest first), as the hardware scheduler deals one-CTA-per-task grids; graph launches
 // (task_count set) deal the list in XY-Serve's symmetric round-robin over a grid sized by the
-// list's capacity, so the launch never depends on the step. Not batch invariant (a row's reduction order depends on its tile's size: split or not);
-// deterministic mode runs the tensor-core kernel. Deterministic run to run: no atomics touch
-// the arithmetic.
+// list's capacity, so the launch never depends on the step. Not batch invariant (a row's
+// reduction order depends on its tile's size: split or not); deterministic mode runs the
+// tensor-core kernel. Deterministic run to run: no atomics touch the arithmetic.
+//
+// The kernel's first instruction allows a dependent launch (griddepcontrol.launch_dependents):
+// a kernel launched after it with programmatic stream serialization (the o-projection GEMM) may
+// be scheduled early and still waits for this grid's completion before it reads the output.
+#include <cuda.h>
+
+#include <algorithm>
 #include <climits>
 #include <cmath>
+#include <functional>
+#include <mutex>
+#include <unordered_map>
 
 #include "xyserve/backend/cuda/cuda_check.h"
 #include "xyserve/backend/cuda/kernels/kernels.h"
@@ -49,36 +79,36 @@ struct WgmmaAttentionTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kConsumerWarps = 4 * kConsumers;
   static constexpr int kRows = 64 * kConsumers;  // query rows of the CTA's tile
-  static constexpr int kKeys = 128;              // keys per block: one per producer thread
-  // Ring depth per K and V: head_dim 128 fills 195 KB of the 227 KB with 2; head_dim 64 takes 4.
-  // Chosen by the shared-memory budget, not yet by a measurement.
+  static constexpr int kKeys = 128;              // keys per block
+  // Ring depth per K and V: head_dim 128 fills the 227 KB with 2 (and two Q buffers); head_dim
+  // 64 takes 4. Chosen by the shared-memory budget, not yet by a measurement.
   static constexpr int kStages = kHeadDim == 128 ? 2 : 4;
-  static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per head vector
+  static constexpr int kPanels = kHeadDim / 64;  // 64-column blocks of a head vector (one TMA box wide)
+  static constexpr int kChunks = kHeadDim / 8;   // 16-byte chunks per head vector
   static constexpr int kQBytes = kRows * kHeadDim * 2;
   static constexpr int kKvBytes = kKeys * kHeadDim * 2;  // one block of K (or of V)
   static constexpr int kScoreRegs = kKeys / 2;           // S: 64 x kKeys fp32 over 128 threads
   static constexpr int kOutRegs = kHeadDim / 2;          // O: 64 x kHeadDim
-  static constexpr int kMergeValues = kOutRegs + 4;      // o, then m and l of two rows
-  static constexpr int kMergeBytes = 128 * kMergeValues * 4;
+  // Merge buffer: consumer 1's O, [value][thread], then the row max and sum of its 64 rows.
+  static constexpr int kMergeBytes = 128 * kOutRegs * 4 + 2 * 64 * 4;
   // +1024: dynamic shared memory is only 16-byte aligned; swizzled tiles need 1024.
-  static constexpr size_t kSmemBytes = 1024 + size_t(kQBytes) + 2 * size_t(kStages) * kKvBytes + kMergeBytes;
-  // ptxas -v: no spills at 72 / 216; the producer spills at 56, the consumers need under 192.
-  static constexpr int kProducerRegs = 72;
-  static constexpr int kConsumerRegs = 216;
+  static constexpr size_t kSmemBytes =
+      1024 + 2 * size_t(kQBytes) + 2 * size_t(kStages) * kKvBytes + size_t(kMergeBytes);
+  // ptxas -v: no spills at 56 / 224 (the producer spills at 40: warp 0 holds the next task's
+  // description while it loads this one's blocks); the consumers hold S, O and P, 160 registers.
+  static constexpr int kProducerRegs = 56;
+  static constexpr int kConsumerRegs = 224;
   static_assert(kHeadDim == 64 || kHeadDim == 128, "P V wrappers exist for n = 64 and 128");
-  static_assert(kKeys == 128, "one key per producer thread; S = Q K^T is one m64n128 wgmma chain");
+  static_assert(kKeys == 128, "S = Q K^T is one m64n128 wgmma chain");
   static_assert(kQBytes % 1024 == 0 && kKvBytes % 1024 == 0 && kMergeBytes % 16 == 0);
-  static_assert(kSmemBytes <= 227 * 1024 - 8 * 1024, "room for the static shared state");
   static_assert(128 * kProducerRegs + kConsumers * 128 * kConsumerRegs <= 65536, "register file");
 };
 
-constexpr int32_t kNoKey = -2;  // key_tree of a slot that holds no key (zero-filled, masked)
-
 // Named barriers (0 is __syncthreads).
-constexpr int kProducerBarrier = 1;     // the producer's 128 threads: the task slot is written
-constexpr int kMergeFullBarrier = 2;    // consumer 1's state is in the merge buffer
-constexpr int kMergeEmptyBarrier = 3;   // consumer 0 has read it
+constexpr int kMergeFullBarrier = 2;   // consumer 1's state is in the merge buffer
+constexpr int kMergeEmptyBarrier = 3;  // consumer 0 has read it
 
 // One task as every role needs it, written by the producer into a slot of a 2-deep ring.
 struct TaskInfo {
@@ -86,21 +116,20 @@ struct TaskInfo {
   int32_t kv_head, q_begin, q_count, partial, mask;
   int32_t req_first_row, num_new, num_computed, block_table, tree_parents;
   int32_t kv_begin, kv_end;
-  // Keys: a_base + [0, num_a) by position (those below a_begin absent), then for a tree task
-  // the step's num_new rows by slot; num_blocks blocks of kKeys.
-  int32_t a_base, a_begin, num_a, num_keys, num_blocks;
+  // Keys: slots [key_base, key_base + num_keys) in num_blocks blocks of kKeys (file comment);
+  // range A [a_begin, a_end) by position; fill_slot: a slot the task holds (its first visible).
+  int32_t key_base, num_keys, num_blocks, a_begin, a_end, fill_slot;
   int32_t pos_lo, pos_hi;  // positions of the tile's tokens
 };
 
-template <int kStages, int kKeys>
+template <int kStages>
 struct SharedState {
-  uint64_t q_full, q_empty;
-  uint64_t k_full[kStages], k_empty[kStages], v_full[kStages], v_empty[kStages];
-  uint64_t task_full[2], task_empty[2];
+  uint64_t q_full[2], q_empty[2];  // Q buffer t % 2: loaded (Q warp's 32 lanes), free (256 consumer threads)
+  uint64_t k_full[kStages], k_empty[kStages], v_full[kStages], v_empty[kStages];  // TMA bytes / 8 warps
+  uint64_t task_full[2], task_empty[2];  // task slot t % 2: written (1), read (256 consumers + 32 Q lanes)
   TaskInfo task[2];
-  int32_t key_pos[kStages][kKeys];   // per K stage: each key's position
-  int32_t key_tree[kStages][kKeys];  // its tree row, -1 for a computed key, or kNoKey
 };
+constexpr uint32_t kTaskReaders = 256 + 32;
 
 // Greedy dealing of eager launches: the next task index, and the CTAs done with the counter
 // (the last resets both, so the next launch on the stream starts from zero). One per device,
@@ -114,7 +143,7 @@ __device__ __forceinline__ bool tree_visible(const int32_t* parents, int32_t i, 
   return j == i;
 }
 
-// The producer's warp 0 (all lanes) describes task `index`; lane 0's copy is the one published.
+// A warp (all lanes) describes task `index`; every lane ends with the same TaskInfo.
 template <int kKeys>
 __device__ TaskInfo describe_task(const AttentionArgs& a, int32_t index, int lane) {
   TaskInfo ti{};
@@ -147,8 +176,7 @@ __device__ TaskInfo describe_task(const AttentionArgs& a, int32_t index, int lan
   }
   ti.pos_lo = pos_lo;
   ti.pos_hi = pos_hi;
-  // Range A by position, clipped to what the mask can show; listed from a_base, the multiple of
-  // kKeys at or below a_begin, so blocks do not move with the window start (meta_attention.cu).
+  // Range A by position, clipped to what the mask can show (meta_attention.cu's rules).
   const bool tree = task.mask == meta::MaskKind::kTree;
   const bool masked = task.mask != meta::MaskKind::kNone;
   const int32_t window = masked ? a.window : 0;
@@ -157,126 +185,97 @@ __device__ TaskInfo describe_task(const AttentionArgs& a, int32_t index, int lan
   if (masked) a_end = min(a_end, pos_hi + 1);
   if (window > 0) a_begin = max(a_begin, pos_lo - window + 1);
   ti.a_begin = a_begin;
-  ti.a_base = a_begin / kKeys * kKeys;
-  ti.num_a = a_end > a_begin ? a_end - ti.a_base : 0;
-  ti.num_keys = ti.num_a + (tree ? req.num_new : 0);
+  ti.a_end = a_end;
+  // A tree task's step rows (slots num_computed on, positions >= num_computed) can be in the span
+  // only when it reaches past num_computed; then range A, clipped at num_computed, ends there
+  // (pos_hi >= num_computed), and the list runs on through the rows' slots without a gap.
+  const bool tree_rows = tree && task.kv_end > req.num_computed && req.num_new > 0;
+  const bool has_a = a_end > a_begin;
+  const int32_t first = has_a ? a_begin : req.num_computed;
+  const int32_t end = tree_rows ? req.num_computed + req.num_new : a_end;
+  ti.key_base = first / kKeys * kKeys;
+  ti.num_keys = has_a || tree_rows ? end - ti.key_base : 0;
   ti.num_blocks = (ti.num_keys + kKeys - 1) / kKeys;
+  ti.fill_slot = first;
   return ti;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Producer: one key per thread per block (address, position, tree row), then the block's K and V
-// 16-byte chunks, a warp's 32 keys at a time, into the swizzled ring stages.
+// Producer warp 0: deals the tasks, publishes them, and loads their K and V blocks by TMA.
 template <class T, class Shared>
-__device__ void produce(const AttentionArgs& a, bool dynamic, uint8_t* q_s, uint8_t* k_s, uint8_t* v_s,
-                        Shared& sh) {
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+__device__ void produce_kv(const AttentionArgs& a, bool dynamic, const CUtensorMap* k_map, const CUtensorMap* v_map,
+                           uint8_t* k_s, uint8_t* v_s, Shared& sh) {
+  const int lane = threadIdx.x % 32;
   const int32_t num_tasks = a.task_count ? min(*a.task_count, a.num_tasks) : a.num_tasks;
   const int log2_bs = __ffs(a.block_size) - 1;
   const int32_t bs_mask = a.block_size - 1;
-  // The CTA's t-th task. Lane 0 of warp 0 fetches one task ahead, so the counter's latency
-  // hides behind a task. The static deal is XY-Serve's symmetric round-robin over the sorted
-  // list (meta::DealPolicy::kSymmetricRoundRobin): lap t runs CTAs 0..G-1, then G-1..0.
+  // A block is num_boxes boxes of box_rows slots: whole pages, or 128-slot parts of a page.
+  const int32_t box_rows = min(a.block_size, T::kKeys);
+  const int32_t num_boxes = T::kKeys / box_rows;
+  // The CTA's t-th task (lane 0 asks; -1: none left). The static deal is XY-Serve's symmetric
+  // round-robin over the sorted list (meta::DealPolicy::kSymmetricRoundRobin): lap t runs CTAs
+  // 0..G-1, then G-1..0.
   auto fetch = [&](uint32_t t) -> int32_t {
-    const uint32_t i = dynamic ? atomicAdd(&g_next_task, 1u)
-                               : t * gridDim.x + (t % 2 == 0 ? blockIdx.x : gridDim.x - 1 - blockIdx.x);
-    return i < uint32_t(num_tasks) ? int32_t(i) : -1;
+    int32_t index = -1;
+    if (lane == 0) {
+      const uint32_t i = dynamic ? atomicAdd(&g_next_task, 1u)
+                                 : t * gridDim.x + (t % 2 == 0 ? blockIdx.x : gridDim.x - 1 - blockIdx.x);
+      index = i < uint32_t(num_tasks) ? int32_t(i) : -1;
+    }
+    return __shfl_sync(0xffffffffu, index, 0);
   };
-  int32_t next = warp == 0 && lane == 0 ? fetch(0) : 0;
 
-  uint32_t g = 0;  // blocks loaded so far: ring slot g % kStages, phase (g / kStages) & 1
+  // Task t + 1 is taken and described once task t's first block is on its way (the ring then
+  // full), so the latency of the counter and of the task's dependent loads (task, request,
+  // positions) falls while the producer would wait for a stage anyway, not when the ring has
+  // drained at the end of task t.
+  TaskInfo ti = describe_task<T::kKeys>(a, fetch(0), lane);
+  uint32_t g = 0;  // blocks loaded so far: ring stage g % kStages, use g / kStages
   for (uint32_t t = 0;; ++t) {
     const int slot = t % 2;
-    if (warp == 0) {
-      const int32_t index = __shfl_sync(0xffffffffu, next, 0);
-      if (lane == 0 && index >= 0) next = fetch(t + 1);
-      const TaskInfo ti = describe_task<T::kKeys>(a, index, lane);
-      if (t >= 2) ptx::mbarrier_wait(&sh.task_empty[slot], ((t / 2) - 1) & 1);
-      if (lane == 0) {
-        sh.task[slot] = ti;
-        ptx::mbarrier_arrive(&sh.task_full[slot]);
-      }
+    if (t >= 2) ptx::mbarrier_wait(&sh.task_empty[slot], ((t / 2) - 1) & 1);
+    if (lane == 0) {
+      sh.task[slot] = ti;
+      ptx::mbarrier_arrive(&sh.task_full[slot]);
     }
-    ptx::named_barrier_sync(kProducerBarrier, 128);
-    const TaskInfo& ti = sh.task[slot];
     if (ti.index < 0) break;
+    TaskInfo next;
+    if (ti.num_blocks == 0) next = describe_task<T::kKeys>(a, fetch(t + 1), lane);
 
     const int32_t* table = a.block_tables + ti.block_table;
-    const int32_t num_a = ti.num_a, num_keys = ti.num_keys;
-    // Cache element offset of key kk of the list (-1: none), with its position and tree row.
-    auto locate = [&](int32_t kk, int32_t& pos, int32_t& tree_row) -> int64_t {
-      int32_t slot_of_key;
-      if (kk < num_a) {
-        pos = ti.a_base + kk;
-        slot_of_key = pos;
-        tree_row = pos < ti.a_begin ? kNoKey : -1;
-      } else if (kk < num_keys) {
-        tree_row = kk - num_a;
-        pos = a.positions[ti.req_first_row + tree_row];
-        slot_of_key = ti.num_computed + tree_row;
-        if (pos < ti.kv_begin || pos >= ti.kv_end) tree_row = kNoKey;
-      } else {
-        pos = 0;
-        tree_row = kNoKey;
-      }
-      if (tree_row == kNoKey) return -1;
-      const int64_t block = table[slot_of_key >> log2_bs];
-      return (((block << log2_bs) + (slot_of_key & bs_mask)) * a.num_kv_heads + ti.kv_head) * T::kHeadDim;
-    };
-    // One ring stage of K or V: this warp's 32 keys, kKeysPerStep keys per instruction.
-    auto copy_block = [&](const bf16* cache, uint8_t* dst, int64_t my_addr) {
-      constexpr int kKeysPerStep = 32 / T::kChunks;
-      const int ch = lane % T::kChunks;
-      const uint32_t dst_base = ptx::smem_addr(dst);
-#pragma unroll
-      for (int i = 0; i < 32 / kKeysPerStep; ++i) {
-        const int kw = i * kKeysPerStep + lane / T::kChunks;
-        const int64_t addr = __shfl_sync(0xffffffffu, my_addr, kw);
-        const bool valid = addr >= 0;
-        ptx::cp_async_16(dst_base + sw128_offset(warp * 32 + kw, ch, T::kKeys), cache + (valid ? addr + ch * 8 : 0),
-                         valid);
-      }
-    };
-    auto load_q = [&] {
-      if (t >= 1) ptx::mbarrier_wait(&sh.q_empty, (t - 1) & 1);
-      const int rows = ti.q_count * a.group;
-      const int rows_read = rows > 64 ? T::kRows : 64;  // a small tile feeds both consumers rows 0-63
-      const int64_t first_row = ti.req_first_row + ti.q_begin;
-      const uint32_t q_base = ptx::smem_addr(q_s);
-      for (int c = tid; c < rows_read * T::kChunks; c += 128) {
-        const int r = c / T::kChunks, ch = c % T::kChunks;
-        const bool valid = r < rows;
-        const bf16* src = valid ? a.q + (first_row + r / a.group) * a.q_row_stride +
-                                      int64_t(ti.kv_head * a.group + r % a.group) * T::kHeadDim + ch * 8
-                                : a.q;
-        ptx::cp_async_16(q_base + sw128_offset(r, ch, T::kRows), src, valid);
-      }
-      cp_async_mbarrier_arrive(&sh.q_full);
-      ptx::mbarrier_arrive(&sh.q_full);
-    };
-
-    // Block 0 first (its ring slot is usually free), then Q once the consumers are done with the
-    // previous tile's, then the rest.
     for (int32_t b = 0; b < ti.num_blocks; ++b, ++g) {
       const int s = g % T::kStages;
-      int32_t pos, tree_row;
-      const int64_t my_addr = locate(b * T::kKeys + tid, pos, tree_row);
+      // Lane i < num_boxes: the box of rows [i * box_rows, +box_rows) of the block, as the cache
+      // row (slot coordinate) where it starts; a box past the list reads the fill slot's page.
+      int32_t row = 0;
+      if (lane < num_boxes) {
+        const int32_t kk = b * T::kKeys + lane * box_rows;
+        const int32_t slot_of_box = kk < ti.num_keys ? ti.key_base + kk : ti.fill_slot;
+        const int32_t page = __ldg(table + (slot_of_box >> log2_bs));
+        row = page * a.block_size + (slot_of_box & bs_mask & ~(box_rows - 1));
+      }
+      const uint32_t box_offset = uint32_t(lane * box_rows * 128);
+      const uint32_t k_dst = ptx::smem_addr(k_s + s * T::kKvBytes) + box_offset;
+      const uint32_t v_dst = ptx::smem_addr(v_s + s * T::kKvBytes) + box_offset;
       if (g >= T::kStages) ptx::mbarrier_wait(&sh.k_empty[s], ((g / T::kStages) - 1) & 1);
-      sh.key_pos[s][tid] = pos;
-      sh.key_tree[s][tid] = tree_row;
-      copy_block(a.k_cache, k_s + s * T::kKvBytes, my_addr);
-      cp_async_mbarrier_arrive(&sh.k_full[s]);
-      ptx::mbarrier_arrive(&sh.k_full[s]);
+      if (lane == 0) ptx::mbarrier_arrive_expect_tx(&sh.k_full[s], T::kKvBytes);
+      if (lane < num_boxes) {
+#pragma unroll
+        for (int p = 0; p < T::kPanels; ++p)
+          tma_load_3d(k_dst + p * T::kKeys * 128, k_map, ptx::smem_addr(&sh.k_full[s]), p * 64, ti.kv_head, row);
+      }
       if (g >= T::kStages) ptx::mbarrier_wait(&sh.v_empty[s], ((g / T::kStages) - 1) & 1);
-      copy_block(a.v_cache, v_s + s * T::kKvBytes, my_addr);
-      cp_async_mbarrier_arrive(&sh.v_full[s]);
-      ptx::mbarrier_arrive(&sh.v_full[s]);
-      if (b == 0) load_q();
+      if (lane == 0) ptx::mbarrier_arrive_expect_tx(&sh.v_full[s], T::kKvBytes);
+      if (lane < num_boxes) {
+#pragma unroll
+        for (int p = 0; p < T::kPanels; ++p)
+          tma_load_3d(v_dst + p * T::kKeys * 128, v_map, ptx::smem_addr(&sh.v_full[s]), p * 64, ti.kv_head, row);
+      }
+      if (b == 0) next = describe_task<T::kKeys>(a, fetch(t + 1), lane);
     }
-    if (ti.num_blocks == 0) load_q();
+    ti = next;
   }
-  cp_async_wait_all();  // nothing in flight when the producer leaves
-  if (dynamic && tid == 0) {
+  if (dynamic && lane == 0) {
     __threadfence();
     if (atomicAdd(&g_ctas_done, 1u) == gridDim.x - 1) {
       atomicExch(&g_next_task, 0u);
@@ -285,16 +284,59 @@ __device__ void produce(const AttentionArgs& a, bool dynamic, uint8_t* q_s, uint
   }
 }
 
+// Producer warp 1: each task's query tile into Q buffer t % 2, once the consumers have written
+// out task t - 2 (whose rows they stage in that buffer).
+template <class T, class Shared>
+__device__ void produce_q(const AttentionArgs& a, uint8_t* q_s, Shared& sh) {
+  const int lane = threadIdx.x % 32;
+  for (uint32_t t = 0;; ++t) {
+    const int slot = t % 2;
+    ptx::mbarrier_wait(&sh.task_full[slot], (t / 2) & 1);
+    const TaskInfo ti = sh.task[slot];
+    ptx::mbarrier_arrive(&sh.task_empty[slot]);
+    if (ti.index < 0) break;
+    if (t >= 2) ptx::mbarrier_wait(&sh.q_empty[slot], ((t / 2) - 1) & 1);
+    // Tile row r: query token r / group of the tile, head kv_head * group + r % group; rows past
+    // the tile are zeros. A tile of at most 64 rows feeds both consumers rows 0-63.
+    const int rows = ti.q_count * a.group;
+    const int rows_read = rows > 64 ? T::kRows : 64;
+    const int64_t first_row = ti.req_first_row + ti.q_begin;
+    const uint32_t q_base = ptx::smem_addr(q_s + slot * T::kQBytes);
+    // Lane: chunk lane % kChunks of rows lane / kChunks, + kRowsPerStep, ...; its row's token and
+    // head are stepped along (no division per copy: one warp issues the whole tile).
+    constexpr int kRowsPerStep = 32 / T::kChunks;
+    const int ch = lane % T::kChunks;
+    int r = lane / T::kChunks;
+    int token = r / a.group, head = r % a.group;
+    for (; r < rows_read; r += kRowsPerStep) {
+      const bool valid = r < rows;
+      const bf16* src = valid ? a.q + (first_row + token) * a.q_row_stride +
+                                    int64_t(ti.kv_head * a.group + head) * T::kHeadDim + ch * 8
+                              : a.q;
+      ptx::cp_async_16(q_base + sw128_offset(r, ch, T::kRows), src, valid);
+      head += kRowsPerStep;
+      while (head >= a.group) {
+        head -= a.group;
+        ++token;
+      }
+    }
+    cp_async_mbarrier_arrive(&sh.q_full[slot]);
+    ptx::mbarrier_arrive(&sh.q_full[slot]);
+  }
+  cp_async_wait_all();  // nothing in flight when the warp leaves
+}
+
 // ---------------------------------------------------------------------------------------------
 // Consumer `c` (0 or 1): its 64 rows of the tile, or (tile of at most 64 rows) the tile's rows
 // against every other key block.
 template <class T, class Shared>
-__device__ void consume(const AttentionArgs& a, int c, const uint8_t* q_s, const uint8_t* k_s, const uint8_t* v_s,
+__device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8_t* k_s, const uint8_t* v_s,
                         float* merge_s, Shared& sh) {
   const int ctid = threadIdx.x - 128 * (1 + c);
   const int warp = ctid / 32, lane = ctid % 32;
   const int gq = lane / 4, tq = lane % 4;  // accumulator fragment coordinates
   const float scale_log2 = a.scale * 1.4426950408889634f;
+  float* const merge_rows = merge_s + T::kOutRegs * 128;  // [64] row max, then [64] row sum
   bool merge_written = false;  // consumer 1 has handed a state over (the buffer may be in use)
 
   uint32_t g = 0;  // blocks consumed so far, as the producer counts them
@@ -315,8 +357,10 @@ __device__ void consume(const AttentionArgs& a, int c, const uint8_t* q_s, const
     const int row_base = split ? 0 : 64 * c;
     const int32_t num_blocks = ti.num_blocks;
     const bool masked = ti.mask != int32_t(meta::MaskKind::kNone);
+    const bool tree = ti.mask == int32_t(meta::MaskKind::kTree);
     const int32_t window = masked ? a.window : 0;
     const int32_t* parents = ti.tree_parents >= 0 ? a.tree_parents + ti.tree_parents : nullptr;
+    uint8_t* const q_tile = q_s + slot * T::kQBytes;
     // This thread's two rows (gq and gq + 8 of its warp's 16): live, position, new-row index.
     int32_t row_pos[2], row_new[2];
     bool row_live[2];
@@ -336,15 +380,27 @@ __device__ void consume(const AttentionArgs& a, int c, const uint8_t* q_s, const
     uint32_t p[T::kKeys / 16][4];  // P of the previous block: the A fragments of its 8 k-steps
 #pragma unroll
     for (int i = 0; i < T::kScoreRegs; ++i) s[i] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < T::kKeys / 16; ++kk) p[kk][0] = p[kk][1] = p[kk][2] = p[kk][3] = 0u;
 
-    ptx::mbarrier_wait(&sh.q_full, t & 1);
-    fence_proxy_async_shared();
-    const uint32_t q_addr = ptx::smem_addr(q_s) + row_base * 128;
-    const int step = split ? 2 : 1;  // this consumer's blocks: all, or those of its parity
-    int32_t prev = -1;  // the block whose P V is pending
-    bool q_released = false;
+    ptx::mbarrier_wait(&sh.q_full[slot], (t / 2) & 1);
+    fence_proxy_async_shared();  // the tile came by cp.async (generic proxy); wgmma reads it (async)
+    const uint32_t q_addr = ptx::smem_addr(q_tile) + row_base * 128;
+
+    auto stage_of = [&](int32_t blk) { return int((g + uint32_t(blk)) % T::kStages); };
+    auto phase_of = [&](int32_t blk) { return ((g + uint32_t(blk)) / T::kStages) & 1; };
+    // A warp's release of a stage: every lane is past the wgmma.wait that retired its reads.
+    auto release = [&](uint64_t* empty) {
+      __syncwarp();
+      if (lane == 0) ptx::mbarrier_arrive(empty);
+    };
+    // The other consumer's block: release it in ring order (after it filled, so that this
+    // arrival cannot count towards the stage's previous use).
+    auto release_other = [&](int32_t blk) {
+      const int st = stage_of(blk);
+      ptx::mbarrier_wait(&sh.k_full[st], phase_of(blk));
+      release(&sh.k_empty[st]);
+      ptx::mbarrier_wait(&sh.v_full[st], phase_of(blk));
+      release(&sh.v_empty[st]);
+    };
 
     // Operand fences keep the compiler's plain register accesses on their side of the wgmmas
     // (CUTLASS's warpgroup_fence_operand); the hardware ordering is wgmma.fence / wait's.
@@ -362,10 +418,11 @@ __device__ void consume(const AttentionArgs& a, int c, const uint8_t* q_s, const
 #pragma unroll
         for (int i = 0; i < 4; ++i) fence_operand(p[kk][i]);
     };
-    // S = Q K^T over the block in K stage `st` (committed as one group).
+    // S = Q K^T over the block in K stage `st`: one wgmma group.
     auto issue_qk = [&](int st) {
       const uint32_t k_addr = ptx::smem_addr(k_s + st * T::kKvBytes);
       fence_s();
+      ptx::wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < T::kHeadDim / 16; ++ks) {
         // Column block ks / 4 of both tiles, then +32 bytes per 16 columns inside the swizzled row.
@@ -377,15 +434,12 @@ __device__ void consume(const AttentionArgs& a, int c, const uint8_t* q_s, const
       ptx::wgmma_commit();
       fence_s();
     };
-    // O += P V over block `blk` (its V stage waited for here; committed as one group).
-    auto issue_pv = [&](int32_t blk) {
-      const uint32_t gp = g + blk;
-      const int sp = gp % T::kStages;
-      ptx::mbarrier_wait(&sh.v_full[sp], (gp / T::kStages) & 1);
-      fence_proxy_async_shared();
-      const uint32_t v_addr = ptx::smem_addr(v_s + sp * T::kKvBytes);
+    // O += P V over the block in V stage `st`: one wgmma group.
+    auto issue_pv = [&](int st) {
+      const uint32_t v_addr = ptx::smem_addr(v_s + st * T::kKvBytes);
       fence_p();
       fence_o();
+      ptx::wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < T::kKeys / 16; ++kk) {
         // 16 keys = two 8-row groups of 1024 bytes; column blocks T::kKeys * 128 bytes apart.
@@ -400,64 +454,51 @@ __device__ void consume(const AttentionArgs& a, int c, const uint8_t* q_s, const
       fence_p();
       fence_o();
     };
-
-    for (int32_t b = 0; b < num_blocks; ++b) {
-      const uint32_t gb = g + b;
-      const int st = gb % T::kStages;
-      const uint32_t phase = (gb / T::kStages) & 1;
-      if (split && (b & 1) != c) {
-        // The other consumer's block: release it in ring order (after it filled, so that this
-        // arrival cannot count towards the stage's previous use).
-        ptx::mbarrier_wait(&sh.k_full[st], phase);
-        ptx::mbarrier_arrive(&sh.k_empty[st]);
-        ptx::mbarrier_wait(&sh.v_full[st], phase);
-        ptx::mbarrier_arrive(&sh.v_empty[st]);
-        continue;
-      }
-      // S = Q K^T of this block, then O += P V of the previous one behind it: the tensor cores
-      // run the P V while this warpgroup masks and exponentiates the new scores.
-      ptx::mbarrier_wait(&sh.k_full[st], phase);
-      fence_proxy_async_shared();
-      ptx::wgmma_fence();  // P and O were last written by plain instructions
-      issue_qk(st);
-      if (prev >= 0) {
-        issue_pv(prev);
-        ptx::wgmma_wait<1>();
-      } else {
-        ptx::wgmma_wait<0>();
-      }
-      fence_s();
-      if (b + step >= num_blocks) {  // this consumer's last Q K^T of the tile is done
-        ptx::mbarrier_arrive(&sh.q_empty);
-        q_released = true;
-      }
-
+    // Masks the scores of block `blk` (scaled to log2 units), then P = 2^(S - new max) in s;
+    // returns the factor on the old state and this block's lane-partial row sums.
+    auto softmax = [&](int32_t blk, float (&scale_old)[2], float (&row_sum)[2]) {
+      const int32_t k0 = blk * T::kKeys;
+      const int32_t p0 = ti.key_base + k0;  // the block's first slot (its position, in range A)
       // Mask per element only where some (row, key) pair of the block may be hidden.
-      const int32_t k0 = b * T::kKeys;
-      const bool whole = ti.a_base + k0 >= ti.a_begin && k0 + T::kKeys <= ti.num_a &&
-                         (!masked || (ti.a_base + k0 + T::kKeys - 1 <= ti.pos_lo &&
-                                      (window == 0 || ti.a_base + k0 > ti.pos_hi - window)));
+      const bool whole = p0 >= ti.a_begin && p0 + T::kKeys <= ti.a_end &&
+                         (!masked || (p0 + T::kKeys - 1 <= ti.pos_lo && (window == 0 || p0 > ti.pos_hi - window)));
+      if (whole) {
 #pragma unroll
-      for (int j = 0; j < T::kKeys / 8; ++j) {
+        for (int i = 0; i < T::kScoreRegs; ++i) s[i] *= scale_log2;
+      } else {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float v = s[4 * j + e] * scale_log2;
-          if (!whole) {
-            const int key = 8 * j + 2 * tq + (e & 1), h = e / 2;
-            const int32_t kt = sh.key_tree[st][key], kp = sh.key_pos[st][key];
-            bool visible = kt != kNoKey && row_live[h];
-            if (masked) {
-              visible = visible && kp <= row_pos[h];
-              if (window > 0) visible = visible && kp > row_pos[h] - window;
-              if (kt >= 0) visible = visible && tree_visible(parents, kt, row_new[h]);
+        for (int j = 0; j < T::kKeys / 8; ++j) {
+#pragma unroll
+          for (int c2 = 0; c2 < 2; ++c2) {  // this lane's keys 8j + 2tq + c2
+            const int32_t kk = k0 + 8 * j + 2 * tq + c2;
+            const int32_t slot = ti.key_base + kk;
+            bool present;
+            int32_t kp = slot, kt = -1;  // position; tree row (-1: a key by position)
+            if (kk >= ti.num_keys) {
+              present = false;
+            } else if (tree && slot >= ti.num_computed) {
+              kt = slot - ti.num_computed;
+              kp = __ldg(a.positions + ti.req_first_row + kt);
+              present = kp >= ti.kv_begin && kp < ti.kv_end;
+            } else {
+              present = slot >= ti.a_begin && slot < ti.a_end;
             }
-            if (!visible) v = -INFINITY;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              bool visible = present && row_live[h];
+              if (masked) {
+                visible = visible && kp <= row_pos[h];
+                if (window > 0) visible = visible && kp > row_pos[h] - window;
+                if (kt >= 0) visible = visible && tree_visible(parents, kt, row_new[h]);
+              }
+              float& v = s[4 * j + 2 * h + c2];
+              v = visible ? v * scale_log2 : -INFINITY;
+            }
           }
-          s[4 * j + e] = v;
         }
       }
       // Online softmax: the row max over the 4 lanes of a row, then P = 2^(s - max).
-      float scale_old[2], m_use[2], row_sum[2] = {0.0f, 0.0f};
+      float m_use[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         float mx = -INFINITY;
@@ -469,23 +510,15 @@ __device__ void consume(const AttentionArgs& a, int c, const uint8_t* q_s, const
         m_use[h] = m_new == -INFINITY ? 0.0f : m_new;  // a row that saw nothing keeps p = 0
         scale_old[h] = ex2(m[h] - m_use[h]);
         m[h] = m_new;
+        row_sum[h] = 0.0f;
       }
 #pragma unroll
       for (int i = 0; i < T::kScoreRegs; ++i) {
         s[i] = ex2(s[i] - m_use[(i / 2) % 2]);
         row_sum[(i / 2) % 2] += s[i];
       }
-      ptx::mbarrier_arrive(&sh.k_empty[st]);  // scores and key metadata of this stage are used
-      if (prev >= 0) {
-        ptx::wgmma_wait<0>();
-        fence_o();
-        fence_p();
-        ptx::mbarrier_arrive(&sh.v_empty[(g + prev) % T::kStages]);
-      }
-#pragma unroll
-      for (int i = 0; i < T::kOutRegs; ++i) o[i] *= scale_old[(i / 2) % 2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) l[h] = l[h] * scale_old[h] + row_sum[h];  // lane-partial sums
+    };
+    auto pack_p = [&] {
 #pragma unroll
       for (int kk = 0; kk < T::kKeys / 16; ++kk) {
         p[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
@@ -493,16 +526,55 @@ __device__ void consume(const AttentionArgs& a, int c, const uint8_t* q_s, const
         p[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
         p[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
       }
-      prev = b;
-    }
-    if (prev >= 0) {  // the last block's P V
-      ptx::wgmma_fence();
-      issue_pv(prev);
+    };
+
+    // This consumer's blocks: all, or (split) those of its parity; the others are released.
+    const int step = split ? 2 : 1;
+    int32_t b = split ? c : 0;
+    if (split && c == 1 && num_blocks > 0) release_other(0);
+    if (b < num_blocks) {
+      // First block: S only (O is zero, so there is no P V to overlap yet).
+      float scale_old[2], row_sum[2];
+      ptx::mbarrier_wait(&sh.k_full[stage_of(b)], phase_of(b));
+      issue_qk(stage_of(b));
+      ptx::wgmma_wait<0>();
+      fence_s();
+      release(&sh.k_empty[stage_of(b)]);
+      softmax(b, scale_old, row_sum);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) l[h] = row_sum[h];
+      pack_p();
+      int32_t prev = b;  // the block whose P V is pending
+      for (b += step; b < num_blocks; b += step) {
+        if (split) release_other(b - 1);
+        // S = Q K^T of this block, then O += P V of the previous one behind it: the tensor cores
+        // run the P V while this warpgroup masks and exponentiates the new scores.
+        ptx::mbarrier_wait(&sh.v_full[stage_of(prev)], phase_of(prev));
+        ptx::mbarrier_wait(&sh.k_full[stage_of(b)], phase_of(b));
+        issue_qk(stage_of(b));
+        issue_pv(stage_of(prev));
+        ptx::wgmma_wait<1>();  // S is in
+        fence_s();
+        release(&sh.k_empty[stage_of(b)]);
+        softmax(b, scale_old, row_sum);
+        ptx::wgmma_wait<0>();  // P V is in
+        fence_o();
+        fence_p();
+        release(&sh.v_empty[stage_of(prev)]);
+#pragma unroll
+        for (int i = 0; i < T::kOutRegs; ++i) o[i] *= scale_old[(i / 2) % 2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) l[h] = l[h] * scale_old[h] + row_sum[h];  // lane-partial sums
+        pack_p();
+        prev = b;
+      }
+      if (split && prev + 1 < num_blocks) release_other(prev + 1);  // the other's last block
+      ptx::mbarrier_wait(&sh.v_full[stage_of(prev)], phase_of(prev));
+      issue_pv(stage_of(prev));
       ptx::wgmma_wait<0>();
       fence_o();
-      ptx::mbarrier_arrive(&sh.v_empty[(g + prev) % T::kStages]);
+      release(&sh.v_empty[stage_of(prev)]);
     }
-    if (!q_released) ptx::mbarrier_arrive(&sh.q_empty);  // no block of the tile was this consumer's
     g += num_blocks;
 
 #pragma unroll
@@ -512,26 +584,29 @@ __device__ void consume(const AttentionArgs& a, int c, const uint8_t* q_s, const
     }
     if (split && num_blocks >= 2) {
       // Consumer 1 hands its (o, m, l) to consumer 0, which folds it in by log-sum-exp. Layout
-      // [value][thread]: each warp access is 32 consecutive words.
+      // of o [value][thread]: each warp access is 32 consecutive words; m and l by tile row.
       if (c == 1) {
         if (merge_written) ptx::named_barrier_sync(kMergeEmptyBarrier, 256);
 #pragma unroll
         for (int i = 0; i < T::kOutRegs; ++i) merge_s[i * 128 + ctid] = o[i];
+        if (tq == 0) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          merge_s[(T::kOutRegs + h) * 128 + ctid] = m[h];
-          merge_s[(T::kOutRegs + 2 + h) * 128 + ctid] = l[h];
+          for (int h = 0; h < 2; ++h) {
+            merge_rows[warp * 16 + gq + 8 * h] = m[h];
+            merge_rows[64 + warp * 16 + gq + 8 * h] = l[h];
+          }
         }
         named_barrier_arrive(kMergeFullBarrier, 256);
         merge_written = true;
+        ptx::mbarrier_arrive(&sh.q_empty[slot]);
         continue;
       }
       ptx::named_barrier_sync(kMergeFullBarrier, 256);
       float fa[2], fb[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const float mw = merge_s[(T::kOutRegs + h) * 128 + ctid];
-        const float lw = merge_s[(T::kOutRegs + 2 + h) * 128 + ctid];
+        const float mw = merge_rows[warp * 16 + gq + 8 * h];
+        const float lw = merge_rows[64 + warp * 16 + gq + 8 * h];
         const float m_new = fmaxf(m[h], mw);
         const float m_use = m_new == -INFINITY ? 0.0f : m_new;
         fa[h] = ex2(m[h] - m_use);
@@ -543,24 +618,43 @@ __device__ void consume(const AttentionArgs& a, int c, const uint8_t* q_s, const
       for (int i = 0; i < T::kOutRegs; ++i) o[i] = o[i] * fa[(i / 2) % 2] + merge_s[i * 128 + ctid] * fb[(i / 2) % 2];
       named_barrier_arrive(kMergeEmptyBarrier, 256);
     } else if (split && c == 1) {
+      ptx::mbarrier_arrive(&sh.q_empty[slot]);
       continue;  // consumer 0 holds the whole state of a one-block tile
     }
 
     // Write out: normalised rows, or the partial (o, max, sum) of a split task.
     const int64_t first_row = ti.req_first_row + ti.q_begin;
+    if (ti.partial < 0) {
+      // Through this consumer's rows of the Q buffer (no wgmma reads them any more: this
+      // consumer's are retired, and in a split tile consumer 1 has handed over or had no block):
+      // each warp writes its 16 rows in the tile's swizzled layout (conflict-free: the 8 rows of
+      // a lane group hit 8 distinct 16-byte slots), then copies them out in 16-byte pieces.
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = row_base + warp * 16 + gq + 8 * h;
-      if (!row_live[h]) continue;
-      if (ti.partial < 0) {
+      for (int h = 0; h < 2; ++h) {
+        const int r = row_base + warp * 16 + gq + 8 * h;
         const float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
-        bf16* out = a.out + (first_row + r / a.group) * (int64_t(a.group) * a.num_kv_heads * T::kHeadDim) +
-                    int64_t(ti.kv_head * a.group + r % a.group) * T::kHeadDim;
 #pragma unroll
         for (int j = 0; j < T::kHeadDim / 8; ++j)
-          *reinterpret_cast<uint32_t*>(out + 8 * j + 2 * tq) =
+          *reinterpret_cast<uint32_t*>(q_tile + sw128_offset(r, j, T::kRows) + 4 * tq) =
               pack_bf16(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
-      } else {
+      }
+      __syncwarp();
+      const int64_t out_row_stride = int64_t(a.group) * a.num_kv_heads * T::kHeadDim;
+#pragma unroll
+      for (int i = lane; i < 16 * T::kChunks; i += 32) {
+        const int r = row_base + warp * 16 + i / T::kChunks, ch = i % T::kChunks;
+        if (r < rows) {
+          const uint4 v = *reinterpret_cast<const uint4*>(q_tile + sw128_offset(r, ch, T::kRows));
+          bf16* out = a.out + (first_row + r / a.group) * out_row_stride +
+                      int64_t(ti.kv_head * a.group + r % a.group) * T::kHeadDim + ch * 8;
+          *reinterpret_cast<uint4*>(out) = v;
+        }
+      }
+    } else {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = row_base + warp * 16 + gq + 8 * h;
+        if (!row_live[h]) continue;
         const int64_t prow = int64_t(ti.partial) * a.partial_rows + r;
         float* out = a.partial_out + prow * T::kHeadDim;
 #pragma unroll
@@ -572,6 +666,7 @@ __device__ void consume(const AttentionArgs& a, int c, const uint8_t* q_s, const
         }
       }
     }
+    ptx::mbarrier_arrive(&sh.q_empty[slot]);  // the Q loader may refill this buffer (task t + 2)
   }
   // Balance consumer 0's last arrive on the merge buffer, so no barrier is left half-arrived.
   if (c == 1 && merge_written) ptx::named_barrier_sync(kMergeEmptyBarrier, 256);
@@ -579,28 +674,34 @@ __device__ void consume(const AttentionArgs& a, int c, const uint8_t* q_s, const
 
 template <int kHeadDim>
 __global__ void __launch_bounds__(WgmmaAttentionTraits<kHeadDim>::kThreads, 1)
-    wgmma_attention_kernel(AttentionArgs a, bool dynamic) {
+    wgmma_attention_kernel(const __grid_constant__ AttentionArgs a, const __grid_constant__ CUtensorMap k_map,
+                           const __grid_constant__ CUtensorMap v_map, bool dynamic) {
   using T = WgmmaAttentionTraits<kHeadDim>;
+  using Shared = SharedState<T::kStages>;
+  static_assert(T::kSmemBytes + sizeof(Shared) <= 227 * 1024, "shared memory of one CTA");
+  ptx::griddep_launch_dependents();
   extern __shared__ uint8_t smem_raw[];
-  __shared__ SharedState<T::kStages, T::kKeys> sh;
+  __shared__ Shared sh;
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
-  uint8_t* q_s = smem;                                  // [kRows] head vectors, swizzled
-  uint8_t* k_s = q_s + T::kQBytes;                      // [kStages][kKeys] head vectors
-  uint8_t* v_s = k_s + T::kStages * T::kKvBytes;        // [kStages][kKeys] head vectors
-  float* merge_s = reinterpret_cast<float*>(v_s + T::kStages * T::kKvBytes);  // [kMergeValues][128]
+  uint8_t* q_s = smem;                            // [2][kRows] head vectors, swizzled
+  uint8_t* k_s = q_s + 2 * T::kQBytes;            // [kStages][kKeys] head vectors
+  uint8_t* v_s = k_s + T::kStages * T::kKvBytes;  // [kStages][kKeys] head vectors
+  float* merge_s = reinterpret_cast<float*>(v_s + T::kStages * T::kKvBytes);
 
   if (threadIdx.x == 0) {
-    ptx::mbarrier_init(&sh.q_full, 128);
-    ptx::mbarrier_init(&sh.q_empty, 256);
-    for (int s = 0; s < T::kStages; ++s) {
-      ptx::mbarrier_init(&sh.k_full[s], 128);
-      ptx::mbarrier_init(&sh.v_full[s], 128);
-      ptx::mbarrier_init(&sh.k_empty[s], 256);
-      ptx::mbarrier_init(&sh.v_empty[s], 256);
+    ptx::prefetch_tensor_map(&k_map);
+    ptx::prefetch_tensor_map(&v_map);
+    for (int i = 0; i < 2; ++i) {
+      ptx::mbarrier_init(&sh.q_full[i], 32);
+      ptx::mbarrier_init(&sh.q_empty[i], 256);
+      ptx::mbarrier_init(&sh.task_full[i], 1);
+      ptx::mbarrier_init(&sh.task_empty[i], kTaskReaders);
     }
-    for (int s = 0; s < 2; ++s) {
-      ptx::mbarrier_init(&sh.task_full[s], 1);
-      ptx::mbarrier_init(&sh.task_empty[s], 256);
+    for (int s = 0; s < T::kStages; ++s) {
+      ptx::mbarrier_init(&sh.k_full[s], 1);
+      ptx::mbarrier_init(&sh.v_full[s], 1);
+      ptx::mbarrier_init(&sh.k_empty[s], T::kConsumerWarps);
+      ptx::mbarrier_init(&sh.v_empty[s], T::kConsumerWarps);
     }
     ptx::fence_mbarrier_init();
   }
@@ -609,11 +710,47 @@ __global__ void __launch_bounds__(WgmmaAttentionTraits<kHeadDim>::kThreads, 1)
   const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x) / 128, 0);  // warp-uniform, visibly
   if (warpgroup == 0) {
     ptx::setmaxnreg_dec<T::kProducerRegs>();
-    produce<T>(a, dynamic, q_s, k_s, v_s, sh);
+    const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
+    if (warp == 0) {
+      produce_kv<T>(a, dynamic, &k_map, &v_map, k_s, v_s, sh);
+    } else if (warp == 1) {
+      produce_q<T>(a, q_s, sh);
+    }
   } else {
     ptx::setmaxnreg_inc<T::kConsumerRegs>();
     consume<T>(a, warpgroup - 1, q_s, k_s, v_s, merge_s, sh);
   }
+}
+
+// Tensor maps of the K and V caches, made once per (cache, shape) and kept: the backend passes
+// one pointer per layer, so after the first step no launch calls the driver. CUDA graphs capture
+// the maps with the launch's parameters.
+CUtensorMap kv_tensor_map(const bf16* cache, int32_t num_kv_heads, int32_t head_dim, int32_t box_rows) {
+  struct Key {
+    const void* cache;
+    int32_t num_kv_heads, head_dim, box_rows;
+    bool operator==(const Key&) const = default;
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const {
+      return std::hash<const void*>()(k.cache) ^ (size_t(k.num_kv_heads) << 20) ^ (size_t(k.head_dim) << 36) ^
+             (size_t(k.box_rows) << 48);
+    }
+  };
+  static std::mutex mutex;
+  static std::unordered_map<Key, CUtensorMap, KeyHash> maps;
+  const Key key{cache, num_kv_heads, head_dim, box_rows};
+  std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = maps.find(key); it != maps.end()) return it->second;
+  CUtensorMap map;
+  if (!encode_kv_tensor_map(&map, cache, num_kv_heads, head_dim, box_rows))
+    throw CudaError(cat("attention: no TMA tensor map for the KV cache at ", cache, " (", num_kv_heads,
+                        " KV heads, head_dim ", head_dim, ", boxes of ", box_rows,
+                        " slots): the driver has no cuTensorMapEncodeTiled or refused the shape"));
+  // Tests make a cache per run; an engine has two per layer. Bounded all the same.
+  if (maps.size() >= 4096) maps.clear();
+  maps.emplace(key, map);
+  return map;
 }
 
 template <int kHeadDim>
@@ -631,9 +768,12 @@ void run_wgmma_attention(const AttentionArgs& a, cudaStream_t stream) {
   if (blocks_per_sm < 1)
     throw CudaError(cat("attention: the wgmma kernel (head_dim ", kHeadDim, ", ", T::kSmemBytes,
                         " bytes of shared memory) does not fit an SM of this device"));
+  const int32_t box_rows = std::min(a.block_size, int32_t{128});
+  const CUtensorMap k_map = kv_tensor_map(a.k_cache, a.num_kv_heads, kHeadDim, box_rows);
+  const CUtensorMap v_map = kv_tensor_map(a.v_cache, a.num_kv_heads, kHeadDim, box_rows);
   const bool dynamic = a.task_count == nullptr;
   const int32_t grid = persistent_grid(a.num_tasks, blocks_per_sm);
-  wgmma_attention_kernel<kHeadDim><<<grid, T::kThreads, T::kSmemBytes, stream>>>(a, dynamic);
+  wgmma_attention_kernel<kHeadDim><<<grid, T::kThreads, T::kSmemBytes, stream>>>(a, k_map, v_map, dynamic);
   XY_CUDA_CHECK_LAUNCH();
 }
 
@@ -652,6 +792,10 @@ void launch_attention_wgmma(const AttentionArgs& a, cudaStream_t stream) {
                               "list's tile_rows) is ", a.partial_rows));
   if (a.batch_invariant)
     throw InvalidArgument("attention: the wgmma kernel is not batch invariant; deterministic mode runs kTensorCore");
+  if (a.num_kv_heads < 1 || reinterpret_cast<uintptr_t>(a.k_cache) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(a.v_cache) % 16 != 0)
+    throw InvalidArgument(cat("attention: the wgmma kernel reads the KV cache by TMA: it needs at least one KV head "
+                              "(got ", a.num_kv_heads, ") and 16-byte aligned caches"));
   if (a.head_dim == 64) return run_wgmma_attention<64>(a, stream);
   run_wgmma_attention<128>(a, stream);
 }

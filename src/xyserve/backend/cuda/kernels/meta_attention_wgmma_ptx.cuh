@@ -1,15 +1,18 @@
 // Inline-PTX pieces of the Hopper attention kernel (meta_attention_wgmma.cu) that the GEMM's
-// wrappers (gemm_ptx.cuh: mbarrier, setmaxnreg, wgmma fence/commit/wait, cp.async; and
-// gemm_wgmma_ptx.cuh: m64n128k16 with both operands in shared memory) do not cover: wgmma with
+// wrappers (gemm_ptx.cuh: mbarrier, setmaxnreg, wgmma fence/commit/wait, cp.async, griddepcontrol;
+// and gemm_wgmma_ptx.cuh: m64n128k16 with both operands in shared memory) do not cover: wgmma with
 // A in registers and B transposed (P V), shared-memory descriptors with a leading byte offset,
-// cp.async completion on an mbarrier, the proxy fence, bar.arrive, ex2.approx. Also the
-// shared-memory layout of a 128B-swizzled tile, so that the kernel and its building-block test
-// (tests/cuda/attention_wgmma_blocks_test.cu) place elements by the same function. One
-// instruction per wrapper; the PTX ISA section is named beside it. The register lists of the
-// wgmma wrappers were written by a throwaway script.
+// the 3-D TMA load of paged K/V, cp.async completion on an mbarrier, the proxy fence, bar.arrive,
+// ex2.approx. Also the shared-memory layout of a 128B-swizzled tile and the tensor map of a paged
+// KV cache, so that the kernel and its building-block test (tests/cuda/attention_wgmma_blocks_test.cu)
+// place and fetch elements by the same functions. One instruction per wrapper; the PTX ISA
+// section is named beside it. The register lists of the wgmma wrappers were written by a
+// throwaway script.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap
 #include <cuda_bf16.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
 
@@ -87,6 +90,50 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs_tn(float (&d)[32], const uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
 }
 
+// --- TMA, 3-D tile (PTX 9.7.9.27, cp.async.bulk.tensor) ---------------------------------------
+// Loads the box of `map` at coordinates (c0 innermost, c1, c2) into shared memory at `dst`; its
+// bytes count towards the transaction count of the mbarrier at `bar`. Writes through the async
+// proxy, as wgmma reads: once the mbarrier phase completes, no proxy fence is needed.
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1,
+                                            int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], "
+      "[%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+
+// --- tensor map of one layer's paged K (or V) cache (host) ------------------------------------
+// The cache [slots][num_kv_heads][head_dim] bf16 as a 3-D tensor (head_dim innermost), read in
+// boxes of [64 elements = 128 bytes][1 head][box_rows slots] with 128-byte swizzle: a box lands as
+// box_rows consecutive rows of one 64-column block of an sw128 tile, so a key block is assembled
+// page by page at row offsets that are multiples of box_rows (>= 8, so the swizzle phase, row % 8,
+// is the tile's). The number of slots is not known here (AttentionArgs does not carry it); the
+// slot extent is set to 2^31 - 1, the range of the int32 coordinate, and the kernel only asks for
+// boxes inside pages of its block tables. Returns false where the driver has no encoder.
+inline bool encode_kv_tensor_map(CUtensorMap* map, const void* cache, int num_kv_heads, int head_dim, int box_rows) {
+  using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+  static const EncodeTiled encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult status{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &status) !=
+            cudaSuccess ||
+        status != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<EncodeTiled>(fn);
+  }();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[3] = {cuuint64_t(head_dim), cuuint64_t(num_kv_heads), cuuint64_t{0x7fffffff}};
+  const cuuint64_t strides[2] = {cuuint64_t(head_dim) * 2, cuuint64_t(num_kv_heads) * cuuint64_t(head_dim) * 2};
+  const cuuint32_t box[3] = {64, 1, cuuint32_t(box_rows)};
+  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(cache), dims, strides, box, elem_strides,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 // --- cp.async completion on an mbarrier (PTX ISA: cp.async.mbarrier.arrive) --------------------
 // Arrives on `bar` once every cp.async this thread issued before has landed. Without .noinc the
 // pending count is raised by one first, so the async arrival cancels it: the phase still waits
@@ -97,8 +144,8 @@ __device__ __forceinline__ void cp_async_mbarrier_arrive(uint64_t* bar) {
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 // --- proxy fence (PTX ISA: membar/fence, fence.proxy.async) ------------------------------------
-// cp.async writes shared memory through the generic proxy and wgmma reads it through the async
-// proxy: after acquiring a stage, the reader orders the two before its wgmmas read it.
+// cp.async (the query tile) writes shared memory through the generic proxy and wgmma reads it
+// through the async proxy: after acquiring the tile, the reader orders the two before its wgmmas.
 __device__ __forceinline__ void fence_proxy_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
