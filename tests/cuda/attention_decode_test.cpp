@@ -5,13 +5,13 @@
 // rule, at 256 keys and at one block (many partials). Outputs and partials are poisoned with NaN
 // before every run and every element is checked. Also: tiles of more than 16 rows (run in slabs),
 // a graph-style launch (task count on the device, capacity past it), repeatability, what the
-// launcher rejects, and the split rule (decode_split.h) against the work-list builder.
+// launcher rejects, and the split rule (decode_split.h) against the work-list builder and the
+// splits the bench measured best.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <numeric>
 #include <random>
 #include <string>
@@ -38,16 +38,6 @@ using testing::random_bf16;
 class AttentionDecode : public ::testing::Test {
  protected:
   void SetUp() override { ASSERT_GT(device_count(), 0) << "no CUDA device"; }
-};
-
-// The kernel's two ways of loading a stage (XY_DECODE_ATTENTION_LOADS: "tma" bulk copies, the
-// default, or "lsu" cp.async), set for the scope of one run.
-class StageLoads {
- public:
-  explicit StageLoads(const char* loads) { setenv("XY_DECODE_ATTENTION_LOADS", loads, 1); }
-  ~StageLoads() { unsetenv("XY_DECODE_ATTENTION_LOADS"); }
-  StageLoads(const StageLoads&) = delete;
-  StageLoads& operator=(const StageLoads&) = delete;
 };
 
 // A random decode-only step for a GQA group of `group`: decodes over short, medium and long
@@ -136,26 +126,15 @@ TEST_F(AttentionDecode, MatchesCpuAndTensorCoreKernelOnRandomDecodeWorkLists) {
     fill_inputs(p, rng);
 
     const std::vector<float> want = run_on_cpu(p);
-    const char* loads = (trial / 2) % 2 ? "lsu" : "tma";
-    std::vector<uint16_t> got, again, other;
-    {
-      StageLoads scope(loads);
-      got = run_on_device(p, AttentionKernel::kDecode);
-      again = run_on_device(p, AttentionKernel::kDecode);
-    }
-    {
-      StageLoads scope((trial / 2) % 2 ? "tma" : "lsu");
-      other = run_on_device(p, AttentionKernel::kDecode);
-    }
+    const std::vector<uint16_t> got = run_on_device(p, AttentionKernel::kDecode);
+    const std::vector<uint16_t> again = run_on_device(p, AttentionKernel::kDecode);
     const std::vector<uint16_t> tc = run_on_device(p, AttentionKernel::kTensorCore);
     ASSERT_EQ(got, again) << "trial " << trial << ": two runs of the same list differ";
-    // The loads change where bytes come from, never the math: the same bits.
-    ASSERT_EQ(got, other) << "trial " << trial << ": the tma and lsu loads disagree";
     for (size_t i = 0; i < want.size(); ++i) {
       const float g = bf16_to_f32(got[i]), o = bf16_to_f32(tc[i]);
       const float tol = tolerance(want[i]);
       ASSERT_TRUE(std::isfinite(g) && std::fabs(g - want[i]) <= tol)
-          << "trial " << trial << " loads " << loads << " hd " << p.hd << " group " << p.group << " window "
+          << "trial " << trial << " hd " << p.hd << " group " << p.group << " window "
           << p.window << " block " << p.block_size << " split " << split << " element " << i << " (row "
           << i / size_t(heads * p.hd)
           << ", head " << i % size_t(heads * p.hd) / size_t(p.hd) << "): got " << g << " want " << want[i] << "\n"
@@ -192,7 +171,6 @@ TEST_F(AttentionDecode, RunsTilesOfMoreThan16RowsInSlabs) {
     for (const auto& t : p.list.tasks) big_tasks += t.q_count * p.group > kDecodeMaxRows;
     fill_inputs(p, rng);
     const std::vector<float> want = run_on_cpu(p);
-    StageLoads scope(trial % 4 < 2 ? "tma" : "lsu");
     const std::vector<uint16_t> got = run_on_device(p, AttentionKernel::kDecode);
     for (size_t i = 0; i < want.size(); ++i) {
       const float g = bf16_to_f32(got[i]);
@@ -221,7 +199,6 @@ TEST_F(AttentionDecode, GraphStyleLaunchRunsTheDeviceCountOfTasksOnly) {
     const int32_t heads = p.kv_heads * p.group;
     p.list = meta::build_attention_work_list(p.plan, {heads, p.kv_heads, 0}, {p.tile_rows, trial % 2 ? 64 : 256});
     fill_inputs(p, rng);
-    StageLoads scope(trial % 4 < 2 ? "tma" : "lsu");
     const std::vector<uint16_t> plain = run_on_device(p, AttentionKernel::kDecode);
     const int32_t count = int32_t(p.list.tasks.size());
     for (int32_t i = 0; i < count; ++i) {
@@ -256,10 +233,6 @@ TEST(AttentionDecodeArgs, RejectsWhatTheKernelDoesNotServe) {
   aa.batch_invariant = true;
   EXPECT_THROW(launch_attention(aa, nullptr, AttentionKernel::kDecode), InvalidArgument);
   aa.batch_invariant = false;
-  {
-    StageLoads scope("ldg");
-    EXPECT_THROW(launch_attention(aa, nullptr, AttentionKernel::kDecode), InvalidArgument);
-  }
 
   // A verify of 5 tokens at group 4 is a 20-row task in a list of 64-row tiles.
   meta::StepPlan plan;
@@ -303,11 +276,21 @@ TEST(DecodeSplit, SplitsLongContextsUntilTheCtasShareTheWork) {
   const DecodeSplitEstimate e = estimate_decode_split(contexts, kLlamaH200, split);
   const int64_t workers = int64_t(kLlamaH200.num_sms) * kDecodeCtasPerSm;
   EXPECT_LT(split, 32768);
-  EXPECT_GE(e.num_tasks, workers / 2) << "split " << split;
+  EXPECT_GE(e.num_tasks, workers) << "split " << split << ": a CTA without a task";
   EXPECT_LE(double(e.makespan), 1.25 * double(e.total) / double(workers)) << "split " << split;
   // One request alone: split until it spreads over many CTAs.
   const int32_t one = decode_kv_split(repeat(1, 16384), kLlamaH200);
   EXPECT_LE(one, 1024);
+}
+
+// The splits attention_bench measured best on an H200 (decode lines, splits 1024 to 32768 forced
+// beside the rule's): 64 x 1k, 64 x 4k and 256 x 2k whole, 8 x 32k at 4096 (3.86 TB/s against 3.72
+// at 8192 and 3.71 at 16384). decode_split.cpp's worked examples give the rule's arithmetic.
+TEST(DecodeSplit, PicksTheSplitsMeasuredBestOnTheBenchCases) {
+  EXPECT_EQ(decode_kv_split(repeat(64, 1024), kLlamaH200), 1024);
+  EXPECT_EQ(decode_kv_split(repeat(64, 4096), kLlamaH200), 4096);
+  EXPECT_EQ(decode_kv_split(repeat(256, 2048), kLlamaH200), 2048);
+  EXPECT_EQ(decode_kv_split(repeat(8, 32768), kLlamaH200), 4096);
 }
 
 // The rule's task and partial counts are the work-list builder's, and its deal is

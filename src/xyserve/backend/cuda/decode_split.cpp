@@ -8,28 +8,40 @@
 // head_dim 128 (K + V = 512 bytes a key).
 //
 // The arithmetic the rule weighs, per candidate split:
-//   - total / W: the step at full bandwidth. Each task also costs kTaskOverheadKeys (its
-//     geometry and Q loads, two CTA barriers and the merge of the 4 warps' states: ~0.5 us).
-//   - makespan / kHeadroom: a CTA keeps up to 64 KB of KV in flight (4 warps x 2 stages x 8 KB);
-//     at the 1.5-2 us latency of a loaded HBM that is 32-43 GB/s, 2-2.6x its fair share. So the
-//     device stays saturated while about half the CTAs are busy, and the CTA with the most work
-//     bounds the step only beyond twice the average: kHeadroom = 2.
+//   - total / min(tasks, W): the step at the bandwidth of the CTAs that have a task. Each task also
+//     costs kTaskOverheadKeys (its geometry and Q loads and the fold of the 4 warps' states:
+//     ~0.5 us). A CTA without a task leaves its share of the bytes in flight unused for the whole
+//     launch. (Measured, bench/cuda/attention_bench on an H200, first version of the kernel:
+//     8 x 32k at split 8192 is 256 tasks on 264 CTAs and streamed 3.72 TB/s, at split 4096 it is
+//     512 tasks, every CTA busy, and streamed 3.86, although both deals give the busiest CTA the
+//     same 8192 keys and 4096 adds tasks and partials. Total and makespan alone tie the two, and
+//     the per-task and merge costs then pick 8192; counting idle CTAs picks 4096. The term
+//     overstates what idle CTAs cost (split 16384, 128 tasks, streamed 3.71, as 8192 did; the
+//     rule ranks both below 1024, measured at 3.56), but it picks the measured best.)
+//   - makespan / kHeadroom: a CTA keeps up to 80 KB of KV in flight (4 warps x 5 entries x 4 KB);
+//     at the 1.5-2 us latency of a loaded HBM that is 40-53 GB/s, 2.5-3.3x its fair share (one
+//     CTA alone on an SM streamed 34 GB/s with the first version's 64 KB: 8 x 32k unsplit, 64
+//     tasks, 2.17 TB/s). So CTAs with work beyond the average are absorbed by the headroom, and
+//     the CTA with the most work bounds the step only beyond twice the average: kHeadroom = 2.
 //   - kMergeCostKeys once any span is split: the partials' merge launch (~3 us with its reads).
-// cost = max(total / W, makespan / kHeadroom) + merge; the least cost wins, the largest split on
-// ties (fewer partials). Candidates: no split, then powers of two from below the longest context
-// down to kMinSplitKeys = 256 (16 chunks of 16 keys: a shorter task leaves the CTA's 4 warps with
-// fewer than 4 chunks each, not enough to keep their 2-stage rings full).
+// cost = max(total / min(tasks, W), makespan / kHeadroom) + merge; the least cost wins, the largest
+// split on ties (fewer partials). Candidates: no split, then powers of two from below the longest
+// context down to kMinSplitKeys = 256 (16 chunks of 16 keys: 4 a warp, little more than the 3
+// chunks its ring holds, so a shorter task is mostly per-task overhead).
 //
-// Worked examples, Llama-3-8B (8 KV heads), block 16, W = 264:
+// Worked examples, Llama-3-8B (8 KV heads), block 16, W = 264, against the measured best splits:
 //   256 x 2k: 2048 tasks of 2064 (7.76 a CTA): total/W 16012, makespan 8 x 2064 = 16512 -> 16012
-//     whole; split 1024 gives 4096 tasks of 1040: total/W 16136 + 96 -> kept whole.
-//   64 x 1k, 64 x 4k: 512 tasks, at most 2 a CTA (total/W 2017 vs makespan 2080) -> whole.
-//   8 x 32k: 64 tasks of 32784 -> 16392 whole; split 8192: 256 tasks, total/W 7959 + 96 = 8055;
-//     4096: 512 tasks, 7975 + 96 = 8071 -> 8192 (4 partials per request and head).
-//   1 x 4k: 8 tasks -> 4112 / 2 = 2056 whole; split 256: 128 tasks of 272 -> 136 + 96 = 232.
-//   1 x 512: 528 / 2 = 264 whole; split 256: 136 + 96 = 232 -> 256 (a tiny step either way).
-// The constants are estimates from the kernel's design, to be tuned with bench/cuda/attention_bench
-// (decode cases with the split forced) once the kernel has run.
+//     whole; split 1024 gives 4096 tasks of 1040: total/W 16136 + 96 -> kept whole (measured: whole
+//     4.07 TB/s, 4096+ 4.05-4.06, 1024 3.95).
+//   64 x 1k, 64 x 4k: 512 tasks, at most 2 a CTA (total/W 2017 vs makespan 2080) -> whole (measured:
+//     1k flat at 3.72-3.76 over splits 1024-32768; 4k whole 3.95-4.00, split 1024 3.83).
+//   8 x 32k: 64 tasks of 32784 -> 32784 whole; 16384: 128 tasks, 16400 + 96; 8192: 256 tasks,
+//     8208 + 96; 4096: 512 tasks, 7975 + 96 = 8071; 2048: 8006 + 96 -> 4096 (measured: 4096 3.86,
+//     8192 3.72, 16384 3.71, 1024 3.56, whole 2.17).
+//   1 x 4k: 8 tasks -> 4112 whole; split 256: 128 tasks of 272 -> 272 + 96 = 368.
+//   1 x 512: 528 whole; split 256: 16 tasks -> 272 + 96 = 368 -> 256 (a tiny step either way).
+// The constants are estimates from the kernel's design; the bench's decode lines (the rule's split,
+// then 1024/4096/16384/32768) show whether the rule still picks the best split.
 #include "xyserve/backend/cuda/decode_split.h"
 
 #include <algorithm>
@@ -108,7 +120,7 @@ DecodeSplitEstimate estimate_decode_split(std::span<const int32_t> context_lengt
     load += diff[size_t(w)];
     e.makespan = std::max(e.makespan, every + load);
   }
-  e.cost = std::max(double(e.total) / double(workers), double(e.makespan) / kHeadroom) +
+  e.cost = std::max(double(e.total) / double(g), double(e.makespan) / kHeadroom) +
            (e.num_partials > 0 ? double(kMergeCostKeys) : 0.0);
   return e;
 }

@@ -12,7 +12,7 @@
 
 namespace xy::cuda {
 
-// CTAs of the decode kernel resident on one SM. Its shared memory (105 KB at head_dim 128, 93 KB at
+// CTAs of the decode kernel resident on one SM. Its shared memory (112 KB at head_dim 128, 104 KB at
 // 64) and __launch_bounds__ are sized for two; the split rule counts its workers with this.
 inline constexpr int32_t kDecodeCtasPerSm = 2;
 
