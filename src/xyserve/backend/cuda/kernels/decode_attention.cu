@@ -21,10 +21,9 @@
 //     memory goes to the ring), so ldmatrix reads are conflict-free. A key the task does not see
 //     (before the span or the window, past the span, a tree row of another span) is zero-filled
 //     without a read and masked.
-//   - With each chunk's K rows, the warp also asks L2 for its next chunk of the task
-//     (prefetch.global.L2, kPrefetchChunks ahead, ~2 us): DRAM requests in flight that hold no
-//     shared memory and need no data back in the SM, so the ring's cp.async mostly meet L2's
-//     latency instead of DRAM's. (kPrefetchChunks = 0 turns it off, to measure what it buys.)
+//   - An L2 prefetch of the warp's next chunk (prefetch.global.L2, kPrefetchChunks ahead) is
+//     there to measure and off: on the H200 it cost 7-14% (the ring alone keeps enough in
+//     flight; the extra requests compete with it).
 //   - A task's keys are dealt to the warps in 16-key chunks, chunk j to warp (j + 1) % 4, the same
 //     for every task (so a task's result does not depend on the grid): warp 0, which folds the
 //     states at the end, takes the last chunk of every 4 and never one of the remainder. Each warp
