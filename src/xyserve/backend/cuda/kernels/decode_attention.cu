@@ -59,6 +59,7 @@
 #include "xyserve/backend/cuda/kernels/gemm_ptx.cuh"
 #include "xyserve/backend/cuda/kernels/kernels.h"
 #include "xyserve/backend/cuda/kernels/meta_attention_ptx.cuh"
+#include "xyserve/backend/cuda/kernels/mma_softmax.cuh"
 #include "xyserve/common/error.h"
 
 namespace xy::cuda {
@@ -424,35 +425,7 @@ struct SlabState {
         }
       }
     }
-    // Online softmax: row max over the 4 lanes of the row, rescale O and l.
-    float scale_old[2], m_use[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float mx = fmaxf(fmaxf(s[0][2 * h], s[0][2 * h + 1]), fmaxf(s[1][2 * h], s[1][2 * h + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[h], mx);
-      m_use[h] = m_new == -INFINITY ? 0.0f : m_new;  // a row that saw nothing keeps p = 0
-      scale_old[h] = exp2f(m[h] - m_use[h]);
-      m[h] = m_new;
-    }
-    float row_sum[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[nt][e] = exp2f(s[nt][e] - m_use[e / 2]);
-        row_sum[e / 2] += s[nt][e];
-      }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) l[h] = l[h] * scale_old[h] + row_sum[h];  // lane-partial sums
-#pragma unroll
-    for (int i = 0; i < T::kOutTiles; ++i) {
-      o[i][0] *= scale_old[0];
-      o[i][1] *= scale_old[0];
-      o[i][2] *= scale_old[1];
-      o[i][3] *= scale_old[1];
-    }
+    attn::online_softmax_step(s, m, l, o);  // p = exp2(s - max), O and l rescaled (mma_softmax.cuh)
     // The S accumulators of the two key tiles are the A fragment of the 16 keys.
     pa[0] = pack_bf16(s[0][0], s[0][1]);
     pa[1] = pack_bf16(s[0][2], s[0][3]);

@@ -25,6 +25,7 @@
 #include "xyserve/backend/cuda/cuda_check.h"
 #include "xyserve/backend/cuda/kernels/kernels.h"
 #include "xyserve/backend/cuda/kernels/meta_attention_ptx.cuh"
+#include "xyserve/backend/cuda/kernels/mma_softmax.cuh"
 
 namespace xy::cuda {
 namespace {
@@ -245,38 +246,7 @@ __device__ __forceinline__ void meta_attention_task(
         s[nt][e] = v;
       }
     }
-    // Online softmax: new row max over the 4 lanes of the row, rescale O and l.
-    float scale_old[2], m_use[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < kTiles; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[h], mx);
-      m_use[h] = m_new == -INFINITY ? 0.0f : m_new;  // a row that saw nothing keeps p = 0
-      scale_old[h] = exp2f(m[h] - m_use[h]);
-      m[h] = m_new;
-    }
-    float row_sum[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int nt = 0; nt < kTiles; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[nt][e] = exp2f(s[nt][e] - m_use[e / 2]);
-        row_sum[e / 2] += s[nt][e];
-      }
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) l[h] = l[h] * scale_old[h] + row_sum[h];  // lane-partial sums
-#pragma unroll
-    for (int i = 0; i < T::kOutTiles; ++i) {
-      o[i][0] *= scale_old[0];
-      o[i][1] *= scale_old[0];
-      o[i][2] *= scale_old[1];
-      o[i][3] *= scale_old[1];
-    }
+    online_softmax_step(s, m, l, o);  // p = exp2(s - max), O and l rescaled (mma_softmax.cuh)
     // O += P V: the S accumulators of key tiles 2kk, 2kk+1 are the A fragment of 16 keys.
 #pragma unroll
     for (int kk = 0; kk < kTiles / 2; ++kk) {
