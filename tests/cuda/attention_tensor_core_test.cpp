@@ -6,7 +6,8 @@
 // that end mid-block); the wgmma kernel also in a graph-style launch (task count on the device,
 // capacity past it), at every KV block size its TMA boxes handle (8 to 256: up to 16 pages a key
 // block, or a box inside a page), on steps of hundreds of tiny tasks (its load rings and Q
-// buffers run across task boundaries), and on spans that start mid-page. Outputs and partials
+// buffers run across task boundaries), on spans that start mid-page, and on steps that mix long
+// tiles with many decodes (the same bits run to run and under either deal). Outputs and partials
 // are poisoned with NaN before every run and every element is checked.
 #include <gtest/gtest.h>
 
@@ -333,6 +334,55 @@ TEST_F(AttentionTensorCore, WgmmaMatchesCpuOnSpansThatStartMidPage) {
       if (want.empty()) want = run_on_cpu(p);
       ASSERT_TRUE(std::isfinite(expect_close(p, run_on_device(p, AttentionKernel::kWgmma), want,
                                              cat("mid-page trial ", trial, " split ", split))));
+    }
+  }
+}
+
+// A hybrid step: long chunks (tiles of more than 64 rows, which the two consumers compute in
+// pingpong turns) among many decodes and verifies with contexts of up to two thousand keys
+// (tiles of at most 64 rows, whose key blocks the consumers share), so tiles of both kinds follow
+// each other in every CTA, with and without splits. The result is the same bits run to run, and
+// in an eager launch (CTAs take tasks from a counter) and a graph-style one (a static deal): no
+// state carries from one task to the next whichever CTA runs it.
+TEST_F(AttentionTensorCore, WgmmaMixesLongTilesWithManyDecodesAndRepeatsItsBits) {
+  std::mt19937 rng(72);
+  for (int trial = 0; trial < 4; ++trial) {
+    Problem p;
+    p.hd = trial % 2 ? 128 : 64;
+    p.tile_rows = 128;
+    p.kv_heads = 2;
+    p.group = trial < 2 ? 4 : 8;
+    p.block_size = 16;
+    p.window = trial == 3 ? 700 : 0;
+    constexpr int32_t kRequests = 100;
+    p.num_blocks = kRequests * (2400 / p.block_size) + 64;
+    p.plan.block_size = p.block_size;
+    std::vector<int32_t> pool(static_cast<size_t>(p.num_blocks));
+    std::iota(pool.begin(), pool.end(), 0);
+    std::shuffle(pool.begin(), pool.end(), rng);
+    for (int64_t r = 0; r < kRequests; ++r) {
+      const int32_t computed = 900 + int32_t(rng() % 1200);
+      if (r % 33 == 0) {
+        testing::append_request(p.plan, r, computed, 150 + int32_t(rng() % 150), {}, pool);  // a chunk
+      } else if (r % 7 == 0) {
+        const int32_t n = 2 + int32_t(rng() % 6);
+        testing::append_request(p.plan, r, computed, n, testing::random_tree(n, rng), pool);  // a verify
+      } else {
+        testing::append_request(p.plan, r, computed, 1, {}, pool);  // a decode
+      }
+    }
+    fill_inputs(p, rng);
+    const int32_t heads = p.kv_heads * p.group;
+    std::vector<float> want;
+    for (int32_t split : {16384, 512}) {
+      p.list = meta::build_attention_work_list(p.plan, {heads, p.kv_heads, p.window}, {p.tile_rows, split});
+      if (want.empty()) want = run_on_cpu(p);
+      const std::vector<uint16_t> eager = run_on_device(p, AttentionKernel::kWgmma);
+      ASSERT_TRUE(std::isfinite(expect_close(p, eager, want, cat("mixed trial ", trial, " split ", split))));
+      ASSERT_EQ(run_on_device(p, AttentionKernel::kWgmma), eager)
+          << "mixed trial " << trial << " split " << split << ": a second eager run gave other bits";
+      ASSERT_EQ(run_on_device(p, AttentionKernel::kWgmma, int32_t(p.list.tasks.size())), eager)
+          << "mixed trial " << trial << " split " << split << ": the graph-style deal gave other bits";
     }
   }
 }

@@ -23,14 +23,22 @@
 //     O += P V             wgmma m64nDk16, P (bf16) from the S registers, V MN-major
 //   The next block's Q K^T is issued before this block's P V (each its own wgmma group), so the
 //   softmax of one block runs while the tensor cores work on the other (FA3's intra-warpgroup
-//   overlap); K is released as soon as its scores are in registers, V after its P V.
+//   overlap); K is released as soon as its scores are in registers, V after its P V. And the
+//   two consumers take turns to issue (pingpong, FA3's inter-warpgroup overlap: named barriers
+//   kTurnBarrier + c), so one's softmax runs while the other's wgmmas fill the tensor cores.
 //   Epilogue: the normalised rows are written in bf16 into the consumer's own rows of the task's
 //   Q buffer (done with by then) and copied out as 16-byte row segments; the buffer goes back to
 //   the Q loader after that. Partials (fp32) are stored from registers.
 // A tile of at most 64 rows (a decode, a verify, a short chunk, any tile of a 64-row list) fills
 // one consumer's rows: both consumers then take the same 64 rows and alternate key blocks, and
 // consumer 1 hands its softmax state to consumer 0 through shared memory, which merges the two
-// by log-sum-exp and writes the rows.
+// by log-sum-exp and writes the rows. There each consumer finishes a block (P V retired, K and V
+// released) before it starts its next, without turns: such tiles read the cache, not the tensor
+// cores, and a V stage must not wait for the K load issued just before its refill (the producer
+// refills in ring order, K then V: with P V trailing the next block's Q K^T, every block paid a
+// whole load latency). With 2 stages each consumer's next block (64 KB at head_dim 128) loads
+// once its last is done: 128 KB per (load latency + one block's compute, ~0.8 us), past the
+// ~32 KB/us per SM of a full-rate read for latencies up to ~3 us.
 //
 // Keys: a task lists the cache slots [key_base, key_base + num_keys), key_base the multiple of 128
 // at or below its first visible slot, so block b is slots key_base + 128 b onwards and starts on a
@@ -98,6 +106,9 @@ struct WgmmaAttentionTraits {
       1024 + 2 * size_t(kQBytes) + 2 * size_t(kStages) * kKvBytes + size_t(kMergeBytes);
   // ptxas -v: no spills at 56 / 224 (the producer spills at 40: warp 0 holds the next task's
   // description while it loads this one's blocks); the consumers hold S, O and P, 160 registers.
+  // Pingpong turns between the consumers on tiles over 64 rows (consume); false restores the
+  // second version's free-running consumers (for an A/B on the device).
+  static constexpr bool kPingpong = true;
   static constexpr int kProducerRegs = 56;
   static constexpr int kConsumerRegs = 224;
   static_assert(kHeadDim == 64 || kHeadDim == 128, "P V wrappers exist for n = 64 and 128");
@@ -109,6 +120,7 @@ struct WgmmaAttentionTraits {
 // Named barriers (0 is __syncthreads).
 constexpr int kMergeFullBarrier = 2;   // consumer 1's state is in the merge buffer
 constexpr int kMergeEmptyBarrier = 3;  // consumer 0 has read it
+constexpr int kTurnBarrier = 4;        // + c: consumer c's turn to issue wgmmas (pingpong)
 
 // One task as every role needs it, written by the producer into a slot of a 2-deep ring.
 struct TaskInfo {
@@ -339,6 +351,11 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
   float* const merge_rows = merge_s + T::kOutRegs * 128;  // [64] row max, then [64] row sum
   bool merge_written = false;  // consumer 1 has handed a state over (the buffer may be in use)
 
+  // Consumer 0 takes the first turn. Each later arrival of consumer 1 on consumer 0's turn
+  // barrier answers one of consumer 0's turns, and consumer 0 takes this first one back at the
+  // end, so both turn barriers end balanced.
+  if (T::kPingpong && c == 1) named_barrier_arrive(kTurnBarrier + 0, 256);
+
   uint32_t g = 0;  // blocks consumed so far, as the producer counts them
   for (uint32_t t = 0;; ++t) {
     const int slot = t % 2;
@@ -402,6 +419,22 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
       release(&sh.v_empty[st]);
     };
 
+    // Pingpong turns of tiles over 64 rows (both consumers on every block): consumer c waits on
+    // barrier kTurnBarrier + c (its 128 threads and the other's 128 arrivals), then passes the
+    // turn on by arriving on the other's. A consumer arrives again on a barrier only after
+    // taking a turn that the other passed after syncing on it, so no barrier ever sees one
+    // consumer's arrivals twice in a generation.
+    // (Constant barrier ids: with an id in a register, ptxas reserves all 16 barriers.)
+    auto take_turn = [&] {
+      if (!T::kPingpong) return;
+      if (T::kPingpong && c == 0) ptx::named_barrier_sync(kTurnBarrier + 0, 256);
+      else ptx::named_barrier_sync(kTurnBarrier + 1, 256);
+    };
+    auto pass_turn = [&] {
+      if (!T::kPingpong) return;
+      if (c == 0) named_barrier_arrive(kTurnBarrier + 1, 256);
+      else named_barrier_arrive(kTurnBarrier + 0, 256);
+    };
     // Operand fences keep the compiler's plain register accesses on their side of the wgmmas
     // (CUTLASS's warpgroup_fence_operand); the hardware ordering is wgmma.fence / wait's.
     auto fence_s = [&] {
@@ -528,15 +561,48 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
       }
     };
 
-    // This consumer's blocks: all, or (split) those of its parity; the others are released.
-    const int step = split ? 2 : 1;
-    int32_t b = split ? c : 0;
-    if (split && c == 1 && num_blocks > 0) release_other(0);
-    if (b < num_blocks) {
+    float scale_old[2], row_sum[2];
+    if (split) {
+      // A tile of at most 64 rows: the blocks of this consumer's parity, each finished (P V
+      // retired, both stages released) before the next is started. No overlap inside the
+      // warpgroup: the other consumer's block fills the tensor cores meanwhile, and the V stage
+      // goes back as soon as its own block is done, so the producer's next V load never waits
+      // for a K load it has just issued (it did when P V trailed the next block's Q K^T: then
+      // every block paid a full load latency, and the KV read rate of decodes fell to 3 TB/s).
+      // The other consumer's blocks are released in ring order (release_other).
+      for (int32_t b = c; b < num_blocks; b += 2) {
+        if (b >= 1) release_other(b - 1);
+        ptx::mbarrier_wait(&sh.k_full[stage_of(b)], phase_of(b));
+        issue_qk(stage_of(b));
+        ptx::wgmma_wait<0>();
+        fence_s();
+        release(&sh.k_empty[stage_of(b)]);
+        softmax(b, scale_old, row_sum);  // on the first block m was -inf: scale_old is 0, o and l are 0
+#pragma unroll
+        for (int i = 0; i < T::kOutRegs; ++i) o[i] *= scale_old[(i / 2) % 2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) l[h] = l[h] * scale_old[h] + row_sum[h];  // lane-partial sums
+        pack_p();
+        ptx::mbarrier_wait(&sh.v_full[stage_of(b)], phase_of(b));
+        issue_pv(stage_of(b));
+        ptx::wgmma_wait<0>();
+        fence_o();
+        fence_p();
+        release(&sh.v_empty[stage_of(b)]);
+      }
+      if (num_blocks > 0 && (num_blocks - 1) % 2 != c) release_other(num_blocks - 1);  // the other's last
+    } else if (num_blocks > 0) {
+      // Both consumers take every block, in turns (pingpong): each issues its wgmmas only after
+      // the other has issued its own for the same step, so the tensor cores run one warpgroup's
+      // Q K^T and P V while the other masks and exponentiates (FA3's inter-warpgroup overlap,
+      // on top of the overlap inside the warpgroup below). The K and V waits come before the
+      // turn: a consumer holding the turn waits for nothing but its own wgmma issue.
       // First block: S only (O is zero, so there is no P V to overlap yet).
-      float scale_old[2], row_sum[2];
+      int32_t b = 0;
       ptx::mbarrier_wait(&sh.k_full[stage_of(b)], phase_of(b));
+      take_turn();
       issue_qk(stage_of(b));
+      pass_turn();
       ptx::wgmma_wait<0>();
       fence_s();
       release(&sh.k_empty[stage_of(b)]);
@@ -545,14 +611,15 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
       for (int h = 0; h < 2; ++h) l[h] = row_sum[h];
       pack_p();
       int32_t prev = b;  // the block whose P V is pending
-      for (b += step; b < num_blocks; b += step) {
-        if (split) release_other(b - 1);
+      for (b = 1; b < num_blocks; ++b) {
         // S = Q K^T of this block, then O += P V of the previous one behind it: the tensor cores
         // run the P V while this warpgroup masks and exponentiates the new scores.
         ptx::mbarrier_wait(&sh.v_full[stage_of(prev)], phase_of(prev));
         ptx::mbarrier_wait(&sh.k_full[stage_of(b)], phase_of(b));
+        take_turn();
         issue_qk(stage_of(b));
         issue_pv(stage_of(prev));
+        pass_turn();
         ptx::wgmma_wait<1>();  // S is in
         fence_s();
         release(&sh.k_empty[stage_of(b)]);
@@ -568,7 +635,8 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
         pack_p();
         prev = b;
       }
-      if (split && prev + 1 < num_blocks) release_other(prev + 1);  // the other's last block
+      // The last P V, outside the turns (as FA3's): both consumers take exactly num_blocks turns
+      // per tile, so the turn comes back to consumer 0 at every tile's end.
       ptx::mbarrier_wait(&sh.v_full[stage_of(prev)], phase_of(prev));
       issue_pv(stage_of(prev));
       ptx::wgmma_wait<0>();
@@ -668,8 +736,10 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
     }
     ptx::mbarrier_arrive(&sh.q_empty[slot]);  // the Q loader may refill this buffer (task t + 2)
   }
-  // Balance consumer 0's last arrive on the merge buffer, so no barrier is left half-arrived.
+  // Balance consumer 0's last arrive on the merge buffer and consumer 1's last pass of the turn,
+  // so no barrier is left half-arrived.
   if (c == 1 && merge_written) ptx::named_barrier_sync(kMergeEmptyBarrier, 256);
+  if (T::kPingpong && c == 0) ptx::named_barrier_sync(kTurnBarrier + 0, 256);
 }
 
 template <int kHeadDim>
