@@ -25,7 +25,7 @@
 //
 // Output: tables on stdout and every measurement as CSV in the file named by --csv (default
 // gemm_bench.csv); a kernel timed with PDL appears as "<name>+pdl", an ablation configuration
-// as "<name>[<groups>x<unroll>,pf<d>]".
+// as "<name>[<groups>x<unroll>-pf<d>]".
 // Usage: gemm_bench [--csv FILE] [--quick]   (--quick: M in {1, 8, 32, 64, 777, 4096})
 #include <cuda_bf16.h>
 
@@ -368,7 +368,7 @@ void run_gemv_ablation(cudaStream_t stream, double copy_tbps, FILE* csv, xy::ben
           launch(0);
           XY_CUDA_CHECK(cudaStreamSynchronize(stream));
           const double diff = max_scaled_diff(b.y[0].as<bf16>(), y_check.as<bf16>(), p.m, s.n);
-          const std::string name = xy::cat("gemv_t", p.tok, "[", groups, "x", unroll, ",pf", prefetch, "]");
+          const std::string name = xy::cat("gemv_t", p.tok, "[", groups, "x", unroll, "-pf", prefetch, "]");
           std::fprintf(csv, "%s,%s,%d,%d,%d,%s,%.3f,%.4f,%.4f,%.2f,,,%.2e\n", s.model, s.layer, p.m, s.n, s.k,
                        name.c_str(), us, bytes / us * 1e-6, bytes / us * 1e-6 / copy_tbps,
                        2.0 * p.m * s.n * s.k / us * 1e-6, diff);
