@@ -5,7 +5,7 @@
 //   decode_bench [--model DIR] [--preset llama3-8b] [--context 512] [--batches 1,8,32,128,256]
 //                [--prefill 1024,4096,8192] [--steps 20] [--cuda-graphs 0|1|both]
 //                [--deterministic 0|1] [--gemm smooth|cublas|both] [--gemm-table FILE]
-//                [--attention auto|tensor-core]   (CudaBackendOptions::attention)
+//                [--attention auto|tensor-core] [--pdl 0|1]   (CudaBackendOptions::attention, pdl)
 // Without --model, writes the preset's random checkpoint to /tmp/xy-<preset> (once).
 // --cuda-graphs both (the default) times the decode steps eagerly and with CUDA graphs, one
 // backend after the other (two would not fit beside each other's KV cache), side by side.
@@ -96,6 +96,7 @@ int main(int argc, char** argv) {
   int context = 512, steps = 20;
   bool deterministic = false;
   std::string attention = "auto";  // CudaBackendOptions::attention: auto | tensor-core
+  bool pdl = true;                 // CudaBackendOptions::pdl
   std::vector<int> batches{1, 8, 32, 128, 256}, prefills{1024, 4096, 8192};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
@@ -110,6 +111,7 @@ int main(int argc, char** argv) {
     else if (k == "--gemm") gemm = v;
     else if (k == "--gemm-table") gemm_table_path = v;
     else if (k == "--attention") attention = v;
+    else if (k == "--pdl") pdl = v == "1";
     else { std::fprintf(stderr, "decode_bench: unknown flag %s\n", k.c_str()); return 2; }
   }
   std::vector<bool> modes;  // cuda_graphs of each backend, in order
@@ -152,6 +154,7 @@ int main(int argc, char** argv) {
   opt.max_num_tokens = std::max(8192, *std::max_element(prefills.begin(), prefills.end()));
   opt.max_logits_rows = std::max(256, *std::max_element(batches.begin(), batches.end()));
   opt.deterministic = deterministic;
+  opt.pdl = pdl;
   if (attention != "auto" && attention != "tensor-core") {
     std::fprintf(stderr, "decode_bench: --attention takes auto or tensor-core, not %s\n", attention.c_str());
     return 2;

@@ -203,12 +203,6 @@ void CudaBackend::check_plan(const meta::StepPlan& plan) const {
              plan.token_ids[i], " at row ", i, " outside [0, ", config_.vocab_size, ")");
 }
 
-// The layer's four GEMMs are launched with programmatic dependent launch: the kernels before
-// them (norm, attention or merge, SiLU-mul) let dependents start early, and a SmoothGEMM kernel
-// streams its first weights before it waits for their output (gemm.h, GemmArgs::pdl). cuBLASLt
-// routes launch normally.
-constexpr bool kPdl = true;
-
 void CudaBackend::run_layer(const xy::cuda::DevicePlanView& view, int64_t index) {
   const auto& c = config_;
   const Layer& l = layers_[size_t(index)];
@@ -222,7 +216,7 @@ void CudaBackend::run_layer(const xy::cuda::DevicePlanView& view, int64_t index)
   // x += down(...) of the previous layer (none before layer 0); normed = norm(x)
   xy::cuda::launch_add_rms_norm(residual_.get(), index == 0 ? nullptr : proj_.get(), l.input_norm.get(),
                                 nullptr, m, h, eps, normed_.get(), s);
-  gemm_.run(normed_.get(), l.qkv.get(), qkv_.get(), xy::cuda::GemmOut::kBF16, m, int(qkv_dim_), int(h), s, kPdl);
+  gemm_.run(normed_.get(), l.qkv.get(), qkv_.get(), xy::cuda::GemmOut::kBF16, m, int(qkv_dim_), int(h), s, options_.pdl);
   xy::cuda::QkvPrologueArgs pa;
   pa.qkv = qkv_.get();
   pa.m = m;
@@ -261,13 +255,13 @@ void CudaBackend::run_layer(const xy::cuda::DevicePlanView& view, int64_t index)
   aa.partial_sum = partial_stats_.get() + (partial_stats_.size() / 2);
   xy::cuda::launch_attention(aa, s, attention_kernel_);
   xy::cuda::launch_attention_merge(aa, work.merges, work.num_merges, s, work.merge_count);
-  gemm_.run(attn_.get(), l.o_proj.get(), proj_.get(), xy::cuda::GemmOut::kBF16, m, int(h), int(q_dim_), s, kPdl);
+  gemm_.run(attn_.get(), l.o_proj.get(), proj_.get(), xy::cuda::GemmOut::kBF16, m, int(h), int(q_dim_), s, options_.pdl);
 
   xy::cuda::launch_add_rms_norm(residual_.get(), proj_.get(), l.post_norm.get(), nullptr, m, h, eps,
                                 normed_.get(), s);
-  gemm_.run(normed_.get(), l.gate_up.get(), gate_up_.get(), xy::cuda::GemmOut::kBF16, m, int(2 * inter), int(h), s, kPdl);
+  gemm_.run(normed_.get(), l.gate_up.get(), gate_up_.get(), xy::cuda::GemmOut::kBF16, m, int(2 * inter), int(h), s, options_.pdl);
   xy::cuda::launch_silu_mul(gate_up_.get(), m, inter, act_.get(), s);
-  gemm_.run(act_.get(), l.down.get(), proj_.get(), xy::cuda::GemmOut::kBF16, m, int(h), int(inter), s, kPdl);
+  gemm_.run(act_.get(), l.down.get(), proj_.get(), xy::cuda::GemmOut::kBF16, m, int(h), int(inter), s, options_.pdl);
 }
 
 namespace {

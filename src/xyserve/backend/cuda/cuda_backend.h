@@ -63,6 +63,11 @@ struct CudaBackendOptions {
   // head dims or block sizes a kernel lacks fall back to the next. kTensorCore: the mma.sync
   // kernel for every step (the first version, kept for comparison).
   xy::cuda::AttentionKernel attention = xy::cuda::AttentionKernel::kAuto;
+  // The layer's four GEMMs launched with programmatic dependent launch: the kernels before them
+  // (norm, attention or merge, SiLU-mul) let dependents start early, and a SmoothGEMM kernel
+  // streams its first weights before it waits for their output (gemm.h, GemmArgs::pdl). cuBLASLt
+  // routes launch normally whatever this says.
+  bool pdl = true;
 };
 
 class CudaBackend : public Backend {
