@@ -5,10 +5,19 @@
 // Candidates per (shape, M): every kernel of the family that runs the shape (gemm.h), cuBLASLt's
 // default (what `--gemm cublas` runs: its heuristic's first algorithm at that M) and the next
 // --lt-algos algorithms of its heuristic ("cublaslt:<i>"). Each is timed at the bucket's upper M
-// as bench/cuda/gemm_bench.cu times (GEMM_NOTES.md): a CUDA graph of launches, median of kReps
-// replays, operands rotating over >= 3x L2 of weights so that weights are cold, as in serving.
-// Before it is timed, each candidate's output (poisoned first) is compared with cuBLASLt's
-// default; a mismatch is reported and the candidate is not ranked.
+// where the backend runs it: after the kernel before it in the layer. A CUDA graph of `iters`
+// pairs [the kernel writing x (silu_mul for down, an RMSNorm for the others), the candidate
+// reading x], our kernels launched with programmatic
+// dependent launch as the backend launches them, cuBLASLt's plainly; its score is the pair's time
+// less the norm's alone, per pair: what the GEMM adds to the step. Timed back to back instead,
+// the stream-K kernels lost to cuBLASLt at M <= 16 (qkv 17.3 against 16.0 us) and the table kept
+// cuBLASLt, while the same kernels after a norm made the decode step 1.009-1.017x faster
+// (docs/PERFORMANCE.md, "the tuner's choice against the chain's"): with PDL they stream W while
+// the norm runs, which back-to-back launches of one GEMM do not show. Otherwise as
+// bench/cuda/gemm_bench.cu times (GEMM_NOTES.md): median of kReps replays, operands rotating over
+// >= 3x L2 of weights so that weights are cold, as in serving. Before it is timed, each
+// candidate's output (poisoned first) is compared with cuBLASLt's default; a mismatch is reported
+// and the candidate is not ranked.
 //
 // Where the table goes: by default into the model directory, as
 // meta::gemm_table_file_name(device) ("xyserve_gemm_table_NVIDIA_H200.json"), where the backend
@@ -27,6 +36,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "xyserve/cli/commands.h"
@@ -39,6 +49,7 @@
 #include "xyserve/backend/cuda/device.h"
 #include "xyserve/backend/cuda/device_buffer.h"
 #include "xyserve/backend/cuda/gemm.h"
+#include "xyserve/backend/cuda/kernels/kernels.h"
 #include "xyserve/backend/cuda/lt_gemm.h"
 #include "xyserve/backend/cuda/smooth_gemm.h"
 #endif
@@ -82,6 +93,14 @@ constexpr double kPruneFactor = 3, kPruneSlackUs = 20;
 // replays move by about 1% from run to run, and a tie is better served by the default, which
 // re-plans for every M of the bucket.
 constexpr double kMinGain = 0.98;
+// A gemv_t<t> kernel takes ceil(M / t) passes over W (gemm.h). Past this many passes it reads W
+// from memory several times where cuBLASLt reads it once, so it cannot win (in the last tunes it
+// won only o at M <= 16, in one pass: bench/cuda/results/2026-11-25_h200_s3_tune*.txt), and at
+// large M one launch takes tens of ms (gate_up, M = 8192: ~60 ms): it is not timed when
+// M > kMaxGemvPasses * t.
+constexpr int kMaxGemvPasses = 4;
+// The predecessor norm's epsilon; any value serves, its output only has to be finite.
+constexpr float kNormEps = 1e-5f;
 // Random operands are copies of one pattern of this many values. It is prime (2^24 + 43) and
 // larger than any row count, so no two rows of a matrix hold the same values.
 constexpr size_t kPatternElems = (size_t(1) << 24) + 43;
@@ -114,6 +133,7 @@ std::vector<int> parse_m_list(const std::string& text) {
 struct LinearShape {
   std::string layers;
   int n = 0, k = 0;
+  bool after_silu_mul = false;  // down: its x is written by silu_mul, the others' by a norm (or attention)
 };
 
 // The linear layers of a decoder layer as the CUDA backend runs them: q, k and v as one GEMM
@@ -136,18 +156,21 @@ std::vector<LinearShape> linear_shapes(const model::ModelConfig& c) {
     if (same != shapes.end()) {
       same->layers += cat(", ", l.name);
     } else {
-      shapes.push_back({l.name, int(l.n), int(l.k)});
+      shapes.push_back({l.name, int(l.n), int(l.k), std::string_view(l.name) == "down"});
     }
   }
   return shapes;
 }
 
-// Copies of a random pattern into device memory, from `start` in the pattern, wrapping.
-void fill_from_pattern(bf16* dst, size_t count, const std::vector<uint16_t>& pattern, size_t start) {
+// Copies of a random pattern into device memory, from `start` in the pattern, wrapping. `Host`
+// holds the bits of `Device` (uint16_t for bf16).
+template <typename Device, typename Host>
+void fill_from_pattern(Device* dst, size_t count, const std::vector<Host>& pattern, size_t start) {
+  static_assert(sizeof(Device) == sizeof(Host));
   size_t done = 0, pos = start % pattern.size();
   while (done < count) {
     const size_t chunk = std::min(pattern.size() - pos, count - done);
-    XY_CUDA_CHECK(cudaMemcpy(dst + done, pattern.data() + pos, chunk * 2, cudaMemcpyHostToDevice));
+    XY_CUDA_CHECK(cudaMemcpy(dst + done, pattern.data() + pos, chunk * sizeof(Host), cudaMemcpyHostToDevice));
     done += chunk;
     pos = 0;
   }
@@ -162,15 +185,39 @@ std::vector<uint16_t> random_pattern(uint64_t seed, float scale) {
 }
 
 // Operand sets for one shape: x [max_m, k], w [n, k], y [max_m, n], `sets` of each, rotated so
-// that no launch finds the weights of the previous one in L2.
+// that no launch finds the weights of the previous one in L2; and the inputs of the norm that
+// precedes each GEMM and writes its x (tune_shape), shared by the sets: in the backend they are
+// activations, not weights. The backend's norm before qkv and gate_up adds the previous GEMM's
+// output (delta) into the fp32 residual and writes it back; a zero delta gives the same memory
+// traffic and leaves the residual as it was, so every norm writes the same rows of x. Shared, at
+// small M they stay in L2 between the norms timed alone; in the pairs a GEMM's weights pass
+// through L2 between two norms, as in the backend, where a GEMM that loads W evict-first (ours:
+// gemm_ptx.cuh) leaves the norm's inputs in L2 and one that does not makes the next norm read
+// them from memory: the score charges that to the GEMM, as the step does.
 struct Operands {
   int sets = 0;
   std::vector<DeviceBuffer<bf16>> x, w, y;
+  DeviceBuffer<float> residual;    // [max_m, k]
+  DeviceBuffer<bf16> delta;        // [max_m, k], zero
+  DeviceBuffer<bf16> norm_weight;  // [k], ones
+  DeviceBuffer<bf16> gate_up;      // [max_m, 2k]: silu_mul's input, for a shape after_silu_mul
 };
 
 Operands make_operands(const LinearShape& s, int max_m, size_t l2_bytes, const std::vector<uint16_t>& x_pattern,
-                       const std::vector<uint16_t>& w_pattern) {
+                       const std::vector<uint16_t>& w_pattern, const std::vector<float>& residual_pattern) {
   Operands o;
+  const size_t act_elems = size_t(max_m) * size_t(s.k);
+  o.residual.reset(act_elems);
+  fill_from_pattern(o.residual.get(), act_elems, residual_pattern, 0);
+  o.delta.reset(act_elems);
+  XY_CUDA_CHECK(cudaMemset(o.delta.get(), 0, o.delta.bytes()));
+  o.norm_weight.reset(size_t(s.k));
+  const std::vector<uint16_t> ones(size_t(s.k), f32_to_bf16(1.0f));
+  XY_CUDA_CHECK(cudaMemcpy(o.norm_weight.get(), ones.data(), o.norm_weight.bytes(), cudaMemcpyHostToDevice));
+  if (s.after_silu_mul) {
+    o.gate_up.reset(2 * act_elems);
+    fill_from_pattern(o.gate_up.get(), 2 * act_elems, x_pattern, 0);
+  }
   const size_t w_elems = size_t(s.n) * size_t(s.k);
   const size_t rotate = kRotateL2Multiple * l2_bytes;
   o.sets = int(std::max<size_t>(2, (rotate + 2 * w_elems - 1) / (2 * w_elems)));
@@ -197,8 +244,8 @@ class Timer {
     return elapsed_us();
   }
 
-  // Median per-launch time of a CUDA graph of `iters` launches cycling over `sets` operand sets,
-  // over kReps replays after one warm-up replay.
+  // Median time per call of `launch` in a CUDA graph of `iters` calls cycling over `sets` operand
+  // sets, over kReps replays after one warm-up replay.
   double graph_us(const std::function<void(int)>& launch, int iters, int sets) {
     cudaGraph_t graph = nullptr;
     XY_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
@@ -225,6 +272,20 @@ class Timer {
     XY_CUDA_CHECK(cudaGraphExecDestroy(exec));
     std::sort(per_launch.begin(), per_launch.end());
     return per_launch[per_launch.size() / 2];
+  }
+
+  // What `launch` adds to a sequence where it follows `before`: graph_us of `iters` pairs
+  // [before, launch] less `before_us`, which must be graph_us(before, iters, sets) (same iters,
+  // so that the graph's fixed cost per replay cancels too).
+  double added_us(const std::function<void(int)>& before, double before_us, const std::function<void(int)>& launch,
+                  int iters, int sets) {
+    const double pair_us = graph_us(
+        [&](int set) {
+          before(set);
+          launch(set);
+        },
+        iters, sets);
+    return pair_us - before_us;
   }
 
  private:
@@ -285,16 +346,27 @@ struct TuneContext {
   size_t l2_bytes = 0;
   int lt_alternates = 0;
   std::vector<uint16_t> x_pattern, w_pattern;
+  std::vector<float> residual_pattern;
   xy::cuda::LtGemm lt_default;
   xy::cuda::LtAlgoGemm lt_algos;
   std::vector<double> speedups;  // cuBLASLt default time / best time, every point
 };
 
+// Tokens per pass over W of a gemv kernel (gemm.h: kGemvT<t>); 0 for the other kernels.
+int gemv_tokens(xy::cuda::GemmKernel kernel) {
+  switch (kernel) {
+    case xy::cuda::GemmKernel::kGemvT8: return 8;
+    case xy::cuda::GemmKernel::kGemvT16: return 16;
+    case xy::cuda::GemmKernel::kGemvT32: return 32;
+    default: return 0;
+  }
+}
+
 // Measures every candidate for shape `s` at each M of `ms`; returns one bucket per M and prints
 // one line per M.
 std::vector<meta::GemmBucket> tune_shape(const LinearShape& s, const std::vector<int>& ms, TuneContext& ctx) {
   const int max_m = ms.back();
-  Operands ops = make_operands(s, max_m, ctx.l2_bytes, ctx.x_pattern, ctx.w_pattern);
+  Operands ops = make_operands(s, max_m, ctx.l2_bytes, ctx.x_pattern, ctx.w_pattern, ctx.residual_pattern);
   // One workspace for every kernel, zeroed once: each kernel leaves it zero (gemm.h), and calls
   // are ordered on one stream, as in SmoothGemm.
   std::vector<xy::cuda::GemmKernel> kernels;
@@ -317,19 +389,35 @@ std::vector<meta::GemmBucket> tune_shape(const LinearShape& s, const std::vector
   std::vector<meta::GemmBucket> buckets;
   for (int m : ms) {
     const std::vector<int> rows = checked_rows(m);
+    // The kernel before the GEMM, writing its x: silu_mul over [m, 2k] for down, as in the layer
+    // (cuda_backend.cu, run_layer); the backend's RMSNorm over [m, k] for the others: the real
+    // predecessor of qkv and gate_up, and a stand-in for o's (attention or its merge), which
+    // also writes the GEMM's whole x and lets dependents launch as it starts. A first version
+    // put a norm before down too: over k = intermediate with one block a row it is a long,
+    // narrow kernel at small M that PDL kernels hide under and cuBLASLt cannot, and the table it
+    // gave put stream_t64 on down at M = 64, which made the decode step at batch 64 0.95x.
+    auto before = [&](int set) {
+      if (s.after_silu_mul) {
+        xy::cuda::launch_silu_mul(ops.gate_up.get(), m, s.k, ops.x[size_t(set)].get(), ctx.stream);
+        return;
+      }
+      xy::cuda::launch_add_rms_norm(ops.residual.get(), ops.delta.get(), ops.norm_weight.get(), nullptr, m, s.k,
+                                    kNormEps, ops.x[size_t(set)].get(), ctx.stream);
+    };
     auto launch_default = [&](int set) {
       ctx.lt_default.run(ops.x[size_t(set)].get(), ops.w[size_t(set)].get(), ops.y[size_t(set)].get(),
                          xy::cuda::GemmOut::kBF16, m, s.n, s.k, ctx.stream);
     };
     std::vector<Candidate> candidates;
     for (xy::cuda::GemmKernel kernel : kernels) {
+      if (const int t = gemv_tokens(kernel); t > 0 && m > kMaxGemvPasses * t) continue;
       candidates.push_back({xy::cuda::gemm_kernel_name(kernel), [&, kernel, m](int set) {
                               xy::cuda::GemmArgs args{ops.x[size_t(set)].get(), ops.w[size_t(set)].get(),
                                                       ops.y[size_t(set)].get(), m, s.n, s.k,
                                                       workspace.get(), workspace.bytes()};
                               // As the backend launches the layer GEMMs (cuda_backend.cu): with
                               // programmatic dependent launch, which PDL-aware kernels use to
-                              // stream weights while the kernel before them ends.
+                              // stream weights while the norm before them runs.
                               args.pdl = true;
                               xy::cuda::gemm_launch(kernel, args, ctx.stream);
                             }});
@@ -347,12 +435,16 @@ std::vector<meta::GemmBucket> tune_shape(const LinearShape& s, const std::vector
     }
 
     // Baseline: warm (its plan is made outside the graph), timed, then the reference output.
+    // One graph length for the norms alone and every pair of this M (a replay of about kReplayUs
+    // for the baseline's pairs), so that the norms' time subtracts exactly.
     launch_default(0);
     const double probe_default = timer.single_us(launch_default, 1 % ops.sets);
-    const auto iters_for = [](double probe_us) {
-      return std::clamp(int(kReplayUs / std::max(probe_us, 1.0)), kMinIters, kMaxIters);
-    };
-    const double default_us = timer.graph_us(launch_default, iters_for(probe_default), ops.sets);
+    before(0);
+    const double probe_norm = timer.single_us(before, 1 % ops.sets);
+    const int iters = std::clamp(int(kReplayUs / std::max(probe_default + probe_norm, 1.0)), kMinIters, kMaxIters);
+    const double norm_us = timer.graph_us(before, iters, ops.sets);
+    const double default_us = timer.added_us(before, norm_us, launch_default, iters, ops.sets);
+    before(0);
     launch_default(0);
     const std::vector<uint16_t> reference = copy_rows(ops.y[0].get(), m, s.n, rows, ctx.stream);
 
@@ -365,6 +457,7 @@ std::vector<meta::GemmBucket> tune_shape(const LinearShape& s, const std::vector
       const double probe = timer.single_us(c.launch, 1 % ops.sets);
       if (probe > kPruneFactor * best_us + kPruneSlackUs) continue;  // cannot win
       XY_CUDA_CHECK(cudaMemsetAsync(ops.y[0].get(), 0xFF, size_t(m) * size_t(s.n) * 2, ctx.stream));  // NaN
+      before(0);  // as timed: our kernels launched with PDL after the norm that writes their x
       c.launch(0);
       const double diff = max_scaled_diff(copy_rows(ops.y[0].get(), m, s.n, rows, ctx.stream), reference);
       if (!(diff <= kAgreeBound)) {
@@ -373,7 +466,7 @@ std::vector<meta::GemmBucket> tune_shape(const LinearShape& s, const std::vector
         not_ranked += cat(not_ranked.empty() ? "" : " ", c.id);
         continue;
       }
-      const double us = timer.graph_us(c.launch, iters_for(probe), ops.sets);
+      const double us = timer.added_us(before, norm_us, c.launch, iters, ops.sets);
       best_us = std::min(best_us, us);
       if (us < winner_us) {
         winner_us = us;
@@ -439,12 +532,20 @@ int run_tune(const std::vector<std::string>& args) {
   ctx.l2_bytes = size_t(l2_bytes);
   ctx.lt_alternates = int(lt_alternates);
   ctx.x_pattern = random_pattern(1, 1.0f);
+  // The norm's input: the x pattern's values, so its output has rows as distinct as x's.
+  ctx.residual_pattern.reserve(ctx.x_pattern.size());
+  for (uint16_t v : ctx.x_pattern) ctx.residual_pattern.push_back(bf16_to_f32(v));
   ctx.w_pattern = random_pattern(2, 0.05f);
   std::printf("tune: %s on %s (%d SMs, L2 %d MB); %zu shapes x %zu M buckets\n", model_dir.c_str(),
               info.name.c_str(), info.num_sms, l2_bytes >> 20, shapes.size(), ms.size());
   std::printf("timing: CUDA graph replays, median of %d, weights rotating over >= %d x L2; "
               "outputs checked against cuBLASLt's default (bound %.0e (|y| + 1))\n",
               kReps, kRotateL2Multiple, kAgreeBound);
+  std::printf("timed: each GEMM after the kernel that writes its x in the layer (silu_mul before down, an RMSNorm "
+              "over [M, K] before the others; ours with PDL, "
+              "cuBLASLt plainly): us = graph of [that kernel, GEMM] pairs less that kernel alone, per pair; "
+              "gemv_t<t> not timed past M = %d t\n",
+              kMaxGemvPasses);
 
   meta::GemmTable table(info.name, out.string());
   for (const LinearShape& s : shapes) table.add_shape(s.n, s.k, tune_shape(s, ms, ctx));
