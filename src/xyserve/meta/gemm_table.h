@@ -11,7 +11,8 @@
 //                "buckets": [{"max_m": 1, "candidate": "stream_t16", "us": 16.1, "cublaslt_us": 16.4},
 //                            {"max_m": 2, ...}, ...]}, ...]}
 // A bucket covers the M above the previous bucket's max_m up to its own (inclusive); "us" and
-// "cublaslt_us" (optional) record what the tuner measured at max_m.
+// "cublaslt_us" (optional) record what the tuner measured at max_m: the time the GEMM adds after
+// the kernel that writes its input (`xyserve tune`).
 //
 // Threading: const methods are thread-safe; the table is immutable once built.
 #pragma once
