@@ -20,6 +20,7 @@
 #include "cuda/device_test_util.h"
 #include "xyserve/backend/cuda/device.h"
 #include "xyserve/backend/cuda/kernels/meta_attention_wgmma_ptx.cuh"
+#include "xyserve/backend/cuda/tensor_maps.h"
 #include "xyserve/common/dtype.h"
 
 namespace xy::cuda {
@@ -202,7 +203,7 @@ void check_tma_block(int32_t block_size, int32_t base) {
   DeviceBuffer<uint4> d_out(size_t(kKeys) * D / 8);
   testing::poison(d_out);
   CUtensorMap map;
-  ASSERT_TRUE(wgmma::encode_kv_tensor_map(&map, d_cache.get(), kHeads, D, std::min(block_size, kKeys)));
+  ASSERT_TRUE(encode_kv_tensor_map(&map, d_cache.get(), kHeads, D, std::min(block_size, kKeys)));
   const size_t smem = 1024 + size_t(kKeys) * D * 2;
   XY_CUDA_CHECK(cudaFuncSetAttribute(tma_block_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   tma_block_kernel<D><<<1, 128, smem>>>(map, d_table.get(), block_size, base, kHead, d_out.get());

@@ -8,6 +8,7 @@
 #include <cfloat>
 
 #include "xyserve/backend/cuda/cuda_check.h"
+#include "xyserve/backend/cuda/kernels/attention_mask.cuh"
 #include "xyserve/backend/cuda/kernels/kernels.h"
 #include "xyserve/backend/cuda/kernels/reduce.cuh"
 
@@ -29,12 +30,6 @@ struct AttentionTraits {
   static_assert(kHeadDim % 8 == 0, "head_dim must be a multiple of 8 (16-byte loads)");
   static_assert(kAttentionTileRows % kWarps == 0);
 };
-
-// Row j (request-local new-row index) sees tree row i iff i is j or one of its ancestors.
-__device__ __forceinline__ bool tree_visible(const int32_t* parents, int32_t i, int32_t j) {
-  while (j > i) j = parents[j];
-  return j == i;
-}
 
 // Per-key metadata of the staged key tile.
 template <int kKeys>
@@ -149,7 +144,7 @@ __device__ __forceinline__ void attention_task(const AttentionArgs& a, const met
       if (task.mask != meta::MaskKind::kNone) {
         visible = visible && my_pos <= p;
         if (a.window > 0) visible = visible && my_pos > p - a.window;
-        if (my_tree >= 0) visible = visible && tree_visible(parents, my_tree, row_new[i]);
+        if (my_tree >= 0) visible = visible && attn::tree_visible(parents, my_tree, row_new[i]);
       }
       float s = -INFINITY;
       if (visible) {
@@ -284,15 +279,8 @@ __global__ void attention_merge_kernel(AttentionArgs a, const meta::MergeGroup* 
 template <int kHeadDim>
 void run_attention(const AttentionArgs& a, cudaStream_t stream) {
   using T = AttentionTraits<kHeadDim>;
-  // Resident CTAs per SM at this shared memory size: the persistent grid's width.
-  static const int blocks_per_sm = [] {
-    XY_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<kHeadDim>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(T::kSmemBytes)));
-    int n = 0;
-    XY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attention_kernel<kHeadDim>, T::kThreads,
-                                                                T::kSmemBytes));
-    return n;
-  }();
+  static const int blocks_per_sm = resident_ctas_per_sm(reinterpret_cast<const void*>(attention_kernel<kHeadDim>),
+                                                         T::kThreads, T::kSmemBytes, "attention: the CUDA-core kernel");
   const int32_t grid = a.task_count ? persistent_grid(a.num_tasks, blocks_per_sm) : a.num_tasks;
   attention_kernel<kHeadDim><<<grid, T::kThreads, T::kSmemBytes, stream>>>(a);
   XY_CUDA_CHECK_LAUNCH();
@@ -329,6 +317,16 @@ void launch_attention_merge(const AttentionArgs& a, const meta::MergeGroup* merg
     attention_merge_kernel<decltype(hd)::value><<<grid, 256, 0, stream>>>(a, merges, num_merges, merge_count);
     XY_CUDA_CHECK_LAUNCH();
   });
+}
+
+int resident_ctas_per_sm(const void* kernel, int threads, size_t smem_bytes, const char* what) {
+  XY_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)));
+  int n = 0;
+  XY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem_bytes));
+  if (n < 1)
+    throw CudaError(cat(what, " (", threads, " threads, ", smem_bytes,
+                        " bytes of shared memory) does not fit an SM of this device"));
+  return n;
 }
 
 int32_t persistent_grid(int32_t max_items, int blocks_per_sm) {

@@ -57,6 +57,7 @@
 #include "xyserve/backend/cuda/cuda_check.h"
 #include "xyserve/backend/cuda/decode_split.h"
 #include "xyserve/backend/cuda/kernels/gemm_ptx.cuh"
+#include "xyserve/backend/cuda/kernels/attention_mask.cuh"
 #include "xyserve/backend/cuda/kernels/kernels.h"
 #include "xyserve/backend/cuda/kernels/meta_attention_ptx.cuh"
 #include "xyserve/backend/cuda/kernels/mma_softmax.cuh"
@@ -125,18 +126,6 @@ __device__ __forceinline__ void cp_async_16_zfill(uint32_t dst, const void* src,
   asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src),
                "r"(valid ? 16 : 0), "l"(policy)
                : "memory");
-}
-
-// bar.arrive (PTX 9.7.13.1): counts the warp in at named barrier `id` (of `count` threads) without
-// waiting; with release semantics, so a bar.sync of the same barrier sees the warp's prior writes.
-__device__ __forceinline__ void named_barrier_arrive(int id, int count) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-
-// Row j (request-local new-row index) sees tree row i iff i is j or one of its ancestors.
-__device__ __forceinline__ bool tree_visible(const int32_t* parents, int32_t i, int32_t j) {
-  while (j > i) j = parents[j];
-  return j == i;
 }
 
 // What a warp needs of one task, the same in every lane. Keys of the task, in list order: range A
@@ -417,7 +406,7 @@ struct SlabState {
             if (masked) {
               visible = visible && key.pos <= row_pos[h];
               if (g.window > 0) visible = visible && key.pos > row_pos[h] - g.window;
-              if (key.tree_row >= 0) visible = visible && tree_visible(parents, key.tree_row, row_new[h]);
+              if (key.tree_row >= 0) visible = visible && attn::tree_visible(parents, key.tree_row, row_new[h]);
             }
             const int e = 2 * h + c;
             s[nt][e] = visible ? (s[nt][e] + s_odd[nt][e]) * scale_log2 : -INFINITY;
@@ -561,27 +550,27 @@ __device__ void finish_slab(const AttentionArgs& a, const TaskGeometry& g, int32
     case 1:
       if (!first_slab) ptx::named_barrier_sync(kSlot0Free, kPairThreads);
       st.write(slot0);
-      named_barrier_arrive(kSlot0Full, kPairThreads);
+      ptx::named_barrier_arrive(kSlot0Full, kPairThreads);
       break;
     case 3:
       if (!first_slab) ptx::named_barrier_sync(kSlot1Free, kPairThreads);
       st.write(slot1);
-      named_barrier_arrive(kSlot1Full, kPairThreads);
+      ptx::named_barrier_arrive(kSlot1Full, kPairThreads);
       break;
     case 2:
       ptx::named_barrier_sync(kSlot1Full, kPairThreads);
       st.fold(slot1);
       __syncwarp();  // every lane has read slot 1's m and l before lanes t == 0 overwrite them
       st.write(slot1);
-      named_barrier_arrive(kSlot1Folded, kPairThreads);
+      ptx::named_barrier_arrive(kSlot1Folded, kPairThreads);
       break;
     default:
       ptx::named_barrier_sync(kSlot0Full, kPairThreads);
       st.fold(slot0);
-      if (!last_slab) named_barrier_arrive(kSlot0Free, kPairThreads);
+      if (!last_slab) ptx::named_barrier_arrive(kSlot0Free, kPairThreads);
       ptx::named_barrier_sync(kSlot1Folded, kPairThreads);
       st.fold(slot1);
-      if (!last_slab) named_barrier_arrive(kSlot1Free, kPairThreads);
+      if (!last_slab) ptx::named_barrier_arrive(kSlot1Free, kPairThreads);
       st.write_rows(a, g, slab);
       break;
   }
@@ -643,14 +632,10 @@ void run_decode_attention(const AttentionArgs& a, cudaStream_t stream) {
   // Resident CTAs per SM (kDecodeCtasPerSm unless the device has less shared memory): the
   // persistent grid's width.
   static const int blocks_per_sm = [] {
-    XY_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<kHeadDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       int(T::kSmemBytes)));
-    XY_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<kHeadDim>,
-                                       cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared)));
-    int n = 0;
-    XY_CUDA_CHECK(
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_attention_kernel<kHeadDim>, T::kThreads, T::kSmemBytes));
-    return n;
+    const void* kernel = reinterpret_cast<const void*>(decode_attention_kernel<kHeadDim>);
+    XY_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                       int(cudaSharedmemCarveoutMaxShared)));
+    return resident_ctas_per_sm(kernel, T::kThreads, T::kSmemBytes, "attention: the decode kernel");
   }();
   const int32_t grid = persistent_grid(a.num_tasks, blocks_per_sm);
   decode_attention_kernel<kHeadDim><<<grid, T::kThreads, T::kSmemBytes, stream>>>(a);

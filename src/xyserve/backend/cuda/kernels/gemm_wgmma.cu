@@ -31,6 +31,7 @@
 #include "xyserve/backend/cuda/kernels/gemm_kernels.cuh"
 #include "xyserve/backend/cuda/kernels/gemm_ptx.cuh"
 #include "xyserve/backend/cuda/kernels/gemm_wgmma_ptx.cuh"
+#include "xyserve/backend/cuda/tensor_maps.h"
 
 namespace xy::cuda::gemm_detail {
 namespace {
@@ -233,39 +234,13 @@ __global__ void __launch_bounds__(WgmmaTraits<kBN>::kThreads, 1)
   }
 }
 
-using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
-                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
-                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
-                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-// The driver's tensor-map encoder, reached through the runtime so that nothing links libcuda.
-EncodeTiledFn encode_tiled() {
-  static const EncodeTiledFn fn = [] {
-    void* ptr = nullptr;
-    cudaDriverEntryPointQueryResult status{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault,
-                                         &status) != cudaSuccess ||
-        status != cudaDriverEntryPointSuccess) {
-      ptr = nullptr;
-    }
-    return reinterpret_cast<EncodeTiledFn>(ptr);
-  }();
-  return fn;
-}
-
 // Tensor map of a row-major bf16 matrix [rows, cols], read in boxes of [box_rows, 64] with
 // 128-byte swizzle; reads past `rows` return zeros.
 bool make_map(CUtensorMap* map, const __nv_bfloat16* base, int rows, int cols, int box_rows) {
-  const EncodeTiledFn encode = encode_tiled();
-  if (encode == nullptr) return false;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * 2};
   const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t elem_strides[2] = {1, 1};
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<__nv_bfloat16*>(base), dims,
-                strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  return encode_bf16_tensor_map(map, base, 2, dims, strides, box);
 }
 
 int num_sms() {

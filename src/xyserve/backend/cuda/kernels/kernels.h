@@ -146,4 +146,9 @@ void launch_attention_merge(const AttentionArgs& args, const meta::MergeGroup* m
 // `blocks_per_sm`, never more than `max_items` (and at least one).
 int32_t persistent_grid(int32_t max_items, int blocks_per_sm);
 
+// CTAs of `kernel` (a __global__ function) resident per SM on the current device with `threads`
+// threads and `smem_bytes` of dynamic shared memory, after allowing it that much (the persistent
+// grid's width). Throws CudaError naming `what` when not one CTA fits an SM.
+int resident_ctas_per_sm(const void* kernel, int threads, size_t smem_bytes, const char* what);
+
 }  // namespace xy::cuda

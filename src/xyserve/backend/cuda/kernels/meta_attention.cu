@@ -23,6 +23,7 @@
 #include <type_traits>
 
 #include "xyserve/backend/cuda/cuda_check.h"
+#include "xyserve/backend/cuda/kernels/attention_mask.cuh"
 #include "xyserve/backend/cuda/kernels/kernels.h"
 #include "xyserve/backend/cuda/kernels/meta_attention_ptx.cuh"
 #include "xyserve/backend/cuda/kernels/mma_softmax.cuh"
@@ -56,12 +57,6 @@ struct MetaAttentionTraits {
 template <int kHeadDim>
 __device__ __forceinline__ int swizzle(int r, int ch) {
   return r * (kHeadDim * 2) + ((ch ^ (r & 7)) << 4);
-}
-
-// Row j (request-local new-row index) sees tree row i iff i is j or one of its ancestors.
-__device__ __forceinline__ bool tree_visible(const int32_t* parents, int32_t i, int32_t j) {
-  while (j > i) j = parents[j];
-  return j == i;
 }
 
 constexpr int32_t kNoKey = -2;  // key_tree value of a slot past the span (zero-filled, masked)
@@ -239,7 +234,7 @@ __device__ __forceinline__ void meta_attention_task(
           if (masked) {
             visible = visible && kp <= row_pos[h];
             if (window > 0) visible = visible && kp > row_pos[h] - window;
-            if (kt >= 0) visible = visible && tree_visible(parents, kt, row_new[h]);
+            if (kt >= 0) visible = visible && attn::tree_visible(parents, kt, row_new[h]);
           }
           if (!visible) v = -INFINITY;
         }
@@ -376,15 +371,9 @@ __global__ void __launch_bounds__(MetaAttentionTraits<kHeadDim>::kThreads, 2)
 template <int kHeadDim>
 void run_meta_attention(const AttentionArgs& a, cudaStream_t stream) {
   using T = MetaAttentionTraits<kHeadDim>;
-  // Resident CTAs per SM at this shared memory size: the persistent grid's width.
-  static const int blocks_per_sm = [] {
-    XY_CUDA_CHECK(cudaFuncSetAttribute(meta_attention_kernel<kHeadDim>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(T::kSmemBytes)));
-    int n = 0;
-    XY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, meta_attention_kernel<kHeadDim>,
-                                                                T::kThreads, T::kSmemBytes));
-    return n;
-  }();
+  static const int blocks_per_sm = resident_ctas_per_sm(
+      reinterpret_cast<const void*>(meta_attention_kernel<kHeadDim>), T::kThreads, T::kSmemBytes,
+      "attention: the tensor-core kernel");
   const int32_t grid = a.task_count ? persistent_grid(a.num_tasks, blocks_per_sm) : a.num_tasks;
   meta_attention_kernel<kHeadDim><<<grid, T::kThreads, T::kSmemBytes, stream>>>(a);
   XY_CUDA_CHECK_LAUNCH();

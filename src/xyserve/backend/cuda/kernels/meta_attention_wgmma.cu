@@ -69,13 +69,12 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
-#include <functional>
-#include <mutex>
-#include <unordered_map>
 
 #include "xyserve/backend/cuda/cuda_check.h"
+#include "xyserve/backend/cuda/kernels/attention_mask.cuh"
 #include "xyserve/backend/cuda/kernels/kernels.h"
 #include "xyserve/backend/cuda/kernels/meta_attention_wgmma_ptx.cuh"
+#include "xyserve/backend/cuda/tensor_maps.h"
 
 namespace xy::cuda {
 namespace {
@@ -148,12 +147,6 @@ constexpr uint32_t kTaskReaders = 256 + 32;
 // so eager launches of this kernel on one device must not overlap (the engine runs one stream).
 __device__ uint32_t g_next_task = 0;
 __device__ uint32_t g_ctas_done = 0;
-
-// Row j (request-local new-row index) sees tree row i iff i is j or one of its ancestors.
-__device__ __forceinline__ bool tree_visible(const int32_t* parents, int32_t i, int32_t j) {
-  while (j > i) j = parents[j];
-  return j == i;
-}
 
 // A warp (all lanes) describes task `index`; every lane ends with the same TaskInfo.
 template <int kKeys>
@@ -354,7 +347,7 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
   // Consumer 0 takes the first turn. Each later arrival of consumer 1 on consumer 0's turn
   // barrier answers one of consumer 0's turns, and consumer 0 takes this first one back at the
   // end, so both turn barriers end balanced.
-  if (T::kPingpong && c == 1) named_barrier_arrive(kTurnBarrier + 0, 256);
+  if (T::kPingpong && c == 1) ptx::named_barrier_arrive(kTurnBarrier + 0, 256);
 
   uint32_t g = 0;  // blocks consumed so far, as the producer counts them
   for (uint32_t t = 0;; ++t) {
@@ -432,8 +425,8 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
     };
     auto pass_turn = [&] {
       if (!T::kPingpong) return;
-      if (c == 0) named_barrier_arrive(kTurnBarrier + 1, 256);
-      else named_barrier_arrive(kTurnBarrier + 0, 256);
+      if (c == 0) ptx::named_barrier_arrive(kTurnBarrier + 1, 256);
+      else ptx::named_barrier_arrive(kTurnBarrier + 0, 256);
     };
     // Operand fences keep the compiler's plain register accesses on their side of the wgmmas
     // (CUTLASS's warpgroup_fence_operand); the hardware ordering is wgmma.fence / wait's.
@@ -522,7 +515,7 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
               if (masked) {
                 visible = visible && kp <= row_pos[h];
                 if (window > 0) visible = visible && kp > row_pos[h] - window;
-                if (kt >= 0) visible = visible && tree_visible(parents, kt, row_new[h]);
+                if (kt >= 0) visible = visible && attn::tree_visible(parents, kt, row_new[h]);
               }
               float& v = s[4 * j + 2 * h + c2];
               v = visible ? v * scale_log2 : -INFINITY;
@@ -664,7 +657,7 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
             merge_rows[64 + warp * 16 + gq + 8 * h] = l[h];
           }
         }
-        named_barrier_arrive(kMergeFullBarrier, 256);
+        ptx::named_barrier_arrive(kMergeFullBarrier, 256);
         merge_written = true;
         ptx::mbarrier_arrive(&sh.q_empty[slot]);
         continue;
@@ -684,7 +677,7 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
       }
 #pragma unroll
       for (int i = 0; i < T::kOutRegs; ++i) o[i] = o[i] * fa[(i / 2) % 2] + merge_s[i * 128 + ctid] * fb[(i / 2) % 2];
-      named_barrier_arrive(kMergeEmptyBarrier, 256);
+      ptx::named_barrier_arrive(kMergeEmptyBarrier, 256);
     } else if (split && c == 1) {
       ptx::mbarrier_arrive(&sh.q_empty[slot]);
       continue;  // consumer 0 holds the whole state of a one-block tile
@@ -792,52 +785,12 @@ __global__ void __launch_bounds__(WgmmaAttentionTraits<kHeadDim>::kThreads, 1)
   }
 }
 
-// Tensor maps of the K and V caches, made once per (cache, shape) and kept: the backend passes
-// one pointer per layer, so after the first step no launch calls the driver. CUDA graphs capture
-// the maps with the launch's parameters.
-CUtensorMap kv_tensor_map(const bf16* cache, int32_t num_kv_heads, int32_t head_dim, int32_t box_rows) {
-  struct Key {
-    const void* cache;
-    int32_t num_kv_heads, head_dim, box_rows;
-    bool operator==(const Key&) const = default;
-  };
-  struct KeyHash {
-    size_t operator()(const Key& k) const {
-      return std::hash<const void*>()(k.cache) ^ (size_t(k.num_kv_heads) << 20) ^ (size_t(k.head_dim) << 36) ^
-             (size_t(k.box_rows) << 48);
-    }
-  };
-  static std::mutex mutex;
-  static std::unordered_map<Key, CUtensorMap, KeyHash> maps;
-  const Key key{cache, num_kv_heads, head_dim, box_rows};
-  std::lock_guard<std::mutex> lock(mutex);
-  if (const auto it = maps.find(key); it != maps.end()) return it->second;
-  CUtensorMap map;
-  if (!encode_kv_tensor_map(&map, cache, num_kv_heads, head_dim, box_rows))
-    throw CudaError(cat("attention: no TMA tensor map for the KV cache at ", cache, " (", num_kv_heads,
-                        " KV heads, head_dim ", head_dim, ", boxes of ", box_rows,
-                        " slots): the driver has no cuTensorMapEncodeTiled or refused the shape"));
-  // Tests make a cache per run; an engine has two per layer. Bounded all the same.
-  if (maps.size() >= 4096) maps.clear();
-  maps.emplace(key, map);
-  return map;
-}
-
 template <int kHeadDim>
 void run_wgmma_attention(const AttentionArgs& a, cudaStream_t stream) {
   using T = WgmmaAttentionTraits<kHeadDim>;
-  // Resident CTAs per SM at this shared memory size (1): the persistent grid's width.
-  static const int blocks_per_sm = [] {
-    XY_CUDA_CHECK(cudaFuncSetAttribute(wgmma_attention_kernel<kHeadDim>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(T::kSmemBytes)));
-    int n = 0;
-    XY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, wgmma_attention_kernel<kHeadDim>,
-                                                                T::kThreads, T::kSmemBytes));
-    return n;
-  }();
-  if (blocks_per_sm < 1)
-    throw CudaError(cat("attention: the wgmma kernel (head_dim ", kHeadDim, ", ", T::kSmemBytes,
-                        " bytes of shared memory) does not fit an SM of this device"));
+  static const int blocks_per_sm = resident_ctas_per_sm(
+      reinterpret_cast<const void*>(wgmma_attention_kernel<kHeadDim>), T::kThreads, T::kSmemBytes,
+      "attention: the wgmma kernel");  // 1
   const int32_t box_rows = std::min(a.block_size, int32_t{128});
   const CUtensorMap k_map = kv_tensor_map(a.k_cache, a.num_kv_heads, kHeadDim, box_rows);
   const CUtensorMap v_map = kv_tensor_map(a.v_cache, a.num_kv_heads, kHeadDim, box_rows);

@@ -2,12 +2,12 @@
 // wrappers (gemm_ptx.cuh: mbarrier, setmaxnreg, wgmma fence/commit/wait, cp.async, griddepcontrol;
 // and gemm_wgmma_ptx.cuh: m64n128k16 with both operands in shared memory) do not cover: wgmma with
 // A in registers and B transposed (P V), shared-memory descriptors with a leading byte offset,
-// the 3-D TMA load of paged K/V, cp.async completion on an mbarrier, the proxy fence, bar.arrive,
-// ex2.approx. Also the shared-memory layout of a 128B-swizzled tile and the tensor map of a paged
-// KV cache, so that the kernel and its building-block test (tests/cuda/attention_wgmma_blocks_test.cu)
-// place and fetch elements by the same functions. One instruction per wrapper; the PTX ISA
-// section is named beside it. The register lists of the wgmma wrappers were written by a
-// throwaway script.
+// the 3-D TMA load of paged K/V, cp.async completion on an mbarrier, the proxy fence,
+// ex2.approx. Also the shared-memory layout of a 128B-swizzled tile, so that the kernel and its
+// building-block test (tests/cuda/attention_wgmma_blocks_test.cu) place and fetch elements by the
+// same function (the KV cache's tensor map is host code: backend/cuda/tensor_maps.h). One
+// instruction per wrapper; the PTX ISA section is named beside it. The register lists of the
+// wgmma wrappers were written by a throwaway script.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
@@ -18,6 +18,7 @@
 
 #include "xyserve/backend/cuda/kernels/gemm_ptx.cuh"
 #include "xyserve/backend/cuda/kernels/gemm_wgmma_ptx.cuh"
+#include "xyserve/backend/cuda/kernels/meta_attention_ptx.cuh"
 
 namespace xy::cuda::wgmma {
 
@@ -103,37 +104,6 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map
       : "memory");
 }
 
-// --- tensor map of one layer's paged K (or V) cache (host) ------------------------------------
-// The cache [slots][num_kv_heads][head_dim] bf16 as a 3-D tensor (head_dim innermost), read in
-// boxes of [64 elements = 128 bytes][1 head][box_rows slots] with 128-byte swizzle: a box lands as
-// box_rows consecutive rows of one 64-column block of an sw128 tile, so a key block is assembled
-// page by page at row offsets that are multiples of box_rows (>= 8, so the swizzle phase, row % 8,
-// is the tile's). The number of slots is not known here (AttentionArgs does not carry it); the
-// slot extent is set to 2^31 - 1, the range of the int32 coordinate, and the kernel only asks for
-// boxes inside pages of its block tables. Returns false where the driver has no encoder.
-inline bool encode_kv_tensor_map(CUtensorMap* map, const void* cache, int num_kv_heads, int head_dim, int box_rows) {
-  using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-  static const EncodeTiled encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult status{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &status) !=
-            cudaSuccess ||
-        status != cudaDriverEntryPointSuccess)
-      fn = nullptr;
-    return reinterpret_cast<EncodeTiled>(fn);
-  }();
-  if (encode == nullptr) return false;
-  const cuuint64_t dims[3] = {cuuint64_t(head_dim), cuuint64_t(num_kv_heads), cuuint64_t{0x7fffffff}};
-  const cuuint64_t strides[2] = {cuuint64_t(head_dim) * 2, cuuint64_t(num_kv_heads) * cuuint64_t(head_dim) * 2};
-  const cuuint32_t box[3] = {64, 1, cuuint32_t(box_rows)};
-  const cuuint32_t elem_strides[3] = {1, 1, 1};
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(cache), dims, strides, box, elem_strides,
-                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
 // --- cp.async completion on an mbarrier (PTX ISA: cp.async.mbarrier.arrive) --------------------
 // Arrives on `bar` once every cp.async this thread issued before has landed. Without .noinc the
 // pending count is raised by one first, so the async arrival cancels it: the phase still waits
@@ -150,11 +120,6 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
-// --- named barrier arrive without waiting (PTX ISA: bar.arrive; release semantics) -------------
-__device__ __forceinline__ void named_barrier_arrive(int id, int count) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-
 // --- 2^x (PTX ISA: ex2.approx.ftz.f32); 2^-inf = +0, which masked scores rely on ---------------
 __device__ __forceinline__ float ex2(float x) {
   float y;
@@ -162,11 +127,7 @@ __device__ __forceinline__ float ex2(float x) {
   return y;
 }
 
-// Two fp32 to one bf16x2 register (lo in the low half), round to nearest even.
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
+using attn::pack_bf16;  // two fp32 to one bf16x2 register (meta_attention_ptx.cuh)
 
 // Pins a register between asynchronous wgmma uses: the compiler may not move plain reads or
 // writes of `x` across this point (it sees an opaque read-modify-write), so accumulator accesses
