@@ -143,26 +143,35 @@ TEST_F(AttentionTensorCore, RejectsHeadDimsItHasNoKernelFor) {
 
 // ---- the Hopper wgmma kernel -------------------------------------------------------------------
 
+// One random hybrid step for the wgmma kernel, checked against the CPU: head dim and tile rows
+// (64, 128) by trial, random KV heads and group (6: tiles of 60 or 126 rows), the given block size
+// and window, room for `num_blocks` blocks, split by split_for(trial). Returns the largest error.
+double check_wgmma_on_random_step(std::mt19937& rng, int trial, int32_t block_size, int32_t window, int32_t num_blocks,
+                                  const char* what) {
+  Problem p;
+  p.hd = trial % 2 ? 128 : 64;
+  p.tile_rows = (trial / 2) % 2 ? 128 : 64;
+  p.kv_heads = 1 + int32_t(rng() % 3);
+  p.group = std::vector<int32_t>{1, 4, 6, 8}[size_t(rng() % 4)];
+  p.block_size = block_size;
+  p.window = window;
+  p.num_blocks = num_blocks;
+  p.plan = random_hybrid_plan(rng, p.block_size, p.num_blocks);
+  const int32_t heads = p.kv_heads * p.group;
+  const int32_t split = split_for(trial, p.block_size);
+  p.list = meta::build_attention_work_list(p.plan, {heads, p.kv_heads, p.window}, {p.tile_rows, split});
+  fill_inputs(p, rng);
+  const std::vector<float> want = run_on_cpu(p);
+  return expect_close(p, run_on_device(p, AttentionKernel::kWgmma), want, cat(what, " trial ", trial, " split ", split));
+}
+
 TEST_F(AttentionTensorCore, WgmmaMatchesCpuOnRandomHybridWorkListsOf64And128RowTiles) {
   std::mt19937 rng(66);
   double max_err = 0;
   for (int trial = 0; trial < 32; ++trial) {
-    Problem p;
-    p.hd = trial % 2 ? 128 : 64;
-    p.tile_rows = (trial / 2) % 2 ? 128 : 64;
-    p.kv_heads = 1 + int32_t(rng() % 3);
-    p.group = std::vector<int32_t>{1, 4, 6, 8}[size_t(rng() % 4)];  // 6: tiles of 60 or 126 rows
-    p.block_size = std::vector<int32_t>{8, 16, 32}[size_t(rng() % 3)];
-    p.window = trial % 4 == 3 ? 30 + int32_t(rng() % 200) : 0;
-    p.num_blocks = 20000 / p.block_size;
-    p.plan = random_hybrid_plan(rng, p.block_size, p.num_blocks);
-    const int32_t heads = p.kv_heads * p.group;
-    const int32_t split = split_for(trial, p.block_size);
-    p.list = meta::build_attention_work_list(p.plan, {heads, p.kv_heads, p.window}, {p.tile_rows, split});
-    fill_inputs(p, rng);
-    const std::vector<float> want = run_on_cpu(p);
-    const double err = expect_close(p, run_on_device(p, AttentionKernel::kWgmma), want,
-                                    cat("trial ", trial, " split ", split));
+    const int32_t block_size = std::vector<int32_t>{8, 16, 32}[size_t(rng() % 3)];
+    const int32_t window = trial % 4 == 3 ? 30 + int32_t(rng() % 200) : 0;
+    const double err = check_wgmma_on_random_step(rng, trial, block_size, window, 20000 / block_size, "hybrid");
     ASSERT_TRUE(std::isfinite(err));
     max_err = std::max(max_err, err);
   }
@@ -237,22 +246,10 @@ TEST_F(AttentionTensorCore, WgmmaMatchesCpuAtEveryBlockSizeItsTmaBoxesServe) {
   double max_err = 0;
   const std::vector<int32_t> block_sizes{8, 16, 32, 64, 128, 256};
   for (int trial = 0; trial < 24; ++trial) {
-    Problem p;
-    p.hd = trial % 2 ? 128 : 64;
-    p.tile_rows = (trial / 2) % 2 ? 128 : 64;
-    p.kv_heads = 1 + int32_t(rng() % 3);
-    p.group = std::vector<int32_t>{1, 4, 6, 8}[size_t(rng() % 4)];
-    p.block_size = block_sizes[size_t(trial % 6)];
-    p.window = trial % 5 == 4 ? 30 + int32_t(rng() % 300) : 0;
-    p.num_blocks = 40000 / p.block_size + 64;  // room for six long requests at any block size
-    p.plan = random_hybrid_plan(rng, p.block_size, p.num_blocks);
-    const int32_t heads = p.kv_heads * p.group;
-    const int32_t split = split_for(trial, p.block_size);
-    p.list = meta::build_attention_work_list(p.plan, {heads, p.kv_heads, p.window}, {p.tile_rows, split});
-    fill_inputs(p, rng);
-    const std::vector<float> want = run_on_cpu(p);
-    const double err = expect_close(p, run_on_device(p, AttentionKernel::kWgmma), want,
-                                    cat("block-size trial ", trial, " split ", split));
+    const int32_t block_size = block_sizes[size_t(trial % 6)];
+    const int32_t window = trial % 5 == 4 ? 30 + int32_t(rng() % 300) : 0;
+    // Room for six long requests at any block size.
+    const double err = check_wgmma_on_random_step(rng, trial, block_size, window, 40000 / block_size + 64, "block-size");
     ASSERT_TRUE(std::isfinite(err));
     max_err = std::max(max_err, err);
   }

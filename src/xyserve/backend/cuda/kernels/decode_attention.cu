@@ -50,7 +50,6 @@
 // Programmatic dependent launch: the kernel's first statement lets the next kernel in the stream
 // (the o-projection GEMM, when launched with PDL) start; that kernel waits for this grid's
 // completion (griddepcontrol.wait) before it reads the output.
-#include <climits>
 #include <cmath>
 #include <cstdint>
 
@@ -151,27 +150,18 @@ __device__ TaskGeometry task_geometry(const AttentionArgs& a, int32_t index) {
   g.req = a.requests[g.task.request];
   g.rows = g.task.q_count * a.group;
   g.num_slabs = (g.rows + T::kRows - 1) / T::kRows;
-  int32_t lo = INT_MAX, hi = INT_MIN;
-  for (int j = threadIdx.x % 32; j < g.task.q_count; j += 32) {
-    const int32_t p = a.positions[g.req.first_row + g.task.q_begin + j];
-    lo = min(lo, p);
-    hi = max(hi, p);
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) {
-    lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, o));
-    hi = max(hi, __shfl_xor_sync(0xffffffffu, hi, o));
-  }
-  g.pos_lo = lo;
-  g.pos_hi = hi;
+  const attn::PositionRange positions =
+      attn::tile_positions(a.positions + g.req.first_row + g.task.q_begin, g.task.q_count, int(threadIdx.x % 32));
+  g.pos_lo = positions.lo;
+  g.pos_hi = positions.hi;
   const bool tree = g.task.mask == meta::MaskKind::kTree;
   const bool masked = g.task.mask != meta::MaskKind::kNone;
   g.window = masked ? a.window : 0;
   // Range A clipped to what the mask can show; its list starts at an absolute multiple of 16.
   int32_t a_begin = g.task.kv_begin;
   int32_t a_end = tree ? min(g.task.kv_end, g.req.num_computed) : g.task.kv_end;
-  if (masked) a_end = min(a_end, hi + 1);
-  if (g.window > 0) a_begin = max(a_begin, lo - g.window + 1);
+  if (masked) a_end = min(a_end, g.pos_hi + 1);
+  if (g.window > 0) a_begin = max(a_begin, g.pos_lo - g.window + 1);
   g.a_begin = a_begin;
   g.a_base = a_begin / T::kChunkKeys * T::kChunkKeys;
   g.num_a = a_end > a_begin ? a_end - g.a_base : 0;

@@ -18,7 +18,6 @@
 // warp a quarter of every block, four states merged at the end, a different order from one warp
 // taking whole blocks); batch_invariant turns it off, so a decode row and the same row inside a
 // prefill chunk or a verify are reduced alike.
-#include <climits>
 #include <cmath>
 #include <type_traits>
 
@@ -91,17 +90,7 @@ __device__ __forceinline__ void meta_attention_task(
   const int32_t window = masked ? a.window : 0;
 
   // Positions of the tile's tokens: [pos_lo, pos_hi] bounds the keys any row can see.
-  int32_t pos_lo = INT_MAX, pos_hi = INT_MIN;
-  for (int j = lane; j < task.q_count; j += 32) {
-    const int32_t p = a.positions[req.first_row + task.q_begin + j];
-    pos_lo = min(pos_lo, p);
-    pos_hi = max(pos_hi, p);
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) {
-    pos_lo = min(pos_lo, __shfl_xor_sync(0xffffffffu, pos_lo, o));
-    pos_hi = max(pos_hi, __shfl_xor_sync(0xffffffffu, pos_hi, o));
-  }
+  const auto [pos_lo, pos_hi] = tile_positions(a.positions + req.first_row + task.q_begin, task.q_count, lane);
   // Keys: range A by position (slot = position), clipped to what the mask can show, then for a
   // tree task range B over the step's rows by slot, kept when their position is in the span.
   // Range A is listed from a_base, the multiple of kKeys at or below a_begin (keys before

@@ -67,7 +67,6 @@
 #include <cuda.h>
 
 #include <algorithm>
-#include <climits>
 #include <cmath>
 
 #include "xyserve/backend/cuda/cuda_check.h"
@@ -168,17 +167,7 @@ __device__ TaskInfo describe_task(const AttentionArgs& a, int32_t index, int lan
   ti.tree_parents = req.tree_parents;
   ti.kv_begin = task.kv_begin;
   ti.kv_end = task.kv_end;
-  int32_t pos_lo = INT_MAX, pos_hi = INT_MIN;
-  for (int j = lane; j < task.q_count; j += 32) {
-    const int32_t p = a.positions[req.first_row + task.q_begin + j];
-    pos_lo = min(pos_lo, p);
-    pos_hi = max(pos_hi, p);
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) {
-    pos_lo = min(pos_lo, __shfl_xor_sync(0xffffffffu, pos_lo, o));
-    pos_hi = max(pos_hi, __shfl_xor_sync(0xffffffffu, pos_hi, o));
-  }
+  const auto [pos_lo, pos_hi] = attn::tile_positions(a.positions + req.first_row + task.q_begin, task.q_count, lane);
   ti.pos_lo = pos_lo;
   ti.pos_hi = pos_hi;
   // Range A by position, clipped to what the mask can show (meta_attention.cu's rules).
