@@ -121,6 +121,7 @@ struct Variant {
   AttentionKernel kernel;
   int32_t tile_rows;
   Deal deal = Deal::kEager;
+  bool l2_sections = true;  // the backend's L2 sections (meta::WorkListOptions); false: sorted by cost only
 };
 
 // The tasks of `list` whose request is (decode) or is not (prefill) a single new token; partial
@@ -135,7 +136,8 @@ meta::AttentionWorkList tasks_of_kind(const meta::AttentionWorkList& list, const
 }
 
 // split > 0 overrides the backend's rule (to measure what the split costs a long prefill).
-void run_case(const Case& c, int iters, int num_sms, int32_t split_override, const std::vector<Variant>& variants) {
+void run_case(const Case& c, int iters, int num_sms, int l2_bytes, int32_t split_override,
+              const std::vector<Variant>& variants) {
   std::mt19937 rng(1);
   int32_t num_blocks = 0;
   const meta::StepPlan plan = make_plan(c.seqs, rng, num_blocks);
@@ -167,8 +169,10 @@ void run_case(const Case& c, int iters, int num_sms, int32_t split_override, con
         : var.kernel == AttentionKernel::kDecode
             ? xy::cuda::decode_kv_split(plan, var.tile_rows / (kHeads / kKvHeads), {kKvHeads, kBlockSize, 0, num_sms})
             : choose_split(c.seqs, num_sms, var.tile_rows);
-    const meta::AttentionWorkList list =
-        meta::build_attention_work_list(plan, {kHeads, kKvHeads, 0}, {var.tile_rows, split});
+    meta::WorkListOptions options{var.tile_rows, split};
+    if (var.l2_sections && var.kernel != AttentionKernel::kDecode)
+      options.l2_section_positions = xy::cuda::attention_l2_section_positions(l2_bytes, kHeadDim);
+    const meta::AttentionWorkList list = meta::build_attention_work_list(plan, {kHeads, kKvHeads, 0}, options);
     // Uploaded: the list, then (two launches) its prefill and its decode tasks.
     xy::cuda::WorkLists lists{{0, list}};
     if (var.deal == Deal::kTwoLaunches) {
@@ -241,6 +245,8 @@ int main(int argc, char** argv) {
   }
   int num_sms = 0;
   XY_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0));
+  int l2_bytes = 0;
+  XY_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, 0));
   std::vector<Case> cases;
   for (int32_t L : {512, 2048, 8192}) {
     const int32_t batch = 16384 / L;
@@ -260,9 +266,10 @@ int main(int argc, char** argv) {
     for (int i = 0; i < decodes; ++i) mix.seqs.push_back(Seq{2047, 1});
     cases.push_back(mix);
   }
-  std::printf("attention_bench: %d query heads, %d KV heads, head_dim %d, block %d, %d SMs, %d iters\n",
-              kHeads, kKvHeads, kHeadDim, kBlockSize, num_sms, iters);
+  std::printf("attention_bench: %d query heads, %d KV heads, head_dim %d, block %d, %d SMs, L2 %d MB, %d iters\n",
+              kHeads, kKvHeads, kHeadDim, kBlockSize, num_sms, l2_bytes >> 20, iters);
   const Variant wgmma{"wgmma", AttentionKernel::kWgmma, 128};
+  const Variant wgmma_flat{"wgmma-cost", AttentionKernel::kWgmma, 128, Deal::kEager, false};
   const Variant wgmma_rr{"wgmma-rr", AttentionKernel::kWgmma, 128, Deal::kGraph};
   const Variant wgmma_2x{"wgmma-2x", AttentionKernel::kWgmma, 128, Deal::kTwoLaunches};
   const Variant tensor_core{"tensor-core", AttentionKernel::kTensorCore, xy::cuda::kAttentionTileRows};
@@ -273,20 +280,20 @@ int main(int argc, char** argv) {
     const bool sweep = c.name.rfind("mix", 0) == 0;
     const bool decode_only = c.name.rfind("decode", 0) == 0 || c.name.rfind("mix p0 ", 0) == 0;
     if (sweep) {
-      run_case(c, iters, num_sms, 0, {wgmma, wgmma_rr, wgmma_2x, tensor_core});
-      if (decode_only) run_case(c, iters, num_sms, 0, {decode});
+      run_case(c, iters, num_sms, l2_bytes, 0, {wgmma, wgmma_rr, wgmma_2x, tensor_core});
+      if (decode_only) run_case(c, iters, num_sms, l2_bytes, 0, {decode});
       continue;
     }
     if (decode_only) {
       // The decode-specialised kernel at its rule's split, then at fixed splits around it.
-      run_case(c, iters, num_sms, 0, {decode});
-      for (int32_t split : {1024, 4096, 16384, 32768}) run_case(c, iters, num_sms, split, {decode});
+      run_case(c, iters, num_sms, l2_bytes, 0, {decode});
+      for (int32_t split : {1024, 4096, 16384, 32768}) run_case(c, iters, num_sms, l2_bytes, split, {decode});
     }
-    std::vector<Variant> variants{wgmma};
+    std::vector<Variant> variants{wgmma, wgmma_flat};
     if (c.mixed) variants.insert(variants.end(), {wgmma_rr, wgmma_2x});
     variants.insert(variants.end(), {tensor_core, cuda_core});
-    run_case(c, iters, num_sms, 0, variants);
-    if (!c.report_kv) run_case(c, iters, num_sms, 8192, {wgmma, tensor_core});  // the same without the 512 split
+    run_case(c, iters, num_sms, l2_bytes, 0, variants);
+    if (!c.report_kv) run_case(c, iters, num_sms, l2_bytes, 8192, {wgmma, wgmma_flat, tensor_core});  // the same without the 512 split
   }
   return 0;
 }

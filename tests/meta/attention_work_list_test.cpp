@@ -6,6 +6,7 @@
 #include <map>
 #include <random>
 #include <set>
+#include <tuple>
 
 namespace xy::meta {
 namespace {
@@ -205,6 +206,47 @@ TEST(AttentionWorkList, SortedLargestFirstAndPartialsMergedInSplitOrder) {
       }
     }
   }
+}
+
+TEST(AttentionWorkList, L2SectionsGroupHeadsAndKeepTheTasks) {
+  // Two decodes first in plan order, then two causal prefills of 1024 on 1024 cached: 8 KV
+  // heads, group 4, tiles of 128 rows (32 tokens). Each prefill pair spans 2048 positions; a
+  // budget of 4096 puts two pairs in a section; each decode pair (span 3001) is a section alone.
+  const StepPlan plan = make_plan({{3000, 1}, {3000, 1}, {1024, 1024}, {1024, 1024}});
+  const AttentionShape shape{32, 8, 0};
+  const AttentionWorkList plain = build_attention_work_list(plan, shape, {128, 8192});
+  WorkListOptions options{128, 8192};
+  options.l2_section_positions = 4096;
+  const AttentionWorkList banded = build_attention_work_list(plan, shape, options);
+  // The same tasks (a permutation), the same partials and merges.
+  ASSERT_EQ(plain.tasks.size(), banded.tasks.size());
+  auto key = [](const AttentionTask& t) {
+    return std::tuple(t.request, t.kv_head, t.q_begin, t.kv_begin, t.kv_end, t.partial, t.cost, int(t.mask));
+  };
+  std::multiset<decltype(key(plain.tasks[0]))> a, b;
+  for (const auto& t : plain.tasks) a.insert(key(t));
+  for (const auto& t : banded.tasks) b.insert(key(t));
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(plain.num_partials, banded.num_partials);
+  // Walking the list: prefill sections (heads 2k, 2k+1 of request 2, then of request 3) come
+  // before the decodes, each whole before the next starts, largest task first inside each.
+  const int32_t prefill_tasks = 2 * 8 * 32;
+  std::vector<std::pair<int32_t, int32_t>> section_order;  // (request, first head) per section
+  for (int32_t i = 0; i < int32_t(banded.tasks.size()); ++i) {
+    const AttentionTask& t = banded.tasks[size_t(i)];
+    EXPECT_EQ(i < prefill_tasks, t.request >= 2) << i;
+    const std::pair<int32_t, int32_t> sec{t.request, t.request >= 2 ? t.kv_head / 2 * 2 : t.kv_head};
+    if (section_order.empty() || section_order.back() != sec) {
+      for (const auto& seen : section_order) ASSERT_NE(seen, sec) << "section split at task " << i;
+      section_order.push_back(sec);
+    } else {
+      EXPECT_GE(banded.tasks[size_t(i - 1)].cost, t.cost) << i;
+    }
+  }
+  EXPECT_EQ(section_order.size(), 4u + 4u + 16u);
+  // Prefill sections in plan order (their largest tasks tie), then the decodes' by head.
+  EXPECT_EQ(section_order[0], std::pair(2, 0));
+  EXPECT_EQ(section_order[4], std::pair(3, 0));
 }
 
 TEST(AttentionWorkList, DecodePacksTheGqaGroupIntoOneTile) {

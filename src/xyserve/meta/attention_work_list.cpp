@@ -1,6 +1,7 @@
 #include "xyserve/meta/attention_work_list.h"
 
 #include <algorithm>
+#include <climits>
 #include <numeric>
 #include <queue>
 #include <tuple>
@@ -46,6 +47,50 @@ MaskKind mask_for(int32_t q_pos_begin, int32_t q_pos_end, int32_t kv_begin, int3
     return causal_free && window_free ? MaskKind::kNone : MaskKind::kWindow;
   }
   return causal_free ? MaskKind::kNone : MaskKind::kCausal;
+}
+
+// Each task's L2 section rank (WorkListOptions::l2_section_positions), tasks in plan order:
+// (request, KV head) pairs grouped in plan order while their KV spans fit `budget` positions,
+// then the sections ranked by their largest task, largest first (ties: plan order). Budget 0:
+// one section.
+std::vector<int32_t> l2_sections(const std::vector<AttentionTask>& tasks, int32_t num_kv_heads, int64_t budget) {
+  std::vector<int32_t> rank(tasks.size(), 0);
+  if (budget <= 0 || tasks.empty()) return rank;
+  // A pair's span: from its lowest key to its highest over its tasks (tiles and split pieces).
+  struct Pair {
+    int32_t lo = INT32_MAX, hi = 0;
+  };
+  std::vector<Pair> pairs(size_t(tasks.back().request + 1) * size_t(num_kv_heads));
+  auto pair_of = [&](const AttentionTask& t) { return size_t(t.request) * size_t(num_kv_heads) + size_t(t.kv_head); };
+  for (const AttentionTask& t : tasks) {
+    Pair& p = pairs[pair_of(t)];
+    p.lo = std::min(p.lo, t.kv_begin);
+    p.hi = std::max(p.hi, t.kv_end);
+  }
+  std::vector<int32_t> section_of(pairs.size(), 0);
+  std::vector<int64_t> largest;  // per section
+  int64_t used = 0;
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    if (pairs[i].hi <= pairs[i].lo) continue;  // no task
+    const int64_t span = pairs[i].hi - pairs[i].lo;
+    if (largest.empty() || (used > 0 && used + span > budget)) {
+      largest.push_back(0);
+      used = 0;
+    }
+    used += span;
+    section_of[i] = int32_t(largest.size()) - 1;
+  }
+  for (const AttentionTask& t : tasks) {
+    int64_t& l = largest[size_t(section_of[pair_of(t)])];
+    l = std::max(l, t.cost);
+  }
+  std::vector<int32_t> by_size(largest.size());
+  std::iota(by_size.begin(), by_size.end(), 0);
+  std::stable_sort(by_size.begin(), by_size.end(), [&](int32_t a, int32_t b) { return largest[size_t(a)] > largest[size_t(b)]; });
+  std::vector<int32_t> section_rank(largest.size());
+  for (size_t r = 0; r < by_size.size(); ++r) section_rank[size_t(by_size[r])] = int32_t(r);
+  for (size_t i = 0; i < tasks.size(); ++i) rank[i] = section_rank[size_t(section_of[pair_of(tasks[i])])];
+  return rank;
 }
 
 }  // namespace
@@ -107,8 +152,18 @@ AttentionWorkList build_attention_work_list(const StepPlan& plan, const Attentio
   }
   // Largest first (XY-Serve deals the sorted list); ties in plan order, so the list is a pure
   // function of the plan.
-  std::stable_sort(list.tasks.begin(), list.tasks.end(),
-                   [](const AttentionTask& a, const AttentionTask& b) { return a.cost > b.cost; });
+  const std::vector<int32_t> section = l2_sections(list.tasks, shape.num_kv_heads, options.l2_section_positions);
+  std::vector<int32_t> order(list.tasks.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    const AttentionTask &ta = list.tasks[size_t(a)], &tb = list.tasks[size_t(b)];
+    const int32_t sa = section[size_t(a)], sb = section[size_t(b)];
+    return sa != sb ? sa < sb : ta.cost > tb.cost;
+  });
+  std::vector<AttentionTask> sorted;
+  sorted.reserve(order.size());
+  for (const int32_t i : order) sorted.push_back(list.tasks[size_t(i)]);
+  list.tasks = std::move(sorted);
   return list;
 }
 

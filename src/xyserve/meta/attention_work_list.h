@@ -42,6 +42,15 @@ struct WorkListOptions {
   int32_t tile_rows = 64;
   // KV spans are cut at multiples of this many positions (a multiple of the block size).
   int32_t kv_split = 1024;
+  // L2 sections: the tiles of one request and KV head read the same keys, and tasks sorted by
+  // cost alone run every head's tiles at once (a causal prefill's tiles of equal cost are those
+  // at one query position in every head), so the SMs stream all of the step's KV through L2 at
+  // the same time. When > 0, the (request, KV head) pairs are grouped in plan order into
+  // sections whose KV spans sum to at most this many positions (one KV head's K and V row
+  // each; a pair alone may exceed it); sections run largest task first, and each section's tasks
+  // largest first. The backend sets it from the L2 size (FlashAttention-3's scheduler bands
+  // heads the same way). 0: one list sorted by cost.
+  int64_t l2_section_positions = 0;
 };
 
 struct AttentionTask {
@@ -67,7 +76,8 @@ struct MergeGroup {
 };
 
 struct AttentionWorkList {
-  std::vector<AttentionTask> tasks;  // sorted by cost, largest first
+  // Sorted by cost, largest first (within L2 sections when WorkListOptions::l2_section_positions).
+  std::vector<AttentionTask> tasks;
   std::vector<MergeGroup> merges;
   int32_t num_partials = 0;     // partial slots; each holds tile_rows rows
   int32_t max_tile_tokens = 0;  // query tokens per tile (tile_rows / group)

@@ -88,6 +88,7 @@ CudaBackend::CudaBackend(const model::ModelWeights& weights, const CudaBackendOp
   work_options_.kv_split = fixed_kv_split_;
   if (options.deterministic) gemm_.set_batch_invariant(true);
   XY_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, options.device));
+  XY_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes_, cudaDevAttrL2CacheSize, options.device));
   work_options_.tile_rows = xy::cuda::kAttentionTileRows;
   if (c.num_heads / c.num_kv_heads > xy::cuda::kAttentionTileRows)
     throw ModelError(cat("cuda backend: GQA group ", c.num_heads / c.num_kv_heads, " exceeds ",
@@ -321,6 +322,12 @@ void CudaBackend::plan_attention(const meta::StepPlan& plan) {
     }
     work_options_.kv_split = split;
   }
+  // L2 sections for the kernels of many-task steps; the decode kernel's split rule simulates
+  // the deal of a list sorted by cost alone (decode_split.h), and a decode reads its KV once.
+  work_options_.l2_section_positions =
+      attention_kernel_ == xy::cuda::AttentionKernel::kDecode
+          ? 0
+          : xy::cuda::attention_l2_section_positions(l2_bytes_, int32_t(c.head_dim));
   // Plan once, run many: one work list per distinct window, shared by its layers.
   work_lists_.resize(windows_.size());
   int32_t max_partials = 0;

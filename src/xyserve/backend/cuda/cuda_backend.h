@@ -161,6 +161,7 @@ class CudaBackend : public Backend {
   xy::cuda::DevicePlan device_plan_;
   int32_t last_num_logits_ = 0;
   int num_sms_ = 0;
+  int l2_bytes_ = 0;
 
   std::vector<int32_t> graph_buckets_;                // empty: no graphs
   std::vector<xy::cuda::DecodeGraph> decode_graphs_;  // one per bucket

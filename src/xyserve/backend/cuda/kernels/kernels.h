@@ -132,6 +132,12 @@ void launch_attention(const AttentionArgs& args, cudaStream_t stream,
                       AttentionKernel kernel = AttentionKernel::kAuto);
 void launch_attention_wgmma(const AttentionArgs& args, cudaStream_t stream);
 inline constexpr int32_t kDecodeMaxRows = 16;
+// meta::WorkListOptions::l2_section_positions for a device with `l2_bytes` of L2: the KV (K and
+// V rows of one head, bf16) of a section takes half of it, leaving the rest to the queries,
+// outputs and the other SMs' traffic. (FlashAttention-3 bands heads into 32 MB on a 50 MB H100.)
+inline int64_t attention_l2_section_positions(int64_t l2_bytes, int32_t head_dim) {
+  return l2_bytes / 2 / (int64_t(head_dim) * 2 * 2);
+}
 void launch_attention_decode(const AttentionArgs& args, cudaStream_t stream);
 // The first, CUDA-core kernel (any head_dim multiple of 8 up to 256), kept for comparison.
 void launch_attention_cuda_core(const AttentionArgs& args, cudaStream_t stream);
