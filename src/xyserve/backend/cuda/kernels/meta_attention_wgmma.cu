@@ -132,9 +132,10 @@ struct TaskInfo {
   int32_t pos_lo, pos_hi;  // positions of the tile's tokens
 };
 
-template <int kStages>
+template <int kStages, int kRows>
 struct SharedState {
   uint64_t q_full[2], q_empty[2];  // Q buffer t % 2: loaded (Q warp's 32 lanes), free (256 consumer threads)
+  int32_t q_pos[2][kRows];         // positions of Q buffer t % 2's tokens (staged with the tile)
   uint64_t k_full[kStages], k_empty[kStages], v_full[kStages], v_empty[kStages];  // TMA bytes / 8 warps
   uint64_t task_full[2], task_empty[2];  // task slot t % 2: written (1), read (256 consumers + 32 Q lanes)
   TaskInfo task[2];
@@ -219,22 +220,27 @@ __device__ void produce_kv(const AttentionArgs& a, bool dynamic, const CUtensorM
     return __shfl_sync(0xffffffffu, index, 0);
   };
 
-  // Task t + 1 is taken and described once task t's first block is on its way (the ring then
-  // full), so the latency of the counter and of the task's dependent loads (task, request,
-  // positions) falls while the producer would wait for a stage anyway, not when the ring has
-  // drained at the end of task t.
-  TaskInfo ti = describe_task<T::kKeys>(a, fetch(0), lane);
-  uint32_t g = 0;  // blocks loaded so far: ring stage g % kStages, use g / kStages
-  for (uint32_t t = 0;; ++t) {
+  // Task t + 1 is taken, described and published once task t's first block is on its way (the
+  // ring then full), so the latency of the counter and of the task's dependent loads (task,
+  // request, positions) falls while the producer would wait for a stage anyway, and the Q warp
+  // loads task t + 1's query tile while the consumers work on task t.
+  auto publish = [&](uint32_t t, const TaskInfo& info) {
     const int slot = t % 2;
     if (t >= 2) ptx::mbarrier_wait(&sh.task_empty[slot], ((t / 2) - 1) & 1);
     if (lane == 0) {
-      sh.task[slot] = ti;
+      sh.task[slot] = info;
       ptx::mbarrier_arrive(&sh.task_full[slot]);
     }
-    if (ti.index < 0) break;
+  };
+  TaskInfo ti = describe_task<T::kKeys>(a, fetch(0), lane);
+  publish(0, ti);
+  uint32_t g = 0;  // blocks loaded so far: ring stage g % kStages, use g / kStages
+  for (uint32_t t = 0; ti.index >= 0; ++t) {
     TaskInfo next;
-    if (ti.num_blocks == 0) next = describe_task<T::kKeys>(a, fetch(t + 1), lane);
+    if (ti.num_blocks == 0) {
+      next = describe_task<T::kKeys>(a, fetch(t + 1), lane);
+      publish(t + 1, next);
+    }
 
     const int32_t* table = a.block_tables + ti.block_table;
     for (int32_t b = 0; b < ti.num_blocks; ++b, ++g) {
@@ -265,7 +271,10 @@ __device__ void produce_kv(const AttentionArgs& a, bool dynamic, const CUtensorM
         for (int p = 0; p < T::kPanels; ++p)
           tma_load_3d(v_dst + p * T::kKeys * 128, v_map, ptx::smem_addr(&sh.v_full[s]), p * 64, ti.kv_head, row);
       }
-      if (b == 0) next = describe_task<T::kKeys>(a, fetch(t + 1), lane);
+      if (b == 0) {
+        next = describe_task<T::kKeys>(a, fetch(t + 1), lane);
+        publish(t + 1, next);
+      }
     }
     ti = next;
   }
@@ -314,6 +323,8 @@ __device__ void produce_q(const AttentionArgs& a, uint8_t* q_s, Shared& sh) {
         ++token;
       }
     }
+    // The tile's positions, for the consumers' masks (plain stores, released by the arrive).
+    for (int i = lane; i < ti.q_count; i += 32) sh.q_pos[slot][i] = __ldg(a.positions + first_row + i);
     cp_async_mbarrier_arrive(&sh.q_full[slot]);
     ptx::mbarrier_arrive(&sh.q_full[slot]);
   }
@@ -360,7 +371,8 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
     const int32_t window = masked ? a.window : 0;
     const int32_t* parents = ti.tree_parents >= 0 ? a.tree_parents + ti.tree_parents : nullptr;
     uint8_t* const q_tile = q_s + slot * T::kQBytes;
-    // This thread's two rows (gq and gq + 8 of its warp's 16): live, position, new-row index.
+    // This thread's two rows (gq and gq + 8 of its warp's 16): live, position (below, once the
+    // tile is in), new-row index.
     int32_t row_pos[2], row_new[2];
     bool row_live[2];
 #pragma unroll
@@ -368,7 +380,6 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
       const int r = row_base + warp * 16 + gq + 8 * h;
       row_live[h] = r < rows;
       row_new[h] = ti.q_begin + r / a.group;
-      row_pos[h] = row_live[h] ? a.positions[ti.req_first_row + row_new[h]] : 0;
     }
 
     float o[T::kOutRegs];
@@ -382,6 +393,23 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
 
     ptx::mbarrier_wait(&sh.q_full[slot], (t / 2) & 1);
     fence_proxy_async_shared();  // the tile came by cp.async (generic proxy); wgmma reads it (async)
+    // Rows' visible keys by local index in a block, for the range mask of a tile without a tree:
+    // slots [a_begin, a_end), clipped by position (causal) and window. Per row: [key_lo, key_hi).
+    int32_t key_lo[2], key_hi[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      row_pos[h] = row_live[h] ? sh.q_pos[slot][row_new[h] - ti.q_begin] : 0;
+      key_lo[h] = ti.a_begin;
+      key_hi[h] = ti.a_end;
+      if (masked) {
+        key_hi[h] = min(key_hi[h], row_pos[h] + 1);
+        if (window > 0) key_lo[h] = max(key_lo[h], row_pos[h] - window + 1);
+      }
+      if (!row_live[h]) key_hi[h] = key_lo[h];
+      // As offsets from this lane's first key column (2 tq) of a block's first slot key_base.
+      key_lo[h] -= ti.key_base + 2 * tq;
+      key_hi[h] -= ti.key_base + 2 * tq;
+    }
     const uint32_t q_addr = ptx::smem_addr(q_tile) + row_base * 128;
 
     auto stage_of = [&](int32_t blk) { return int((g + uint32_t(blk)) % T::kStages); };
@@ -469,18 +497,29 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
       fence_p();
       fence_o();
     };
-    // Masks the scores of block `blk` (scaled to log2 units), then P = 2^(S - new max) in s;
-    // returns the factor on the old state and this block's lane-partial row sums.
+    // Masks the scores of block `blk` (-inf where hidden), then P = 2^(S scale - new max) in s,
+    // the max kept in log2 units (the scale folded into one FFMA per score, as FA3 does); returns
+    // the factor on the old state and this block's lane-partial row sums.
     auto softmax = [&](int32_t blk, float (&scale_old)[2], float (&row_sum)[2]) {
       const int32_t k0 = blk * T::kKeys;
       const int32_t p0 = ti.key_base + k0;  // the block's first slot (its position, in range A)
       // Mask per element only where some (row, key) pair of the block may be hidden.
       const bool whole = p0 >= ti.a_begin && p0 + T::kKeys <= ti.a_end &&
                          (!masked || (p0 + T::kKeys - 1 <= ti.pos_lo && (window == 0 || p0 > ti.pos_hi - window)));
-      if (whole) {
+      if (!whole && !tree) {
+        // One range of local key indices per row (key_lo / key_hi): two compares a score.
 #pragma unroll
-        for (int i = 0; i < T::kScoreRegs; ++i) s[i] *= scale_log2;
-      } else {
+        for (int h = 0; h < 2; ++h) {
+          const int32_t lo = key_lo[h] - k0, hi = key_hi[h] - k0;
+#pragma unroll
+          for (int j = 0; j < T::kKeys / 8; ++j)
+#pragma unroll
+            for (int c2 = 0; c2 < 2; ++c2) {
+              float& v = s[4 * j + 2 * h + c2];
+              v = 8 * j + c2 >= lo && 8 * j + c2 < hi ? v : -INFINITY;
+            }
+        }
+      } else if (!whole) {
 #pragma unroll
         for (int j = 0; j < T::kKeys / 8; ++j) {
 #pragma unroll
@@ -491,7 +530,7 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
             int32_t kp = slot, kt = -1;  // position; tree row (-1: a key by position)
             if (kk >= ti.num_keys) {
               present = false;
-            } else if (tree && slot >= ti.num_computed) {
+            } else if (slot >= ti.num_computed) {
               kt = slot - ti.num_computed;
               kp = __ldg(a.positions + ti.req_first_row + kt);
               present = kp >= ti.kv_begin && kp < ti.kv_end;
@@ -500,19 +539,16 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
             }
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-              bool visible = present && row_live[h];
-              if (masked) {
-                visible = visible && kp <= row_pos[h];
-                if (window > 0) visible = visible && kp > row_pos[h] - window;
-                if (kt >= 0) visible = visible && attn::tree_visible(parents, kt, row_new[h]);
-              }
+              bool visible = present && row_live[h] && kp <= row_pos[h];
+              if (window > 0) visible = visible && kp > row_pos[h] - window;
+              if (kt >= 0) visible = visible && attn::tree_visible(parents, kt, row_new[h]);
               float& v = s[4 * j + 2 * h + c2];
-              v = visible ? v * scale_log2 : -INFINITY;
+              v = visible ? v : -INFINITY;
             }
           }
         }
       }
-      // Online softmax: the row max over the 4 lanes of a row, then P = 2^(s - max).
+      // Online softmax: the row max over the 4 lanes of a row, then P = 2^(s scale - max).
       float m_use[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -521,17 +557,21 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
         for (int j = 0; j < T::kKeys / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(m[h], mx);
+        const float m_new = fmaxf(m[h], mx * scale_log2);  // scale > 0: the max commutes with it
         m_use[h] = m_new == -INFINITY ? 0.0f : m_new;  // a row that saw nothing keeps p = 0
         scale_old[h] = ex2(m[h] - m_use[h]);
         m[h] = m_new;
-        row_sum[h] = 0.0f;
       }
+      // Row sums in two chains per row (independent adds: no 32-long dependency).
+      float sum[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
 #pragma unroll
       for (int i = 0; i < T::kScoreRegs; ++i) {
-        s[i] = ex2(s[i] - m_use[(i / 2) % 2]);
-        row_sum[(i / 2) % 2] += s[i];
+        const int h = (i / 2) % 2;
+        s[i] = ex2(fmaf(s[i], scale_log2, -m_use[h]));
+        sum[h][(i / 4) % 2] += s[i];
       }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) row_sum[h] = sum[h][0] + sum[h][1];
     };
     auto pack_p = [&] {
 #pragma unroll
@@ -729,7 +769,7 @@ __global__ void __launch_bounds__(WgmmaAttentionTraits<kHeadDim>::kThreads, 1)
     wgmma_attention_kernel(const __grid_constant__ AttentionArgs a, const __grid_constant__ CUtensorMap k_map,
                            const __grid_constant__ CUtensorMap v_map, bool dynamic) {
   using T = WgmmaAttentionTraits<kHeadDim>;
-  using Shared = SharedState<T::kStages>;
+  using Shared = SharedState<T::kStages, T::kRows>;
   static_assert(T::kSmemBytes + sizeof(Shared) <= 227 * 1024, "shared memory of one CTA");
   ptx::griddep_launch_dependents();
   extern __shared__ uint8_t smem_raw[];
