@@ -189,6 +189,7 @@ void run_case(const Case& c, int iters, int num_sms, int l2_bytes, int32_t split
     AttentionArgs aa;
     aa.q = q.get();
     aa.q_row_stride = kHeads * kHeadDim;
+    aa.num_q_rows = m;
     aa.k_cache = k.get();
     aa.v_cache = v.get();
     aa.block_size = kBlockSize;

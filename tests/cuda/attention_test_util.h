@@ -76,6 +76,7 @@ inline std::vector<uint16_t> run_on_device(const Problem& p, AttentionKernel ker
   AttentionArgs aa;
   aa.q = reinterpret_cast<const bf16*>(d_q.get());
   aa.q_row_stride = heads * p.hd;
+  aa.num_q_rows = p.plan.num_rows();  // the wgmma kernel's TMA query tiles (cuda_kernels_test: cp.async)
   aa.k_cache = reinterpret_cast<const bf16*>(d_k.get());
   aa.v_cache = reinterpret_cast<const bf16*>(d_v.get());
   aa.block_size = p.block_size;

@@ -239,6 +239,7 @@ void CudaBackend::run_layer(const xy::cuda::DevicePlanView& view, int64_t index)
   xy::cuda::AttentionArgs aa;
   aa.q = qkv_.get();
   aa.q_row_stride = qkv_dim_;
+  aa.num_q_rows = m;
   aa.k_cache = k_cache;
   aa.v_cache = v_cache;
   aa.block_size = block_size_;

@@ -48,6 +48,15 @@ bool encode_kv_tensor_map(CUtensorMap* map, const void* cache, int num_kv_heads,
   return encode_bf16_tensor_map(map, cache, 3, dims, strides, box);
 }
 
+bool encode_q_tensor_map(CUtensorMap* map, const void* q, int64_t num_rows, int64_t row_stride, int num_kv_heads,
+                         int group, int head_dim, int box_tokens) {
+  const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(group), cuuint64_t(num_kv_heads), cuuint64_t(num_rows)};
+  const cuuint64_t strides[3] = {cuuint64_t(head_dim) * 2, cuuint64_t(group) * cuuint64_t(head_dim) * 2,
+                                 cuuint64_t(row_stride) * 2};
+  const cuuint32_t box[4] = {64, cuuint32_t(group), 1, cuuint32_t(box_tokens)};
+  return encode_bf16_tensor_map(map, q, 4, dims, strides, box);
+}
+
 CUtensorMap kv_tensor_map(const void* cache, int32_t num_kv_heads, int32_t head_dim, int32_t box_rows) {
   struct Key {
     const void* cache;

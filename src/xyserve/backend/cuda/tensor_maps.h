@@ -24,6 +24,13 @@ bool encode_bf16_tensor_map(CUtensorMap* map, const void* base, uint32_t rank, c
 // inside pages of its block tables.
 bool encode_kv_tensor_map(CUtensorMap* map, const void* cache, int num_kv_heads, int head_dim, int box_rows);
 
+// The query rows [num_rows][num_kv_heads][group][head_dim] (row stride row_stride elements) as a
+// 4-D tensor (head_dim innermost), read in boxes of [64 elements][group heads][1 KV head][box_tokens
+// rows]: a box lands as the box_tokens * group rows of a GQA-packed query tile (row token * group +
+// head) in one 64-column block of a 128B-swizzled tile. Rows past num_rows read as zeros.
+bool encode_q_tensor_map(CUtensorMap* map, const void* q, int64_t num_rows, int64_t row_stride, int num_kv_heads,
+                         int group, int head_dim, int box_tokens);
+
 // encode_kv_tensor_map, made once per (cache, shape) and kept: the backend passes one cache
 // pointer per layer, so after the first step no launch calls the driver (CUDA graphs capture the
 // maps with the launch's parameters). Throws CudaError where no map can be made. Thread-safe.

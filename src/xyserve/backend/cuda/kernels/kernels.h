@@ -90,6 +90,9 @@ inline constexpr int32_t kAttentionTileRows = 64;
 struct AttentionArgs {
   const bf16* q = nullptr;  // [m, num_heads, head_dim] with row stride q_row_stride
   int64_t q_row_stride = 0;
+  // m, where known: the wgmma kernel then loads query tiles of more than 64 rows by TMA (a box
+  // may reach past the step's rows, which must read as zeros); 0: by cp.async.
+  int32_t num_q_rows = 0;
   const bf16* k_cache = nullptr;  // this layer's [num_blocks * block_size, num_kv_heads, head_dim]
   const bf16* v_cache = nullptr;
   int32_t block_size = 0;

@@ -288,9 +288,12 @@ __device__ void produce_kv(const AttentionArgs& a, bool dynamic, const CUtensorM
 }
 
 // Producer warp 1: each task's query tile into Q buffer t % 2, once the consumers have written
-// out task t - 2 (whose rows they stage in that buffer).
+// out task t - 2 (whose rows they stage in that buffer). A tile of more than 64 rows comes by TMA
+// when q_map is set (two boxes; one warp's cp.async of 32 KB, ~2k copies with their address
+// arithmetic, took longer than a short task's compute, and the consumers waited for it), the
+// others by cp.async.
 template <class T, class Shared>
-__device__ void produce_q(const AttentionArgs& a, uint8_t* q_s, Shared& sh) {
+__device__ void produce_q(const AttentionArgs& a, const CUtensorMap* q_map, uint8_t* q_s, Shared& sh) {
   const int lane = threadIdx.x % 32;
   for (uint32_t t = 0;; ++t) {
     const int slot = t % 2;
@@ -305,6 +308,23 @@ __device__ void produce_q(const AttentionArgs& a, uint8_t* q_s, Shared& sh) {
     const int rows_read = rows > 64 ? T::kRows : 64;
     const int64_t first_row = ti.req_first_row + ti.q_begin;
     const uint32_t q_base = ptx::smem_addr(q_s + slot * T::kQBytes);
+    // The tile's positions, for the consumers' masks (plain stores, released by the arrive).
+    for (int i = lane; i < ti.q_count; i += 32) sh.q_pos[slot][i] = __ldg(a.positions + first_row + i);
+    if (q_map != nullptr && rows > 64) {
+      // Boxes of kRows / group tokens (all group heads of the KV head): rows past the tile hold
+      // other tokens' queries or zeros (past the step); they are not live rows, and a row's
+      // scores and output depend on its own query only.
+      if (lane == 0) {
+        const uint32_t bar = ptx::smem_addr(&sh.q_full[slot]);
+        ptx::mbarrier_arrive_expect_tx(&sh.q_full[slot], T::kPanels * (T::kRows / a.group) * a.group * 128);
+#pragma unroll
+        for (int p = 0; p < T::kPanels; ++p)
+          tma_load_4d(q_base + p * T::kRows * 128, q_map, bar, p * 64, 0, ti.kv_head, int(first_row));
+      } else {
+        ptx::mbarrier_arrive(&sh.q_full[slot]);
+      }
+      continue;
+    }
     // Lane: chunk lane % kChunks of rows lane / kChunks, + kRowsPerStep, ...; its row's token and
     // head are stepped along (no division per copy: one warp issues the whole tile).
     constexpr int kRowsPerStep = 32 / T::kChunks;
@@ -323,8 +343,6 @@ __device__ void produce_q(const AttentionArgs& a, uint8_t* q_s, Shared& sh) {
         ++token;
       }
     }
-    // The tile's positions, for the consumers' masks (plain stores, released by the arrive).
-    for (int i = lane; i < ti.q_count; i += 32) sh.q_pos[slot][i] = __ldg(a.positions + first_row + i);
     cp_async_mbarrier_arrive(&sh.q_full[slot]);
     ptx::mbarrier_arrive(&sh.q_full[slot]);
   }
@@ -756,7 +774,10 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
         }
       }
     }
-    ptx::mbarrier_arrive(&sh.q_empty[slot]);  // the Q loader may refill this buffer (task t + 2)
+    // The Q loader may refill this buffer (task t + 2), by TMA (the async proxy) after the
+    // epilogue's plain accesses to it: ordered by a proxy fence before the release.
+    fence_proxy_async_shared();
+    ptx::mbarrier_arrive(&sh.q_empty[slot]);
   }
   // Balance consumer 0's last arrive on the merge buffer and consumer 1's last pass of the turn,
   // so no barrier is left half-arrived.
@@ -767,7 +788,8 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
 template <int kHeadDim>
 __global__ void __launch_bounds__(WgmmaAttentionTraits<kHeadDim>::kThreads, 1)
     wgmma_attention_kernel(const __grid_constant__ AttentionArgs a, const __grid_constant__ CUtensorMap k_map,
-                           const __grid_constant__ CUtensorMap v_map, bool dynamic) {
+                           const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap q_map,
+                           bool use_q_map, bool dynamic) {
   using T = WgmmaAttentionTraits<kHeadDim>;
   using Shared = SharedState<T::kStages, T::kRows>;
   static_assert(T::kSmemBytes + sizeof(Shared) <= 227 * 1024, "shared memory of one CTA");
@@ -783,6 +805,7 @@ __global__ void __launch_bounds__(WgmmaAttentionTraits<kHeadDim>::kThreads, 1)
   if (threadIdx.x == 0) {
     ptx::prefetch_tensor_map(&k_map);
     ptx::prefetch_tensor_map(&v_map);
+    if (use_q_map) ptx::prefetch_tensor_map(&q_map);
     for (int i = 0; i < 2; ++i) {
       ptx::mbarrier_init(&sh.q_full[i], 32);
       ptx::mbarrier_init(&sh.q_empty[i], 256);
@@ -806,7 +829,7 @@ __global__ void __launch_bounds__(WgmmaAttentionTraits<kHeadDim>::kThreads, 1)
     if (warp == 0) {
       produce_kv<T>(a, dynamic, &k_map, &v_map, k_s, v_s, sh);
     } else if (warp == 1) {
-      produce_q<T>(a, q_s, sh);
+      produce_q<T>(a, use_q_map ? &q_map : nullptr, q_s, sh);
     }
   } else {
     ptx::setmaxnreg_inc<T::kConsumerRegs>();
@@ -823,9 +846,17 @@ void run_wgmma_attention(const AttentionArgs& a, cudaStream_t stream) {
   const int32_t box_rows = std::min(a.block_size, int32_t{128});
   const CUtensorMap k_map = kv_tensor_map(a.k_cache, a.num_kv_heads, kHeadDim, box_rows);
   const CUtensorMap v_map = kv_tensor_map(a.v_cache, a.num_kv_heads, kHeadDim, box_rows);
+  // Query tiles by TMA where the rows are known (AttentionArgs::num_q_rows) and the map can be
+  // made (16-byte aligned q and row stride); else by cp.async. Made per launch: q and m change.
+  CUtensorMap q_map{};
+  const bool use_q_map =
+      a.num_q_rows > 0 && reinterpret_cast<uintptr_t>(a.q) % 16 == 0 && a.q_row_stride % 8 == 0 &&
+      encode_q_tensor_map(&q_map, a.q, a.num_q_rows, a.q_row_stride, a.num_kv_heads, a.group, kHeadDim,
+                          T::kRows / a.group);
   const bool dynamic = a.task_count == nullptr;
   const int32_t grid = persistent_grid(a.num_tasks, blocks_per_sm);
-  wgmma_attention_kernel<kHeadDim><<<grid, T::kThreads, T::kSmemBytes, stream>>>(a, k_map, v_map, dynamic);
+  wgmma_attention_kernel<kHeadDim>
+      <<<grid, T::kThreads, T::kSmemBytes, stream>>>(a, k_map, v_map, q_map, use_q_map, dynamic);
   XY_CUDA_CHECK_LAUNCH();
 }
 
