@@ -122,6 +122,7 @@ struct Variant {
   int32_t tile_rows;
   Deal deal = Deal::kEager;
   bool l2_sections = true;  // the backend's L2 sections (meta::WorkListOptions); false: sorted by cost only
+  bool interleave = false;  // meta::WorkListOptions::interleave_small_tiles
 };
 
 // The tasks of `list` whose request is (decode) or is not (prefill) a single new token; partial
@@ -172,6 +173,7 @@ void run_case(const Case& c, int iters, int num_sms, int l2_bytes, int32_t split
     meta::WorkListOptions options{var.tile_rows, split};
     if (var.l2_sections && var.kernel != AttentionKernel::kDecode)
       options.l2_section_positions = xy::cuda::attention_l2_section_positions(l2_bytes, kHeadDim);
+    options.interleave_small_tiles = var.interleave;
     const meta::AttentionWorkList list = meta::build_attention_work_list(plan, {kHeads, kKvHeads, 0}, options);
     // Uploaded: the list, then (two launches) its prefill and its decode tasks.
     xy::cuda::WorkLists lists{{0, list}};
@@ -272,6 +274,8 @@ int main(int argc, char** argv) {
   const Variant wgmma{"wgmma", AttentionKernel::kWgmma, 128};
   const Variant wgmma_flat{"wgmma-cost", AttentionKernel::kWgmma, 128, Deal::kEager, false};
   const Variant wgmma_rr{"wgmma-rr", AttentionKernel::kWgmma, 128, Deal::kGraph};
+  const Variant wgmma_mix{"wgmma-mix", AttentionKernel::kWgmma, 128, Deal::kEager, true, true};
+  const Variant wgmma_mix_rr{"wgmma-mix-rr", AttentionKernel::kWgmma, 128, Deal::kGraph, true, true};
   const Variant wgmma_2x{"wgmma-2x", AttentionKernel::kWgmma, 128, Deal::kTwoLaunches};
   const Variant tensor_core{"tensor-core", AttentionKernel::kTensorCore, xy::cuda::kAttentionTileRows};
   const Variant cuda_core{"cuda-core", AttentionKernel::kCudaCore, xy::cuda::kAttentionTileRows};
@@ -282,6 +286,7 @@ int main(int argc, char** argv) {
     const bool decode_only = c.name.rfind("decode", 0) == 0 || c.name.rfind("mix p0 ", 0) == 0;
     if (sweep) {
       run_case(c, iters, num_sms, l2_bytes, 0, {wgmma, wgmma_rr, wgmma_2x, tensor_core});
+      run_case(c, iters, num_sms, l2_bytes, 8192, {wgmma, wgmma_mix, wgmma_mix_rr, wgmma_2x});  // the backend's split
       if (decode_only) run_case(c, iters, num_sms, l2_bytes, 0, {decode});
       continue;
     }
@@ -291,10 +296,14 @@ int main(int argc, char** argv) {
       for (int32_t split : {1024, 4096, 16384, 32768}) run_case(c, iters, num_sms, l2_bytes, split, {decode});
     }
     std::vector<Variant> variants{wgmma, wgmma_flat};
-    if (c.mixed) variants.insert(variants.end(), {wgmma_rr, wgmma_2x});
+    if (c.mixed) variants.insert(variants.end(), {wgmma_mix, wgmma_rr, wgmma_mix_rr, wgmma_2x});
     variants.insert(variants.end(), {tensor_core, cuda_core});
     run_case(c, iters, num_sms, l2_bytes, 0, variants);
-    if (!c.report_kv) run_case(c, iters, num_sms, l2_bytes, 8192, {wgmma, wgmma_flat, tensor_core});  // the same without the 512 split
+    if (!c.report_kv && c.mixed) {
+      run_case(c, iters, num_sms, l2_bytes, 8192, {wgmma, wgmma_flat, wgmma_mix, wgmma_mix_rr, wgmma_2x, tensor_core});
+    } else if (!c.report_kv) {
+      run_case(c, iters, num_sms, l2_bytes, 8192, {wgmma, wgmma_flat, tensor_core});
+    }  // the same without the 512 split
   }
   return 0;
 }

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <random>
 #include <set>
@@ -247,6 +248,41 @@ TEST(AttentionWorkList, L2SectionsGroupHeadsAndKeepTheTasks) {
   // Prefill sections in plan order (their largest tasks tie), then the decodes' by head.
   EXPECT_EQ(section_order[0], std::pair(2, 0));
   EXPECT_EQ(section_order[4], std::pair(3, 0));
+}
+
+TEST(AttentionWorkList, SmallTilesInterleavedEvenlyEachKindInItsOrder) {
+  // 3 prefill chunks of 256 (8 tiles of 32 tokens x 8 heads = 64 large tasks each) and 100 decodes
+  // (8 small tasks each): 192 large, 800 small.
+  std::vector<Req> reqs(3, Req{512, 256});
+  for (int i = 0; i < 100; ++i) reqs.push_back({1000 + i, 1});
+  const StepPlan plan = make_plan(reqs);
+  WorkListOptions options{128, 8192};
+  options.l2_section_positions = 4096;
+  const AttentionWorkList sorted = build_attention_work_list(plan, {32, 8, 0}, options);
+  options.interleave_small_tiles = true;
+  const AttentionWorkList mixed = build_attention_work_list(plan, {32, 8, 0}, options);
+  ASSERT_EQ(sorted.tasks.size(), mixed.tasks.size());
+  auto small = [](const AttentionTask& t) { return t.q_count * 4 <= 64; };
+  auto same = [](const AttentionTask& a, const AttentionTask& b) {
+    return a.request == b.request && a.kv_head == b.kv_head && a.q_begin == b.q_begin && a.kv_begin == b.kv_begin;
+  };
+  // Each kind in the order the sorted list has it.
+  for (const bool kind : {false, true}) {
+    std::vector<const AttentionTask*> a, b;
+    for (const auto& t : sorted.tasks)
+      if (small(t) == kind) a.push_back(&t);
+    for (const auto& t : mixed.tasks)
+      if (small(t) == kind) b.push_back(&t);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(same(*a[i], *b[i])) << i;
+  }
+  // Evenly: after k tasks, the small ones placed are within one of k * 800 / 992.
+  int64_t placed = 0;
+  for (size_t k = 0; k < mixed.tasks.size(); ++k) {
+    placed += small(mixed.tasks[k]);
+    const double want = double(k + 1) * 800.0 / 992.0;
+    EXPECT_LE(std::abs(double(placed) - want), 1.0) << k;
+  }
 }
 
 TEST(AttentionWorkList, DecodePacksTheGqaGroupIntoOneTile) {

@@ -160,6 +160,20 @@ AttentionWorkList build_attention_work_list(const StepPlan& plan, const Attentio
     const int32_t sa = section[size_t(a)], sb = section[size_t(b)];
     return sa != sb ? sa < sb : ta.cost > tb.cost;
   });
+  if (options.interleave_small_tiles) {
+    // Small tiles at even intervals: the k-th of S small ones after about k * N / S tasks.
+    std::vector<int32_t> large, small;
+    for (const int32_t i : order)
+      (list.tasks[size_t(i)].q_count * shape.group() <= options.tile_rows / 2 ? small : large).push_back(i);
+    const size_t n = order.size();
+    size_t next_small = 0, next_large = 0;
+    for (size_t k = 0; k < n; ++k) {
+      // Take a small one while fewer than (k + 1) * S / N of them are placed.
+      const bool take_small = next_small < small.size() &&
+                              (next_large == large.size() || (next_small + 1) * n <= (k + 1) * small.size());
+      order[k] = take_small ? small[next_small++] : large[next_large++];
+    }
+  }
   std::vector<AttentionTask> sorted;
   sorted.reserve(order.size());
   for (const int32_t i : order) sorted.push_back(list.tasks[size_t(i)]);

@@ -51,6 +51,13 @@ struct WorkListOptions {
   // largest first. The backend sets it from the L2 size (FlashAttention-3's scheduler bands
   // heads the same way). 0: one list sorted by cost.
   int64_t l2_section_positions = 0;
+  // Spread the small tiles (at most tile_rows / 2 rows: decodes, short verifies) evenly through
+  // the list instead of after the large ones. A persistent kernel runs one task per SM at a time;
+  // small tiles read their own KV once (memory-bound), large ones mostly compute, so when both
+  // kinds run side by side the small tiles' SMs can draw more than an even share of the memory
+  // bandwidth while the others compute (POD-Attention's point), where in cost order the step
+  // computes first and then streams. Each kind keeps its order (sections, largest first).
+  bool interleave_small_tiles = false;
 };
 
 struct AttentionTask {
