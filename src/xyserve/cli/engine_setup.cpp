@@ -11,6 +11,9 @@
 #include "xyserve/backend/cuda/cuda_backend.h"
 #include "xyserve/backend/cuda/device.h"
 #include "xyserve/backend/cuda/smooth_gemm.h"
+#ifdef XY_HAVE_NCCL
+#include "xyserve/backend/cuda/cuda_tensor_parallel.h"
+#endif
 #endif
 
 namespace xy::cli {
@@ -22,7 +25,7 @@ void add_engine_flags(FlagSet& f) {
   f.add("tensor-parallel-size", "N", "1",
         "split the model over N ranks, Megatron-style (attention heads, MLP columns, vocabulary), with an "
         "all-reduce after attention and after the MLP; CPU: N ranks on threads of this process, sharing "
-        "--threads; CUDA: not built yet");
+        "--threads; CUDA: one rank per GPU on devices 0..N-1, over NCCL");
   f.add("block-size", "N", "16", "tokens per KV cache block");
   f.add("num-kv-blocks", "N", "", "KV cache blocks (default: from the memory budget)");
   f.add("kv-cache-memory", "BYTES", "1073741824", "CPU: KV cache budget in bytes, when neither --num-kv-blocks nor the command sets the KV size");
@@ -115,14 +118,24 @@ std::unique_ptr<backend::Backend> make_backend(const FlagSet& flags, const std::
 #endif
   if (device_used) *device_used = use_cuda ? "cuda" : "cpu";
   const int32_t tensor_parallel_size = positive(flags, command, "tensor-parallel-size");
-  if (use_cuda && tensor_parallel_size > 1) {
-    throw InvalidArgument(cat(command, ": --tensor-parallel-size ", tensor_parallel_size,
-                              ": tensor parallelism on CUDA is not built yet (--device cpu runs it)"));
-  }
   try {
     parallel::check_tensor_parallel(weights.config, tensor_parallel_size);
   } catch (const InvalidArgument& e) {
     throw InvalidArgument(cat(command, ": --tensor-parallel-size: ", e.what()));
+  }
+  std::vector<int> tensor_parallel_devices;  // CUDA: rank r on device r
+  if (use_cuda && tensor_parallel_size > 1) {
+#if defined(XY_HAVE_CUDA) && defined(XY_HAVE_NCCL)
+    const int found = cuda::device_count();
+    if (found < tensor_parallel_size)
+      throw InvalidArgument(cat(command, ": --tensor-parallel-size ", tensor_parallel_size, " --device cuda needs ",
+                                tensor_parallel_size, " GPUs, one per rank; ", found, " visible"));
+    for (int d = 0; d < tensor_parallel_size; ++d) tensor_parallel_devices.push_back(d);
+#else
+    throw InvalidArgument(cat(command, ": --tensor-parallel-size ", tensor_parallel_size,
+                              ": this xyserve was built without NCCL, so CUDA runs one GPU only (--device cpu "
+                              "runs tensor parallelism)"));
+#endif
   }
   if (use_cuda) {
 #ifdef XY_HAVE_CUDA
@@ -145,6 +158,10 @@ std::unique_ptr<backend::Backend> make_backend(const FlagSet& flags, const std::
     if (attention != "auto" && attention != "tensor-core")
       throw InvalidArgument(cat(command, ": --attention-kernel ", attention, " is not one of auto|tensor-core"));
     o.attention = attention == "auto" ? xy::cuda::AttentionKernel::kAuto : xy::cuda::AttentionKernel::kTensorCore;
+#ifdef XY_HAVE_NCCL
+    if (tensor_parallel_size > 1)
+      return backend::cuda::make_tensor_parallel_cuda_backend(weights, o, tensor_parallel_size, tensor_parallel_devices);
+#endif
     return std::make_unique<backend::cuda::CudaBackend>(weights, o);
 #endif
   }

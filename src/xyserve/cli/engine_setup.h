@@ -31,7 +31,10 @@ engine::EngineConfig engine_config_from_flags(const FlagSet& flags, const std::s
 // --num-kv-blocks if given, else `blocks_wanted` if > 0, else from --kv-cache-memory on the CPU
 // and --gpu-memory-utilization on the GPU, capped at `blocks_useful` when > 0.
 // --tensor-parallel-size N > 1 runs the CPU backend's N ranks (backend/cpu/cpu_tensor_parallel.h),
-// with --kv-cache-memory for all ranks' caches together; on CUDA it throws InvalidArgument.
+// with --kv-cache-memory for all ranks' caches together; on CUDA, N ranks on devices 0..N-1 over
+// NCCL (backend/cuda/cuda_tensor_parallel.h), each rank's KV cache from --gpu-memory-utilization
+// of its GPU (or --num-kv-blocks each); InvalidArgument when fewer than N GPUs are visible or
+// this build has no NCCL.
 struct BackendRequest {
   int32_t blocks_wanted = 0;
   int64_t blocks_useful = 0;

@@ -5,6 +5,7 @@
 
 #include "xyserve/backend/cpu/ops.h"
 #include "xyserve/backend/cuda/decode_split.h"
+#include "xyserve/backend/cuda/vocab_parallel.h"
 #include "xyserve/common/check.h"
 #include "xyserve/common/error.h"
 #include "xyserve/common/log.h"
@@ -68,6 +69,9 @@ int select_device(int device) {
 CudaBackend::CudaBackend(const model::ModelWeights& weights, const CudaBackendOptions& options)
     : config_(weights.config),
       options_(options),
+      comm_(options.communicator),
+      shard_(options.shard),
+      vocab_size_(options.communicator ? options.shard.vocab_size : weights.config.vocab_size),
       block_size_(options.block_size),
       device_(select_device(options.device)),
       gemm_(options.gemm_table, std::max(options.max_num_tokens, options.max_logits_rows)) {
@@ -80,6 +84,14 @@ CudaBackend::CudaBackend(const model::ModelWeights& weights, const CudaBackendOp
   XY_CHECK(int64_t(weights.layers.size()) == c.num_layers, "layers ", weights.layers.size());
   if (c.head_dim % 8 != 0)
     throw ModelError(cat("cuda backend: head_dim ", c.head_dim, " is not a multiple of 8"));
+  if (comm_) {
+    XY_CHECK(comm_->size() == shard_.size && comm_->rank() == shard_.rank, "communicator rank ",
+             comm_->rank(), " of ", comm_->size(), " for shard ", shard_.rank, " of ", shard_.size);
+    XY_CHECK(c.vocab_size == shard_.vocab_per_rank && shard_.vocab_per_rank * shard_.size >= vocab_size_,
+             "shard vocabulary rows ", c.vocab_size);
+    XY_CHECK(bool(options.bind_communicator_stream), "a communicator without bind_communicator_stream");
+    options.bind_communicator_stream(stream_.get());
+  }
   const int64_t h = c.hidden_size, hd = c.head_dim, inter = c.intermediate_size;
   q_dim_ = c.num_heads * hd;
   kv_dim_ = c.num_kv_heads * hd;
@@ -145,7 +157,11 @@ CudaBackend::CudaBackend(const model::ModelWeights& weights, const CudaBackendOp
   gate_up_.reset(rows * size_t(2 * inter));
   act_.reset(rows * size_t(inter));
   last_.reset(size_t(options.max_logits_rows) * size_t(h));
-  logits_.reset(size_t(options.max_logits_rows) * size_t(c.vocab_size));
+  logits_.reset(size_t(options.max_logits_rows) * size_t(vocab_size_));
+  if (comm_) {
+    rank_logits_.reset(size_t(options.max_logits_rows) * size_t(c.vocab_size));
+    gathered_logits_.reset(size_t(comm_->size()) * rank_logits_.size());
+  }
   // A graph step's padding rows get no attention task, so their rows of attn_ keep whatever was
   // there: zeros from here on, or an earlier step's (finite) output, never uninitialised bits.
   XY_CUDA_CHECK(cudaMemsetAsync(attn_.get(), 0, attn_.bytes(), stream_.get()));
@@ -200,8 +216,8 @@ void CudaBackend::check_plan(const meta::StepPlan& plan) const {
   // dereference is checked here, since a bad one would be a silent out-of-bounds access.
   meta::check_step_plan(plan, block_size_, num_kv_blocks_);
   for (size_t i = 0; i < plan.token_ids.size(); ++i)
-    XY_CHECK(plan.token_ids[i] >= 0 && plan.token_ids[i] < config_.vocab_size, "token id ",
-             plan.token_ids[i], " at row ", i, " outside [0, ", config_.vocab_size, ")");
+    XY_CHECK(plan.token_ids[i] >= 0 && plan.token_ids[i] < vocab_size_, "token id ",
+             plan.token_ids[i], " at row ", i, " outside [0, ", vocab_size_, ")");
 }
 
 void CudaBackend::run_layer(const xy::cuda::DevicePlanView& view, int64_t index) {
@@ -258,12 +274,48 @@ void CudaBackend::run_layer(const xy::cuda::DevicePlanView& view, int64_t index)
   xy::cuda::launch_attention(aa, s, attention_kernel_);
   xy::cuda::launch_attention_merge(aa, work.merges, work.num_merges, s, work.merge_count);
   gemm_.run(attn_.get(), l.o_proj.get(), proj_.get(), xy::cuda::GemmOut::kBF16, m, int(h), int(q_dim_), s, options_.pdl);
+  all_reduce_projection(proj_.get(), m);
 
   xy::cuda::launch_add_rms_norm(residual_.get(), proj_.get(), l.post_norm.get(), nullptr, m, h, eps,
                                 normed_.get(), s);
   gemm_.run(normed_.get(), l.gate_up.get(), gate_up_.get(), xy::cuda::GemmOut::kBF16, m, int(2 * inter), int(h), s, options_.pdl);
   xy::cuda::launch_silu_mul(gate_up_.get(), m, inter, act_.get(), s);
   gemm_.run(act_.get(), l.down.get(), proj_.get(), xy::cuda::GemmOut::kBF16, m, int(h), int(inter), s, options_.pdl);
+  all_reduce_projection(proj_.get(), m);  // added by the next layer's first norm, or the final norm
+}
+
+void CudaBackend::all_reduce_projection(bf16* rows, int32_t m) {
+  if (comm_) comm_->all_reduce_sum(rows, int64_t(m) * config_.hidden_size, DType::kBF16);
+}
+
+void CudaBackend::embed_tokens(const xy::cuda::DevicePlanView& view) {
+  const auto& c = config_;
+  const cudaStream_t s = stream_.get();
+  if (!comm_) {
+    xy::cuda::launch_embedding(embed_.get(), c.hidden_size, view.token_ids, view.num_rows, residual_.get(), s);
+    return;
+  }
+  xy::cuda::launch_vocab_parallel_embedding(embed_.get(), shard_.vocab_begin, c.vocab_size, c.hidden_size,
+                                            view.token_ids, view.num_rows, residual_.get(), s);
+  comm_->all_reduce_sum(residual_.get(), int64_t(view.num_rows) * c.hidden_size);
+}
+
+void CudaBackend::project_logits(const xy::cuda::DevicePlanView& view) {
+  const auto& c = config_;
+  const cudaStream_t s = stream_.get();
+  const bf16* head = lm_head_.size() ? lm_head_.get() : embed_.get();
+  const int32_t rows = view.num_logits_rows;
+  if (!comm_) {
+    gemm_.run(last_.get(), head, logits_.get(), xy::cuda::GemmOut::kF32, rows, int(c.vocab_size), int(c.hidden_size), s);
+    return;
+  }
+  // Vocabulary-parallel LM head: this rank's V' = c.vocab_size logits of each row, gathered from
+  // every rank as [size, rows, V'], then laid out [rows, V].
+  gemm_.run(last_.get(), head, rank_logits_.get(), xy::cuda::GemmOut::kF32, rows, int(c.vocab_size),
+            int(c.hidden_size), s);
+  comm_->all_gather(rank_logits_.get(), gathered_logits_.get(), int64_t(rows) * c.vocab_size);
+  xy::cuda::assemble_gathered_logits(gathered_logits_.get(), comm_->size(), rows, c.vocab_size, vocab_size_,
+                                     logits_.get(), s);
 }
 
 namespace {
@@ -329,6 +381,9 @@ void CudaBackend::plan_attention(const meta::StepPlan& plan) {
       attention_kernel_ == xy::cuda::AttentionKernel::kDecode
           ? 0
           : xy::cuda::attention_l2_section_positions(l2_bytes_, int32_t(c.head_dim));
+  // The wgmma kernel's steps with decodes beside chunks: decodes spread through the list, so that
+  // they stream KV while other SMs compute (hybrid step 466 -> 457 us, attention_bench wgmma-mix).
+  work_options_.interleave_small_tiles = attention_kernel_ == xy::cuda::AttentionKernel::kWgmma;
   // Plan once, run many: one work list per distinct window, shared by its layers.
   work_lists_.resize(windows_.size());
   int32_t max_partials = 0;
@@ -359,15 +414,13 @@ void CudaBackend::run_kv_copies_and_moves(const xy::cuda::DevicePlanView& view) 
 void CudaBackend::run_forward(const xy::cuda::DevicePlanView& view) {
   const auto& c = config_;
   const cudaStream_t s = stream_.get();
-  xy::cuda::launch_embedding(embed_.get(), c.hidden_size, view.token_ids, view.num_rows, residual_.get(), s);
+  embed_tokens(view);
   for (int64_t i = 0; i < c.num_layers; ++i) run_layer(view, i);
   if (view.num_logits_rows == 0) return;
   // Final norm and LM head on the logits rows only (the last layer's down output added to them).
   xy::cuda::launch_add_rms_norm(residual_.get(), proj_.get(), final_norm_.get(), view.logits_rows,
                                 view.num_logits_rows, c.hidden_size, float(c.rms_norm_eps), last_.get(), s);
-  const bf16* head = lm_head_.size() ? lm_head_.get() : embed_.get();
-  gemm_.run(last_.get(), head, logits_.get(), xy::cuda::GemmOut::kF32, view.num_logits_rows,
-            int(c.vocab_size), int(c.hidden_size), s);
+  project_logits(view);
 }
 
 void CudaBackend::run_decode_graph(const meta::StepPlan& plan, xy::cuda::DecodeGraph& graph) {
@@ -394,6 +447,9 @@ void CudaBackend::run_decode_graph(const meta::StepPlan& plan, xy::cuda::DecodeG
 }
 
 void CudaBackend::run_step(const meta::StepPlan& plan) {
+  // A tensor-parallel rank 0 runs its steps on the caller's thread, which need not be the one
+  // that built it (and made its device current).
+  if (comm_) XY_CUDA_CHECK(cudaSetDevice(device_));
   check_plan(plan);
   plan_attention(plan);
   const int32_t batch = plan.num_rows();
@@ -412,7 +468,7 @@ void CudaBackend::run_step(const meta::StepPlan& plan) {
 
 void CudaBackend::forward(const meta::StepPlan& plan, std::vector<float>& logits) {
   run_step(plan);
-  logits.resize(size_t(plan.num_logits_rows()) * size_t(config_.vocab_size));
+  logits.resize(size_t(plan.num_logits_rows()) * size_t(vocab_size_));
   if (!logits.empty())
     XY_CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_.get(), logits.size() * sizeof(float),
                                   cudaMemcpyDeviceToHost, stream_.get()));
@@ -429,7 +485,7 @@ void CudaBackend::forward_and_sample(const meta::StepPlan& plan, const meta::Sam
   if (sampling.rows.empty()) {
     out = meta::SamplingOutput{};
   } else {
-    sampler_.run(logits_.get(), config_.vocab_size, sampling, out, s);  // synchronises the stream
+    sampler_.run(logits_.get(), vocab_size_, sampling, out, s);  // synchronises the stream
   }
   // Recorded on an idle stream (the sampler synchronised it): it completes at once, so busy time
   // counts the few microseconds since, and no device idle time between steps.

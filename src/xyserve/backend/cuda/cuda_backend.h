@@ -15,10 +15,27 @@
 // (DESIGN.md, "Correctness"): KV spans split at fixed positions as on the CPU backend, attention
 // reduced in one order for every tile (kernels.h), cuBLASLt held to one algorithm per shape.
 //
-// Threading: forward() runs on the engine thread only; all work goes on the backend's stream.
+// Tensor parallelism: with a communicator, the backend runs one rank's shard of the model
+// (parallel/shard.h): its attention heads, MLP columns and vocabulary rows, and a KV cache of
+// its KV heads only (block tables are the same on every rank). The o_proj and down_proj outputs
+// are partial sums over the rank's heads or columns: they are all-reduced in bf16, in place,
+// before the fused residual add + RMSNorm that consumes them (as vLLM and Megatron-LM reduce,
+// in the activation dtype; reducing in fp32 would need fp32 GEMM outputs, which SmoothGEMM routes
+// to cuBLASLt only, and a kernel of its own for the add). The vocabulary-parallel embedding is
+// all-reduced in fp32 (exact: one rank's row plus zeros); the LM head's logits slices are
+// all-gathered and laid side by side (vocab_parallel.h), so every rank ends the step with the
+// whole [rows, V] logits, and forward_and_sample samples them. Collectives go on the backend's
+// stream (options.bind_communicator_stream), so they are ordered with its kernels and decode
+// graphs capture them. Without a communicator none of this runs: no extra kernel or copy.
+//
+// Threading: forward() runs on the engine thread only (a tensor-parallel rank's thread); all
+// work goes on the backend's stream.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -32,6 +49,8 @@
 #include "xyserve/backend/cuda/smooth_gemm.h"
 #include "xyserve/meta/attention_work_list.h"
 #include "xyserve/model/weights.h"
+#include "xyserve/parallel/communicator.h"
+#include "xyserve/parallel/shard.h"
 
 namespace xy::backend::cuda {
 
@@ -68,6 +87,16 @@ struct CudaBackendOptions {
   // streams its first weights before it waits for their output (gemm.h, GemmArgs::pdl). cuBLASLt
   // routes launch normally whatever this says.
   bool pdl = true;
+  // Tensor parallelism: the weights are rank shard.rank's shard of shard.size (their config has
+  // the rank's head counts, intermediate size and V' vocabulary rows), and `communicator` (that
+  // rank's, of a group of that size) joins the ranks' partial results. Null: the whole model,
+  // and the two fields below are unused.
+  parallel::Communicator* communicator = nullptr;
+  parallel::ShardInfo shard{};
+  // Required with a communicator: the constructor calls it once with the backend's stream, to
+  // have the communicator enqueue its collectives there (NcclCommunicator::set_stream). The
+  // stream is non-blocking, so collectives anywhere else would not be ordered with its kernels.
+  std::function<void(cudaStream_t)> bind_communicator_stream;
 };
 
 class CudaBackend : public Backend {
@@ -86,9 +115,10 @@ class CudaBackend : public Backend {
                           meta::SamplingOutput& out) override;
   std::optional<double> device_busy_s() const override { return device_busy_s_; }
 
-  int64_t vocab_size() const override { return config_.vocab_size; }
+  int64_t vocab_size() const override { return vocab_size_; }  // the whole model's
   int32_t num_kv_blocks() const override { return num_kv_blocks_; }
   int32_t block_size() const override { return block_size_; }
+  // The config of the weights it runs: under tensor parallelism, the shard's.
   const model::ModelConfig& config() const { return config_; }
 
   // Bytes of weights on the GPU, and of KV per token (all layers, K and V): for MBU figures.
@@ -98,7 +128,7 @@ class CudaBackend : public Backend {
   // Enqueues the step without copying logits back or synchronising (benchmarks time this with
   // events); forward() = run_step + copy + sync.
   void run_step(const meta::StepPlan& plan);
-  // The logits of the last run_step, [num_logits_rows, vocab] fp32 on the device (a graph
+  // The logits of the last run_step, [num_logits_rows, vocab_size()] fp32 on the device (a graph
   // step leaves padding rows' garbage after them: read the plan's num_logits_rows only).
   const float* device_logits() const { return logits_.get(); }
   // Decode steps that replayed a graph, and those that ran eagerly to capture one (a bucket's
@@ -124,10 +154,17 @@ class CudaBackend : public Backend {
   // decode graph captures.
   void run_forward(const xy::cuda::DevicePlanView& view);
   void run_layer(const xy::cuda::DevicePlanView& view, int64_t index);
+  void embed_tokens(const xy::cuda::DevicePlanView& view);
+  // Completes a row-parallel projection's output, [m, hidden] bf16: every rank's partial, summed.
+  void all_reduce_projection(xy::cuda::bf16* rows, int32_t m);
+  void project_logits(const xy::cuda::DevicePlanView& view);  // last_ rows -> logits_
   void run_decode_graph(const meta::StepPlan& plan, xy::cuda::DecodeGraph& graph);
 
   model::ModelConfig config_;
   CudaBackendOptions options_;
+  parallel::Communicator* comm_ = nullptr;  // null: the whole model
+  parallel::ShardInfo shard_;
+  int64_t vocab_size_ = 0;  // the whole model's; config_.vocab_size is this rank's rows
   int32_t block_size_ = 16;
   int32_t num_kv_blocks_ = 0;  // the engine's; one more, past them, takes padding rows' KV
   size_t kv_plane_elems_ = 0;  // one layer's K (or V): (num_kv_blocks_ + 1) blocks
@@ -149,7 +186,10 @@ class CudaBackend : public Backend {
   // Step workspace, sized once for max_num_tokens rows.
   xy::cuda::DeviceBuffer<float> residual_;  // [M, hidden] fp32
   xy::cuda::DeviceBuffer<bf16> normed_, qkv_, attn_, proj_, gate_up_, act_, last_;
-  xy::cuda::DeviceBuffer<float> logits_;    // [max_logits_rows, vocab]
+  xy::cuda::DeviceBuffer<float> logits_;    // [max_logits_rows, vocab_size_]
+  // Tensor parallelism only: this rank's logits slice [rows, V'] and every rank's, gathered:
+  // [size, rows, V'] (rows: the step's logits rows).
+  xy::cuda::DeviceBuffer<float> rank_logits_, gathered_logits_;
   xy::cuda::DeviceBuffer<float> partial_out_, partial_stats_;  // grown to the step's partials
   uint64_t partials_generation_ = 0;  // bumped when they move (graphs over them are stale)
 

@@ -6,6 +6,9 @@
 // positions, so its order never depends on the rest of its tile (kernels.h).
 #include <algorithm>
 #include <cfloat>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "xyserve/backend/cuda/cuda_check.h"
 #include "xyserve/backend/cuda/kernels/attention_mask.cuh"
@@ -279,8 +282,8 @@ __global__ void attention_merge_kernel(AttentionArgs a, const meta::MergeGroup* 
 template <int kHeadDim>
 void run_attention(const AttentionArgs& a, cudaStream_t stream) {
   using T = AttentionTraits<kHeadDim>;
-  static const int blocks_per_sm = resident_ctas_per_sm(reinterpret_cast<const void*>(attention_kernel<kHeadDim>),
-                                                         T::kThreads, T::kSmemBytes, "attention: the CUDA-core kernel");
+  const int blocks_per_sm = resident_ctas_per_sm(reinterpret_cast<const void*>(attention_kernel<kHeadDim>),
+                                                  T::kThreads, T::kSmemBytes, "attention: the CUDA-core kernel");
   const int32_t grid = a.task_count ? persistent_grid(a.num_tasks, blocks_per_sm) : a.num_tasks;
   attention_kernel<kHeadDim><<<grid, T::kThreads, T::kSmemBytes, stream>>>(a);
   XY_CUDA_CHECK_LAUNCH();
@@ -320,12 +323,20 @@ void launch_attention_merge(const AttentionArgs& a, const meta::MergeGroup* merg
 }
 
 int resident_ctas_per_sm(const void* kernel, int threads, size_t smem_bytes, const char* what) {
+  int device = 0;
+  XY_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, int, size_t>, int> known;  // (kernel, device, threads, smem)
+  const auto key = std::tuple(kernel, device, threads, smem_bytes);
+  std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = known.find(key); it != known.end()) return it->second;
   XY_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)));
   int n = 0;
   XY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem_bytes));
   if (n < 1)
     throw CudaError(cat(what, " (", threads, " threads, ", smem_bytes,
                         " bytes of shared memory) does not fit an SM of this device"));
+  known.emplace(key, n);
   return n;
 }
 

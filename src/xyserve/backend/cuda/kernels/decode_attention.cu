@@ -621,12 +621,15 @@ void run_decode_attention(const AttentionArgs& a, cudaStream_t stream) {
   using T = DecodeTraits<kHeadDim>;
   // Resident CTAs per SM (kDecodeCtasPerSm unless the device has less shared memory): the
   // persistent grid's width.
-  static const int blocks_per_sm = [] {
-    const void* kernel = reinterpret_cast<const void*>(decode_attention_kernel<kHeadDim>);
+  const void* kernel = reinterpret_cast<const void*>(decode_attention_kernel<kHeadDim>);
+  // The carveout (a hint) once per process; the shared-memory allowance per device inside.
+  static const bool carveout = [&] {
     XY_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                        int(cudaSharedmemCarveoutMaxShared)));
-    return resident_ctas_per_sm(kernel, T::kThreads, T::kSmemBytes, "attention: the decode kernel");
+    return true;
   }();
+  (void)carveout;
+  const int blocks_per_sm = resident_ctas_per_sm(kernel, T::kThreads, T::kSmemBytes, "attention: the decode kernel");
   const int32_t grid = persistent_grid(a.num_tasks, blocks_per_sm);
   decode_attention_kernel<kHeadDim><<<grid, T::kThreads, T::kSmemBytes, stream>>>(a);
   XY_CUDA_CHECK_LAUNCH();

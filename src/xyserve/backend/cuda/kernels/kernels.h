@@ -157,7 +157,10 @@ int32_t persistent_grid(int32_t max_items, int blocks_per_sm);
 
 // CTAs of `kernel` (a __global__ function) resident per SM on the current device with `threads`
 // threads and `smem_bytes` of dynamic shared memory, after allowing it that much (the persistent
-// grid's width). Throws CudaError naming `what` when not one CTA fits an SM.
+// grid's width). Throws CudaError naming `what` when not one CTA fits an SM. The allowance is a
+// per-device setting (cudaFuncSetAttribute), so this is worked out once per (kernel, device) and
+// kept: call it before every launch (a lookup after the first), so that a process driving
+// several GPUs (tensor parallelism) has the limit raised on each.
 int resident_ctas_per_sm(const void* kernel, int threads, size_t smem_bytes, const char* what);
 
 }  // namespace xy::cuda

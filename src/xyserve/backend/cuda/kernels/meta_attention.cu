@@ -360,7 +360,7 @@ __global__ void __launch_bounds__(MetaAttentionTraits<kHeadDim>::kThreads, 2)
 template <int kHeadDim>
 void run_meta_attention(const AttentionArgs& a, cudaStream_t stream) {
   using T = MetaAttentionTraits<kHeadDim>;
-  static const int blocks_per_sm = resident_ctas_per_sm(
+  const int blocks_per_sm = resident_ctas_per_sm(
       reinterpret_cast<const void*>(meta_attention_kernel<kHeadDim>), T::kThreads, T::kSmemBytes,
       "attention: the tensor-core kernel");
   const int32_t grid = a.task_count ? persistent_grid(a.num_tasks, blocks_per_sm) : a.num_tasks;

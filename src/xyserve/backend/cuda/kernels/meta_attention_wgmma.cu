@@ -840,7 +840,7 @@ __global__ void __launch_bounds__(WgmmaAttentionTraits<kHeadDim>::kThreads, 1)
 template <int kHeadDim>
 void run_wgmma_attention(const AttentionArgs& a, cudaStream_t stream) {
   using T = WgmmaAttentionTraits<kHeadDim>;
-  static const int blocks_per_sm = resident_ctas_per_sm(
+  const int blocks_per_sm = resident_ctas_per_sm(
       reinterpret_cast<const void*>(wgmma_attention_kernel<kHeadDim>), T::kThreads, T::kSmemBytes,
       "attention: the wgmma kernel");  // 1
   const int32_t box_rows = std::min(a.block_size, int32_t{128});

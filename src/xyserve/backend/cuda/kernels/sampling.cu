@@ -31,6 +31,7 @@
 #include <cstdint>
 
 #include "xyserve/backend/cuda/cuda_check.h"
+#include "xyserve/backend/cuda/kernels/kernels.h"
 #include "xyserve/common/error.h"
 
 namespace xy::cuda {
@@ -765,13 +766,9 @@ void launch_sampling(const SamplingArgs& a, cudaStream_t stream) {
     throw InvalidArgument(cat("sampling: ", a.top_n,
                               " top logprobs asked; the GPU sampler returns at most ",
                               kMaxTopLogprobs));
-  static const bool configured = [] {
-    XY_CUDA_CHECK(cudaFuncSetAttribute(sampling_kernel,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       int(kListBytes + kMaxBitmapBytes)));
-    return true;
-  }();
-  (void)configured;
+  // The shared-memory allowance, per device (a rank of tensor parallelism may sample too).
+  resident_ctas_per_sm(reinterpret_cast<const void*>(sampling_kernel), kThreads, kListBytes + kMaxBitmapBytes,
+                       "sampling: the sampling kernel");
   const size_t smem = (a.any_sampled ? kListBytes : 0) +
                       (a.any_penalties ? size_t((a.vocab + 31) / 32) * sizeof(uint32_t) : 0);
   sampling_kernel<<<a.num_rows, kThreads, smem, stream>>>(a);
