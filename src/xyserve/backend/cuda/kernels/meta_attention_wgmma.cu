@@ -54,7 +54,7 @@
 // Outputs are those of launch_attention(kTensorCore) (kernels.h): normalised bf16 rows, or the
 // (o, max in log2 units, sum) partial of a split task at row partial * partial_rows + r.
 //
-// Dealing: eager launches (task_count null) take tasks greedily from a device counter in list
+// Dealing: eager launches (task_count null) take tasks greedily from a per-stream device counter in list
 // order (largest first), as the hardware scheduler deals one-CTA-per-task grids; graph launches
 // (task_count set) deal the list in XY-Serve's symmetric round-robin over a grid sized by the
 // list's capacity, so the launch never depends on the step. Not batch invariant (a row's
@@ -68,6 +68,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "xyserve/backend/cuda/cuda_check.h"
 #include "xyserve/backend/cuda/kernels/attention_mask.cuh"
@@ -142,11 +145,10 @@ struct SharedState {
 };
 constexpr uint32_t kTaskReaders = 256 + 32;
 
-// Greedy dealing of eager launches: the next task index, and the CTAs done with the counter
-// (the last resets both, so the next launch on the stream starts from zero). One per device,
-// so eager launches of this kernel on one device must not overlap (the engine runs one stream).
-__device__ uint32_t g_next_task = 0;
-__device__ uint32_t g_ctas_done = 0;
+// Greedy dealing of eager launches: counters[0] the next task index, counters[1] the CTAs done
+// with it (the last resets both, so the next launch on the stream starts from zero). One pair
+// per (device, stream): launches on one stream never overlap, on two they may (tensor-parallel
+// ranks sharing a GPU in the tests did, and dealt each other's tasks through one global pair).
 
 // A warp (all lanes) describes task `index`; every lane ends with the same TaskInfo.
 template <int kKeys>
@@ -198,9 +200,10 @@ __device__ TaskInfo describe_task(const AttentionArgs& a, int32_t index, int lan
 // ---------------------------------------------------------------------------------------------
 // Producer warp 0: deals the tasks, publishes them, and loads their K and V blocks by TMA.
 template <class T, class Shared>
-__device__ void produce_kv(const AttentionArgs& a, bool dynamic, const CUtensorMap* k_map, const CUtensorMap* v_map,
+__device__ void produce_kv(const AttentionArgs& a, uint32_t* counters, const CUtensorMap* k_map, const CUtensorMap* v_map,
                            uint8_t* k_s, uint8_t* v_s, Shared& sh) {
   const int lane = threadIdx.x % 32;
+  const bool dynamic = counters != nullptr;
   const int32_t num_tasks = a.task_count ? min(*a.task_count, a.num_tasks) : a.num_tasks;
   const int log2_bs = __ffs(a.block_size) - 1;
   const int32_t bs_mask = a.block_size - 1;
@@ -213,7 +216,7 @@ __device__ void produce_kv(const AttentionArgs& a, bool dynamic, const CUtensorM
   auto fetch = [&](uint32_t t) -> int32_t {
     int32_t index = -1;
     if (lane == 0) {
-      const uint32_t i = dynamic ? atomicAdd(&g_next_task, 1u)
+      const uint32_t i = dynamic ? atomicAdd(&counters[0], 1u)
                                  : t * gridDim.x + (t % 2 == 0 ? blockIdx.x : gridDim.x - 1 - blockIdx.x);
       index = i < uint32_t(num_tasks) ? int32_t(i) : -1;
     }
@@ -280,9 +283,9 @@ __device__ void produce_kv(const AttentionArgs& a, bool dynamic, const CUtensorM
   }
   if (dynamic && lane == 0) {
     __threadfence();
-    if (atomicAdd(&g_ctas_done, 1u) == gridDim.x - 1) {
-      atomicExch(&g_next_task, 0u);
-      atomicExch(&g_ctas_done, 0u);
+    if (atomicAdd(&counters[1], 1u) == gridDim.x - 1) {
+      atomicExch(&counters[0], 0u);
+      atomicExch(&counters[1], 0u);
     }
   }
 }
@@ -789,7 +792,7 @@ template <int kHeadDim>
 __global__ void __launch_bounds__(WgmmaAttentionTraits<kHeadDim>::kThreads, 1)
     wgmma_attention_kernel(const __grid_constant__ AttentionArgs a, const __grid_constant__ CUtensorMap k_map,
                            const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap q_map,
-                           bool use_q_map, bool dynamic) {
+                           bool use_q_map, uint32_t* counters) {
   using T = WgmmaAttentionTraits<kHeadDim>;
   using Shared = SharedState<T::kStages, T::kRows>;
   static_assert(T::kSmemBytes + sizeof(Shared) <= 227 * 1024, "shared memory of one CTA");
@@ -827,7 +830,7 @@ __global__ void __launch_bounds__(WgmmaAttentionTraits<kHeadDim>::kThreads, 1)
     ptx::setmaxnreg_dec<T::kProducerRegs>();
     const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
     if (warp == 0) {
-      produce_kv<T>(a, dynamic, &k_map, &v_map, k_s, v_s, sh);
+      produce_kv<T>(a, counters, &k_map, &v_map, k_s, v_s, sh);
     } else if (warp == 1) {
       produce_q<T>(a, use_q_map ? &q_map : nullptr, q_s, sh);
     }
@@ -835,6 +838,22 @@ __global__ void __launch_bounds__(WgmmaAttentionTraits<kHeadDim>::kThreads, 1)
     ptx::setmaxnreg_inc<T::kConsumerRegs>();
     consume<T>(a, warpgroup - 1, q_s, k_s, v_s, merge_s, sh);
   }
+}
+
+// The greedy deal's counter pair of `stream` on the current device, zeroed when made (on the
+// stream, ahead of the launch that first uses it). Kept for the process (8 bytes per stream).
+uint32_t* deal_counters(cudaStream_t stream) {
+  int device = 0;
+  XY_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::map<std::pair<int, cudaStream_t>, uint32_t*> counters;
+  std::lock_guard<std::mutex> lock(mutex);
+  uint32_t*& c = counters[{device, stream}];
+  if (c == nullptr) {
+    XY_CUDA_CHECK(cudaMalloc(&c, 2 * sizeof(uint32_t)));
+    XY_CUDA_CHECK(cudaMemsetAsync(c, 0, 2 * sizeof(uint32_t), stream));
+  }
+  return c;
 }
 
 template <int kHeadDim>
@@ -853,10 +872,10 @@ void run_wgmma_attention(const AttentionArgs& a, cudaStream_t stream) {
       a.num_q_rows > 0 && reinterpret_cast<uintptr_t>(a.q) % 16 == 0 && a.q_row_stride % 8 == 0 &&
       encode_q_tensor_map(&q_map, a.q, a.num_q_rows, a.q_row_stride, a.num_kv_heads, a.group, kHeadDim,
                           T::kRows / a.group);
-  const bool dynamic = a.task_count == nullptr;
+  uint32_t* counters = a.task_count == nullptr ? deal_counters(stream) : nullptr;  // null: round-robin
   const int32_t grid = persistent_grid(a.num_tasks, blocks_per_sm);
   wgmma_attention_kernel<kHeadDim>
-      <<<grid, T::kThreads, T::kSmemBytes, stream>>>(a, k_map, v_map, q_map, use_q_map, dynamic);
+      <<<grid, T::kThreads, T::kSmemBytes, stream>>>(a, k_map, v_map, q_map, use_q_map, counters);
   XY_CUDA_CHECK_LAUNCH();
 }
 
