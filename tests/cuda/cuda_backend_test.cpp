@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "support/plan_feature_tour.h"
 #include "support/plan_sequences.h"
 #include "xyserve/backend/cpu/cpu_backend.h"
 #include "xyserve/backend/cuda/cuda_backend.h"
@@ -27,8 +28,6 @@ namespace {
 namespace fs = std::filesystem;
 constexpr int32_t kBlockSize = 16;
 constexpr int32_t kNumBlocks = 256;
-
-using Seq = testing::PlanSequence;
 
 // Plans over sequences from a shuffled block pool; the same seed gives the same tokens.
 struct Scenario : testing::PlanSequences {
@@ -81,7 +80,6 @@ TEST_P(CudaBackendParity, LogitsMatchCpuBackendOverEveryPlanFeature) {
   const int64_t vocab = config.vocab_size;
 
   Scenario sc(vocab);
-  const int32_t a = sc.add_seq(40), b = sc.add_seq(50), c = sc.add_seq(12), e = sc.add_seq(1100);
   Agreement agg;
   auto run = [&](const meta::StepPlan& plan, const char* what) {
     std::vector<float> lc, lg;
@@ -90,76 +88,8 @@ TEST_P(CudaBackendParity, LogitsMatchCpuBackendOverEveryPlanFeature) {
     SCOPED_TRACE(what);
     compare(lc, lg, vocab, agg);
   };
-  auto append_token = [&](int32_t i) { sc.seq(i).tokens.push_back(sc.token()); };
-  {  // prefill A; first chunk of B (no logits)
-    meta::StepPlan p;
-    p.block_size = kBlockSize;
-    sc.add_rows(p, a, 40, 40);
-    sc.add_rows(p, b, 20, 0);
-    run(p, "prefill + chunk");
-  }
-  {  // mixed: decode A, rest of B, all of C, first 600 of the long prompt E (split spans)
-    append_token(a);
-    meta::StepPlan p;
-    p.block_size = kBlockSize;
-    sc.add_rows(p, a, 1, 1);
-    sc.add_rows(p, b, 30, 3);
-    sc.add_rows(p, c, 12, 1);
-    sc.add_rows(p, e, 600, 2);
-    run(p, "mixed batch");
-  }
-  {  // rest of E (keys split at 512 and 1024), decode C
-    append_token(c);
-    meta::StepPlan p;
-    p.block_size = kBlockSize;
-    sc.add_rows(p, c, 1, 1);
-    sc.add_rows(p, e, 500, 5);
-    run(p, "long prompt, split and merged");
-  }
-  std::vector<int32_t> tree_tokens;
-  {  // a draft tree on B, decodes of A and E
-    append_token(a);
-    append_token(e);
-    meta::StepPlan p;
-    p.block_size = kBlockSize;
-    sc.add_rows(p, a, 1, 1);
-    sc.add_tree(p, b, {-1, 0, 0, 1, 1, 2, 3}, tree_tokens);
-    sc.add_rows(p, e, 1, 1);
-    run(p, "draft tree verify");
-  }
-  {  // accept B's path 0 -> 1 -> 4: move slot of row 4 to the slot after row 1; then decode B.
-    // D shares A's first block and copies A's second (partial) block: copy-on-write.
-    Seq& sb = sc.seq(b);
-    const int32_t nc = sb.computed;
-    for (int32_t r : {0, 1, 4}) sb.tokens.push_back(tree_tokens[size_t(r)]);
-    meta::StepPlan p;
-    p.block_size = kBlockSize;
-    const int32_t src = nc + 4, dst = nc + 2;
-    p.kv_moves.push_back({sb.table[size_t(src / kBlockSize)], src % kBlockSize,
-                          sb.table[size_t(dst / kBlockSize)], dst % kBlockSize});
-    sb.computed = nc + 3;
-    sb.tokens.push_back(sc.token());
-    sc.add_rows(p, b, 1, 1);
-    const int32_t d = sc.add_seq(0);
-    Seq& sd = sc.seq(d);
-    const Seq& sa = sc.seq(a);
-    sd.tokens.assign(sa.tokens.begin(), sa.tokens.begin() + 20);
-    for (int k = 0; k < 6; ++k) sd.tokens.push_back(sc.token());
-    sd.table = {sa.table[0], sc.take_block()};
-    p.kv_copies.push_back({sa.table[1], sd.table[1], 4});
-    sd.computed = 20;
-    sc.add_rows(p, d, 6, 6);
-    run(p, "slot move + block copy");
-  }
-  for (int step = 0; step < 3; ++step) {  // plain decodes of everyone
-    meta::StepPlan p;
-    p.block_size = kBlockSize;
-    for (int32_t i : {a, b, c, e}) {
-      append_token(i);
-      sc.add_rows(p, i, 1, 1);
-    }
-    run(p, "decode");
-  }
+  // Every plan feature; decodes at batch 1, 2 and 4, three steps each.
+  testing::run_plan_feature_tour(sc, 3, run);
   const double mean_rel = agg.sum_rel / double(agg.rows);
   std::printf("[parity] %s/%s: %lld rows, logits rel. L2 error max %.3e mean %.3e, max|diff|/max|logit| %.3e, "
               "greedy agreement %lld/%lld\n",

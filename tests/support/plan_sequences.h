@@ -37,6 +37,7 @@ class PlanSequences {
     return int32_t(seqs_.size() - 1);
   }
   int32_t size() const { return int32_t(seqs_.size()); }
+  int32_t block_size() const { return block_size_; }
   PlanSequence& seq(int32_t i) { return seqs_[size_t(i)]; }
   int32_t token() { return int32_t(rng_() % uint64_t(vocab_)); }
   std::mt19937_64& rng() { return rng_; }
