@@ -285,6 +285,40 @@ TEST(AttentionWorkList, SmallTilesInterleavedEvenlyEachKindInItsOrder) {
   }
 }
 
+TEST(AttentionWorkList, SmallTilesLastEachKindInItsOrderAndCounted) {
+  // 2 prefill chunks of 64 (2 tiles of 32 tokens x 8 heads each), 20 decodes (4 rows a tile) and a
+  // 3-token verify (12 rows): with the threshold at 16 rows, the decodes and the verify are small.
+  std::vector<Req> reqs(2, Req{300, 64});
+  for (int i = 0; i < 20; ++i) reqs.push_back({500 + 40 * i, 1});
+  reqs.push_back({900, 3});
+  const StepPlan plan = make_plan(reqs);
+  WorkListOptions options{128, 8192};
+  options.l2_section_positions = 2048;
+  const AttentionWorkList sorted = build_attention_work_list(plan, {32, 8, 0}, options);
+  EXPECT_EQ(sorted.num_large_tasks, int32_t(sorted.tasks.size()));
+  options.small_tiles_last_rows = 16;
+  options.interleave_small_tiles = true;  // the partition takes precedence
+  const AttentionWorkList split = build_attention_work_list(plan, {32, 8, 0}, options);
+  ASSERT_EQ(split.tasks.size(), sorted.tasks.size());
+  auto small = [](const AttentionTask& t) { return t.q_count * 4 <= 16; };
+  EXPECT_EQ(split.num_large_tasks, 2 * 2 * 8);
+  for (size_t i = 0; i < split.tasks.size(); ++i)
+    EXPECT_EQ(small(split.tasks[i]), int32_t(i) >= split.num_large_tasks) << i;
+  // Each kind in the order the sorted list has it.
+  auto same = [](const AttentionTask& a, const AttentionTask& b) {
+    return a.request == b.request && a.kv_head == b.kv_head && a.q_begin == b.q_begin && a.kv_begin == b.kv_begin;
+  };
+  for (const bool kind : {false, true}) {
+    std::vector<const AttentionTask*> a, b;
+    for (const auto& t : sorted.tasks)
+      if (small(t) == kind) a.push_back(&t);
+    for (const auto& t : split.tasks)
+      if (small(t) == kind) b.push_back(&t);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(same(*a[i], *b[i])) << i;
+  }
+}
+
 TEST(AttentionWorkList, DecodePacksTheGqaGroupIntoOneTile) {
   const StepPlan plan = make_plan({{700, 1}, {10, 5}});
   const AttentionWorkList list = build_attention_work_list(plan, {32, 8, 0}, {64, 1024});
