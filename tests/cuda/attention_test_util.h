@@ -59,7 +59,9 @@ struct Problem {
 // Runs the work list with `kernel` (then the merge) and returns the bf16 output bits. With
 // task_count >= 0, only the list's first task_count tasks are the step (the rest is capacity, as
 // in a CUDA-graph bucket): the kernel reads the count on the device (AttentionArgs::task_count).
-inline std::vector<uint16_t> run_on_device(const Problem& p, AttentionKernel kernel, int32_t task_count = -1) {
+// tile_ctas: AttentionArgs::tile_ctas (the hybrid launch's split).
+inline std::vector<uint16_t> run_on_device(const Problem& p, AttentionKernel kernel, int32_t task_count = -1,
+                                           int32_t tile_ctas = 0) {
   const int32_t heads = p.kv_heads * p.group;
   DevicePlan dplan;
   std::vector<std::pair<int32_t, meta::AttentionWorkList>> lists{{p.window, p.list}};
@@ -96,6 +98,7 @@ inline std::vector<uint16_t> run_on_device(const Problem& p, AttentionKernel ker
   aa.partial_max = d_ps.get();
   aa.partial_rows = p.tile_rows;
   aa.partial_sum = d_ps.get() + np * tile;
+  aa.tile_ctas = tile_ctas;
   launch_attention(aa, nullptr, kernel);
   launch_attention_merge(aa, view.attention[0].merges, view.attention[0].num_merges, nullptr);
   std::vector<uint16_t> out(p.q.size());
