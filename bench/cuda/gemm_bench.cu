@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <string>
@@ -592,13 +593,27 @@ void run_chain(cudaStream_t stream, double copy_tbps, xy::bench::CublasLtGemm& c
 int main(int argc, char** argv) {
   std::string csv_path = "gemm_bench.csv";
   bool quick = false;
+  std::vector<int> only_ms;  // --ms M,M,...: the sweep at these M alone (no gemv ablation, no chain)
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--csv") == 0 && i + 1 < argc) csv_path = argv[++i];
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    if (std::strcmp(argv[i], "--ms") == 0 && i + 1 < argc) {
+      for (const char* p = argv[++i]; *p != '\0';) {
+        char* end = nullptr;
+        const long m = std::strtol(p, &end, 10);
+        if (end == p || m < 1) {
+          std::fprintf(stderr, "gemm_bench: --ms wants positive integers separated by commas, got %s\n", argv[i]);
+          return 2;
+        }
+        only_ms.push_back(int(m));
+        p = *end == ',' ? end + 1 : end;
+      }
+    }
   }
-  std::vector<int> ms = quick ? std::vector<int>(std::begin(kQuickMs), std::end(kQuickMs))
-                              : std::vector<int>(std::begin(kMs), std::end(kMs));
-  for (int m : kChainMs) {
+  std::vector<int> ms = !only_ms.empty() ? only_ms
+                        : quick          ? std::vector<int>(std::begin(kQuickMs), std::end(kQuickMs))
+                                         : std::vector<int>(std::begin(kMs), std::end(kMs));
+  for (int m : only_ms.empty() ? std::vector<int>(std::begin(kChainMs), std::end(kChainMs)) : std::vector<int>{}) {
     if (std::count(ms.begin(), ms.end(), m) != 1) {
       std::fprintf(stderr, "gemm_bench: chain M %d is not in the sweep's list\n", m);
       return 2;
@@ -623,9 +638,9 @@ int main(int argc, char** argv) {
   xy::bench::CublasLtGemm cublas;
   std::map<std::pair<int, int>, SweepBest> best_of;  // (shape index, M) -> what the sweep found
   run_sweep(ms, stream, copy_tbps, csv, cublas, best_of);
-  run_gemv_ablation(stream, copy_tbps, csv, cublas);
+  if (only_ms.empty()) run_gemv_ablation(stream, copy_tbps, csv, cublas);
   std::fclose(csv);
-  run_chain(stream, copy_tbps, cublas, best_of);
+  if (only_ms.empty()) run_chain(stream, copy_tbps, cublas, best_of);
   XY_CUDA_CHECK(cudaStreamDestroy(stream));
   return 0;
 }

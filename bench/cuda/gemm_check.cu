@@ -51,6 +51,15 @@ std::vector<Case> make_cases(bool quick, bool small) {
       {129, 512, 12288},  {257, 2048, 512},   {777, 1024, 4096}, {1000, 768, 320},
       {5, 192, 128},      {45, 320, 256},   {7, 48, 1536},
       {2000, 4096, 512},  // more tiles than SMs: the persistent wgmma grid loops
+      // The stream-K wgmma kernels (wgmma_sk_*): M around their 64- and 128-row tiles, a third
+      // m-tile of one row, K up to 14336; M <= 1024 takes their m-aligned stream-K schedule
+      // (W blocks shared by the m-tiles in step), more rows the data-parallel waves: 1408 x 6144
+      // is 264 (= 2 x 132) tiles at 128 x 256 and 528 at 64 x 256 and 128 x 128, all whole (no
+      // stream-K tail on 132 SMs); 1500 x 6144 leaves a stream-K tail of 132 + 24 tiles (128 x
+      // 256) and 132 + 48 (the others) of 3 K blocks each. Small K keeps them in --small.
+      {63, 2048, 4096},   {64, 4096, 4096},   {65, 1024, 14336}, {129, 6144, 4096},
+      {257, 4096, 4096},  {511, 2048, 2048},  {777, 6144, 4096}, {1408, 6144, 128},
+      {1500, 6144, 192},  {65, 512, 1024},    {257, 256, 2048},
       // Only the gemv kernels run these (any N, K a multiple of 32): one row, fewer rows than
       // SMs, rows shares that are not multiples of 8, K of one chunk and of an odd count.
       {1, 1, 32},         {3, 37, 96},        {9, 1000, 160},   {24, 131, 4096},
@@ -162,12 +171,14 @@ __global__ void slow_producer_kernel(const __nv_bfloat16* src, __nv_bfloat16* ds
 int check_pdl_ordering(GemmKernel kernel, cudaStream_t stream, uint64_t& seed) {
   const char* name = xy::cuda::gemm_kernel_name(kernel);
   // (m, n1, k1) for GEMM 1 and n2 for GEMM 2 (k2 = n1): M = 1, M inside a token tile, M over
-  // two tiles of the gemv and stream kernels.
+  // two tiles of the gemv and stream kernels, M over four 64-row tiles (stream-K wgmma tiles
+  // shared by CTAs, so the workspace is used by both GEMMs).
   struct Chain {
     int m, n1, k1, n2;
   };
   int failed = 0;
-  for (const Chain ch : {Chain{1, 512, 4096, 256}, Chain{13, 1024, 1536, 512}, Chain{45, 512, 2048, 768}}) {
+  for (const Chain ch : {Chain{1, 512, 4096, 256}, Chain{13, 1024, 1536, 512}, Chain{45, 512, 2048, 768},
+                         Chain{200, 1024, 2048, 512}}) {
     if (*xy::cuda::gemm_unsupported_reason(kernel, ch.m, ch.n1, ch.k1) != '\0' ||
         *xy::cuda::gemm_unsupported_reason(kernel, ch.m, ch.n2, ch.n1) != '\0') {
       continue;

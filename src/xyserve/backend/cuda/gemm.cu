@@ -2,6 +2,7 @@
 #include "xyserve/backend/cuda/gemm.h"
 
 #include <bit>
+#include <climits>
 
 #include "xyserve/backend/cuda/cuda_check.h"
 #include "xyserve/backend/cuda/kernels/gemm_kernels.cuh"
@@ -14,12 +15,13 @@ constexpr GemmKernel kAllKernels[] = {
     GemmKernel::kGemvT8,       GemmKernel::kGemvT16,      GemmKernel::kGemvT32,
     GemmKernel::kStreamT16,    GemmKernel::kStreamT32,    GemmKernel::kStreamT64,
     GemmKernel::kStreamT16N64, GemmKernel::kStreamT32N64, GemmKernel::kStreamT64N64,
-    GemmKernel::kStreamT16N32, GemmKernel::kWgmma128x256, GemmKernel::kWgmma128x128};
+    GemmKernel::kStreamT16N32, GemmKernel::kWgmma128x256, GemmKernel::kWgmma128x128,
+    GemmKernel::kWgmmaSk128x256, GemmKernel::kWgmmaSk128x128, GemmKernel::kWgmmaSk64x256};
 
-enum class Family { kGemv, kStream, kWgmma };
+enum class Family { kGemv, kStream, kWgmma, kWgmmaSk };
 
-// The compiled tile of each kernel: tokens per tile (0 for the wgmma kernels), rows of W per
-// tile (1 for the gemv kernels: any n), columns of K per block.
+// The compiled tile of each kernel: tokens per tile (rows of x; 0 for the split-K wgmma kernels,
+// whose tile is 128), rows of W per tile (1 for the gemv kernels: any n), columns of K per block.
 struct Tile {
   Family family;
   int tokens, rows, cols;
@@ -39,6 +41,9 @@ Tile tile_of(GemmKernel kernel) {
     case GemmKernel::kStreamT16N32: return {Family::kStream, 16, 32, 256};
     case GemmKernel::kWgmma128x256: return {Family::kWgmma, 0, 256, 64};
     case GemmKernel::kWgmma128x128: return {Family::kWgmma, 0, 128, 64};
+    case GemmKernel::kWgmmaSk128x256: return {Family::kWgmmaSk, 128, 256, 64};
+    case GemmKernel::kWgmmaSk128x128: return {Family::kWgmmaSk, 128, 128, 64};
+    case GemmKernel::kWgmmaSk64x256: return {Family::kWgmmaSk, 64, 256, 64};
   }
   return {Family::kWgmma, 0, 0, 0};
 }
@@ -61,6 +66,9 @@ const char* gemm_kernel_name(GemmKernel kernel) {
     case GemmKernel::kStreamT16N32: return "stream_t16_n32";
     case GemmKernel::kWgmma128x256: return "wgmma_128x256";
     case GemmKernel::kWgmma128x128: return "wgmma_128x128";
+    case GemmKernel::kWgmmaSk128x256: return "wgmma_sk_128x256";
+    case GemmKernel::kWgmmaSk128x128: return "wgmma_sk_128x128";
+    case GemmKernel::kWgmmaSk64x256: return "wgmma_sk_64x256";
   }
   return "unknown";
 }
@@ -82,6 +90,10 @@ const char* gemm_unsupported_reason(GemmKernel kernel, int m, int n, int k) {
   // The gemv kernels run a token tile per gridDim.y (at most 65535).
   if (tile.family == Family::kGemv && (int64_t{m} + tile.tokens - 1) / tile.tokens > 65535)
     return "m must be at most 65535 token tiles";
+  // The stream-K wgmma kernels number their (tile, K block) iterations with 32-bit integers.
+  if (tile.family == Family::kWgmmaSk &&
+      (int64_t{m} + tile.tokens - 1) / tile.tokens * (n / tile.rows) * (k / tile.cols) > INT32_MAX)
+    return "m, n and k give more than 2^31 - 1 (tile, K block) iterations";
   return "";
 }
 
@@ -91,6 +103,7 @@ size_t gemm_workspace_bytes(GemmKernel kernel, int m, int n, int k) {
     case Family::kGemv: return 0;
     case Family::kStream: return gemm_detail::stream_workspace_bytes(tile.tokens, tile.rows, m, n, k);
     case Family::kWgmma: return gemm_detail::wgmma_workspace_bytes(tile.rows, m, n, k);
+    case Family::kWgmmaSk: return gemm_detail::wgmma_sk_workspace_bytes(tile.tokens, tile.rows, m, n, k);
   }
   return 0;
 }
@@ -126,6 +139,10 @@ void gemm_launch(GemmKernel kernel, const GemmArgs& a, cudaStream_t stream) {
       break;
     case Family::kWgmma:  // not PDL-aware: a plain launch whatever a.pdl says
       XY_CUDA_CHECK(gemm_detail::launch_wgmma(tile.rows, a.x, a.w, a.y, a.m, a.n, a.k, a.workspace, stream));
+      break;
+    case Family::kWgmmaSk:
+      XY_CUDA_CHECK(gemm_detail::launch_wgmma_sk(tile.tokens, tile.rows, a.x, a.w, a.y, a.m, a.n, a.k,
+                                                 a.workspace, a.pdl, stream));
       break;
   }
 }

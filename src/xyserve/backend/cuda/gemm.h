@@ -40,6 +40,13 @@ enum class GemmKernel {
   // mid and large M.
   kWgmma128x256,
   kWgmma128x128,
+  // TMA + wgmma stream-K: a persistent grid of one CTA per SM, each running an equal share of the
+  // (output tile, K block) iterations, partial tiles summed in the workspace; bf16 output through
+  // shared memory and TMA stores. 64 x 256 (two consumer warpgroups splitting N) for M <= ~512
+  // and ragged M; 128 x 256 and 128 x 128 past it. PDL-aware.
+  kWgmmaSk128x256,
+  kWgmmaSk128x128,
+  kWgmmaSk64x256,
 };
 
 // Every kernel of the family, in the order above (for benchmarks and tests).
@@ -64,8 +71,8 @@ struct GemmArgs {
   // waits for that kernel (griddepcontrol.wait); it reads x, writes y and touches the workspace
   // only after. The previous kernel lets it start early by issuing griddepcontrol.launch_dependents
   // (without it, the launch still waits for its completion, as a plain launch does). Kernels that
-  // are not PDL-aware (kWgmma*) ignore the flag. Works inside CUDA graph capture (a
-  // programmatic edge).
+  // are not PDL-aware (kWgmma128x256, kWgmma128x128) ignore the flag. Works inside CUDA graph
+  // capture (a programmatic edge).
   bool pdl = false;
 };
 

@@ -9,7 +9,7 @@
 // more than the device's. The split minimises the later finish.
 //
 // Rates measured on the H200 (2026-11-25, attention_bench's hybrid split sweep on 4 chunks of 1024
-// on 1024 cached + 128 decodes at 2k; bench/cuda/attention_bench.md): a tile SM computes ~3.4
+// on 1024 cached + 128 decodes at 2k; docs/PERFORMANCE.md, fifth session): a tile SM computes ~3.4
 // TFLOP/s; a decode SM streams ~29 GB/s, whatever the number of decode SMs (68, 60, 52: 28.6, 28.8,
 // 29.9 GB/s). That is below an even share of the device's bandwidth (4.3 TB/s over 132 SMs, 32.6
 // GB/s): the decode CTAs' cp.async rings do not let one SM draw more, so splitting the SMs cannot

@@ -1,7 +1,7 @@
 // Thin inline-PTX wrappers used by the GEMM kernels: cp.async, cache-hinted loads and L2
 // prefetch, griddepcontrol (programmatic dependent launch, sm_90), ldmatrix, mma.sync (sm_80+),
-// mbarrier, TMA (cp.async.bulk.tensor, sm_90) and wgmma (sm_90a). Each wrapper is one
-// instruction; the PTX ISA section it implements is named beside it.
+// mbarrier, TMA loads and stores (cp.async.bulk.tensor, sm_90) and wgmma (sm_90a). Each wrapper
+// is one instruction; the PTX ISA section or instruction it implements is named beside it.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -93,6 +93,19 @@ __device__ __forceinline__ void red_add_v4(float* p, float a, float b, float c, 
                : "memory");
 }
 
+// Load with acquire semantics at GPU scope (PTX: ld.acquire): reads after it see what the writer
+// released before the value was written (a stream-K counter read before a partial tile).
+__device__ __forceinline__ uint32_t ld_acquire_gpu(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// 4 bytes to shared memory at a shared-space address.
+__device__ __forceinline__ void st_shared_b32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+
 // Barrier `id` (1..15; 0 is __syncthreads) over `count` threads, a multiple of 32 (PTX 9.7.13.1).
 __device__ __forceinline__ void named_barrier_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
@@ -142,6 +155,34 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, u
       "[%0], [%1, {%3, %4}], [%2];\n" ::"r"(smem_addr(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
       : "memory");
+}
+// Stores the box at (c0, c1) of `map` from shared memory (the layout tma_load_2d writes, swizzle
+// included); parts of the box outside the tensor are not written, which is how rows past M stay
+// untouched. Completes through the bulk-group functions below, not through an mbarrier.
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, const void* src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(smem_addr(src)), "r"(c0), "r"(c1)
+               : "memory");
+}
+// Closes the bulk group of this thread's TMA stores issued since its last commit (PTX:
+// cp.async.bulk.commit_group).
+__device__ __forceinline__ void bulk_commit_group() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until at most kPending of this thread's committed bulk groups still read shared memory
+// (their sources may be overwritten once this returns).
+template <int kPending>
+__device__ __forceinline__ void bulk_wait_group_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
+}
+// Waits until at most kPending of this thread's committed bulk groups are incomplete (writes done).
+template <int kPending>
+__device__ __forceinline__ void bulk_wait_group() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+// Orders this thread's generic-proxy writes to shared memory before later async-proxy accesses
+// (a TMA store reading them); PTX: fence.proxy.async.
+__device__ __forceinline__ void fence_proxy_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 __device__ __forceinline__ void prefetch_tensor_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");

@@ -1,0 +1,480 @@
+// Stream-K GEMM for Hopper, mid and large M: y[M, N] = x[M, K] · W[N, K]ᵀ with TMA loads, wgmma
+// (sm_90a) and TMA stores.
+//
+// Why: the split-K wgmma kernel (gemm_wgmma.cu) picks a split count from a wave model, which
+// leaves SMs idle (Llama-3-8B qkv at M = 128: 48 tiles x 2 splits = 96 CTAs for 132 SMs) and
+// quantizes badly past a wave (M = 257: a third m-tile of one row). Here the work is the set of
+// (output tile, 64-column K block) iterations, and a persistent grid gives every CTA an equal,
+// contiguous share of them ("stream-K", Osama et al., PPoPP 2023), so all SMs finish together
+// whatever M is.
+//
+// Roles (as in gemm_wgmma.cu): warpgroup 0 is the producer, one thread issuing TMA loads of x
+// and W blocks into a kStages ring completing on mbarriers; warpgroups 1 and 2 are consumers
+// running wgmma on 64 rows each. With kBM = 128 the consumers split the tile's rows (64 x kBN
+// each, m64nkBNk16); with kBM = 64 they split its columns (64 x kBN/2 each, m64n128k16 for kBN =
+// 256), so that a 64-row tile still has two warpgroups issuing MMAs and sharing the epilogue.
+//
+// Schedule (SkSchedule, made on the host by make_plan):
+//  - At most kMaxAlignedMTiles m-tiles (M <= 1024 at kBM = 128, the mid M that this kernel is
+//    for): every tile is stream-K'd, tiles in m-major order (tile = m_tile * num_n + n_tile), on a
+//    grid that is a multiple of the m-tile count (at most kMaxAlignedMTiles - 1 SMs left idle).
+//    Then CTA m_tile * g + i runs the i-th of g equal shares of m-tile m_tile's iterations, so the
+//    CTAs with the same i, one per m-tile, ask for the same block of W at the same time: W comes
+//    from HBM about once and the other m-tiles find it in L2 (x, at most 8 row tiles, stays in L2).
+//  - More m-tiles: whole tiles round-robin over the CTAs ("data-parallel") in grouped raster
+//    order (kRasterGroupM m-tiles at a time, m-tiles varying fastest, so a wave of CTAs shares a
+//    band of x and of W in L2), except the last tiles % G + G tiles (G CTAs), which are stream-K'd:
+//    the "data-parallel + two-tile stream-K" hybrid of the stream-K paper. Full waves need no
+//    fix-up; the stream-K tail removes the last wave's quantization, and with at least a tile per
+//    CTA no tile is cut among many CTAs.
+//
+// Partial tiles: a CTA whose share covers only part of a tile's K blocks adds its fp32 partial
+// into a workspace slot with vector reductions at L2 and counts its K blocks on the slot's
+// counter; the CTA that completes the count stores the tile and re-zeroes the slot, so the
+// workspace is zero between calls and no CTA ever waits for another. Before adding, a CTA reads
+// the counter: when every other part is already in (usually so for the CTA holding a tile's first
+// K blocks, which reaches them at the end of its share), it sums the slot into its registers and
+// skips its own reduction. The slot of a split tile is the index of the first CTA whose share
+// begins inside it (unique: shares are disjoint), so the workspace is grid x tile, not tiles x tile.
+//
+// Epilogue: each consumer converts its accumulators to bf16 in 64 x 64 slabs in shared memory
+// (two buffers each, 128-byte swizzled rows: conflict-free fragment writes) and one thread stores
+// each slab with a TMA store, overlapping the next slab's conversion. y's tensor map is exactly
+// [M, N], so TMA drops the rows past M (virtual padding) and x's map zero-fills them on load.
+//
+// Programmatic dependent launch: the producer requests the first kStages blocks of W before
+// griddepcontrol.wait (no kernel writes W), x only after it; the consumers wait before they touch
+// y or the workspace.
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cstdint>
+
+#include "xyserve/backend/cuda/kernels/gemm_kernels.cuh"
+#include "xyserve/backend/cuda/kernels/gemm_ptx.cuh"
+#include "xyserve/backend/cuda/kernels/gemm_wgmma_ptx.cuh"
+#include "xyserve/backend/cuda/tensor_maps.h"
+
+namespace xy::cuda::gemm_detail {
+namespace {
+
+constexpr int kMaxAlignedMTiles = 8;
+constexpr int kRasterGroupM = 8;
+constexpr int kMaxSmemBytes = 227 * 1024;  // per block, sm_90
+
+template <int kBM_, int kBN_>
+struct SkTraits {
+  static_assert((kBM_ == 128 && (kBN_ == 128 || kBN_ == 256)) || (kBM_ == 64 && kBN_ == 256),
+                "tiles: 128 x 256, 128 x 128, 64 x 256");
+  static constexpr int kBM = kBM_;
+  static constexpr int kBN = kBN_;
+  static constexpr int kBK = 64;  // 128 bytes: one swizzle row
+  static constexpr int kConsumers = 2;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  // Each consumer owns 64 rows x kConsumerN columns of the tile, at (kRowBase, kColBase) * its index.
+  static constexpr bool kSplitRows = kBM == 128;
+  static constexpr int kConsumerN = kSplitRows ? kBN : kBN / 2;
+  static constexpr int kRowStep = kSplitRows ? 64 : 0;
+  static constexpr int kColStep = kSplitRows ? 0 : kConsumerN;
+  static constexpr int kAcc = kConsumerN / 2;  // fp32 accumulators per thread
+  static constexpr int kATileBytes = kBM * kBK * 2;
+  static constexpr int kBTileBytes = kBN * kBK * 2;
+  static constexpr int kStageBytes = kATileBytes + kBTileBytes;
+  // Output staging: per consumer two [64 rows][64 columns] bf16 slabs of 128-byte rows.
+  static constexpr int kSlabBytes = 64 * 64 * 2;
+  static constexpr int kSlabsPerTile = kConsumerN / 64;
+  static constexpr int kOutBytes = kConsumers * 2 * kSlabBytes;
+  // As many stages as fit beside the staging (+1024 for aligning to the swizzle atom, +1024 for
+  // the static barriers), at most 6: 4 for 128 x 256 and 64 x 256, 6 for 128 x 128.
+  static constexpr int kStages = std::min(6, (kMaxSmemBytes - kOutBytes - 2048) / kStageBytes);
+  static constexpr int kSmemBytes = kStages * kStageBytes + kOutBytes + 1024;
+  static constexpr int kTileFloats = kBM * kBN;  // one partial tile in the workspace
+  static constexpr int kProducerRegs = 40;
+  static constexpr int kConsumerRegs = 232;
+  static_assert(kStages >= 3, "pipeline depth");
+  static_assert(kConsumerN == 128 || kConsumerN == 256, "wgmma wrappers exist for n = 128 and 256");
+  static_assert(kSmemBytes + 1024 <= kMaxSmemBytes, "shared memory per block");
+  static_assert(128 * kProducerRegs + kConsumers * 128 * kConsumerRegs <= 65536, "register file");
+};
+
+// Which iterations run where; made once per launch by make_plan, read by every CTA.
+struct SkSchedule {
+  int m, n;
+  int num_m_tiles, num_n_tiles, k_iters;
+  int group_m;       // raster: group_m m-tiles at a time, m-tiles fastest (1: m-major order)
+  int dp_tiles;      // tiles [0, dp_tiles) run whole: CTA b takes b, b + G, b + 2G, ...
+  int sk_tiles;      // tiles [dp_tiles, dp_tiles + sk_tiles) are stream-K'd over all G CTAs
+  int64_t sk_iters;  // sk_tiles * k_iters
+};
+
+// One run of K blocks [kb_begin, kb_end) of one tile, accumulated without a break.
+struct Segment {
+  int tile, kb_begin, kb_end;
+};
+
+// CTA blockIdx.x's work: its data-parallel tiles, then its stream-K iterations
+// [sk_begin, sk_end) (numbered within the stream-K tiles), cut at tile boundaries.
+struct CtaWork {
+  int num_dp;
+  int first_sk_tile;  // within the stream-K tiles
+  int num_segments;
+  int sk_begin, sk_end;  // sk_iters < 2^31 (launch checks it)
+};
+
+__device__ __forceinline__ CtaWork cta_work(const SkSchedule& s) {
+  const int b = blockIdx.x, grid = gridDim.x;
+  CtaWork w;
+  w.num_dp = b < s.dp_tiles ? (s.dp_tiles - b + grid - 1) / grid : 0;
+  w.sk_begin = static_cast<int>(s.sk_iters * b / grid);
+  w.sk_end = static_cast<int>(s.sk_iters * (b + 1) / grid);
+  w.first_sk_tile = w.sk_begin / s.k_iters;
+  const int num_sk = w.sk_begin < w.sk_end ? (w.sk_end - 1) / s.k_iters - w.first_sk_tile + 1 : 0;
+  w.num_segments = w.num_dp + num_sk;
+  return w;
+}
+
+__device__ __forceinline__ Segment segment_of(const SkSchedule& s, const CtaWork& w, int i) {
+  if (i < w.num_dp) return {static_cast<int>(blockIdx.x) + i * static_cast<int>(gridDim.x), 0, s.k_iters};
+  const int t = w.first_sk_tile + (i - w.num_dp);
+  const int start = t * s.k_iters;
+  return {s.dp_tiles + t, max(w.sk_begin, start) - start, min(w.sk_end, start + s.k_iters) - start};
+}
+
+// Workspace slot of a stream-K tile that several CTAs share: the first CTA b whose share begins
+// strictly inside the tile, i.e. the least b with floor(sk_iters * b / G) > start; minus one
+// (b >= 1), so slots are 0 .. G - 2.
+__device__ __forceinline__ int slot_of(const SkSchedule& s, int tile) {
+  const int64_t start = int64_t{tile - s.dp_tiles} * s.k_iters;
+  return static_cast<int>(((start + 1) * gridDim.x + s.sk_iters - 1) / s.sk_iters) - 1;
+}
+
+// Grouped raster order: tile -> (m_tile, n_tile).
+__device__ __forceinline__ void tile_coords(const SkSchedule& s, int tile, int& m_tile, int& n_tile) {
+  const int group_size = s.group_m * s.num_n_tiles;
+  const int group = tile / group_size;
+  const int first_m = group * s.group_m;
+  const int group_m = min(s.num_m_tiles - first_m, s.group_m);
+  const int in_group = tile - group * group_size;
+  m_tile = first_m + in_group % group_m;
+  n_tile = in_group / group_m;
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+template <int kBM, int kBN>
+__global__ void __launch_bounds__(SkTraits<kBM, kBN>::kThreads, 1)
+    wgmma_sk_kernel(const __grid_constant__ CUtensorMap map_x, const __grid_constant__ CUtensorMap map_w,
+                    const __grid_constant__ CUtensorMap map_y, const SkSchedule sched,
+                    uint32_t* __restrict__ counters, float* __restrict__ partials) {
+  using T = SkTraits<kBM, kBN>;
+  extern __shared__ unsigned char smem_raw[];
+  __shared__ __align__(8) uint64_t full_bar[T::kStages];
+  __shared__ __align__(8) uint64_t empty_bar[T::kStages];
+  // Fix-up decisions broadcast to both consumers: two pairs, used alternately by successive
+  // fix-ups, so a pair is rewritten only after every consumer thread passed a later barrier.
+  __shared__ int s_flags[4];
+  unsigned char* smem = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  unsigned char* a_tiles = smem;                                  // [stage][kBM rows][64] of x
+  unsigned char* b_tiles = smem + T::kStages * T::kATileBytes;    // [stage][kBN rows][64] of W
+  unsigned char* out_slabs = smem + T::kStages * T::kStageBytes;  // [consumer][2][64 rows][64] bf16
+
+  const CtaWork work = cta_work(sched);
+  const int warpgroup = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    ptx::prefetch_tensor_map(&map_x);
+    ptx::prefetch_tensor_map(&map_w);
+    ptx::prefetch_tensor_map(&map_y);
+    for (int s = 0; s < T::kStages; ++s) {
+      ptx::mbarrier_init(&full_bar[s], 1);
+      ptx::mbarrier_init(&empty_bar[s], T::kConsumers);
+    }
+    ptx::fence_mbarrier_init();
+  }
+  __syncthreads();
+
+  // Both roles count K blocks over all of this CTA's segments (g): stage g % kStages, phase
+  // g / kStages, so the ring runs on across segments and tiles.
+  if (warpgroup == 0) {
+    ptx::setmaxnreg_dec<T::kProducerRegs>();
+    if (threadIdx.x != 0) return;
+    // W of the first kStages blocks: the ring is empty, and W does not depend on the previous
+    // kernel, so it is requested before griddepcontrol.wait.
+    uint32_t g = 0;
+    for (int i = 0; i < work.num_segments && g < T::kStages; ++i) {
+      const Segment seg = segment_of(sched, work, i);
+      int m_tile, n_tile;
+      tile_coords(sched, seg.tile, m_tile, n_tile);
+      for (int kb = seg.kb_begin; kb < seg.kb_end && g < T::kStages; ++kb, ++g) {
+        ptx::mbarrier_arrive_expect_tx(&full_bar[g], T::kStageBytes);
+        ptx::tma_load_2d(b_tiles + g * T::kBTileBytes, &map_w, &full_bar[g], kb * T::kBK, n_tile * T::kBN);
+      }
+    }
+    ptx::griddep_wait();  // x from here on
+    g = 0;
+    for (int i = 0; i < work.num_segments; ++i) {
+      const Segment seg = segment_of(sched, work, i);
+      int m_tile, n_tile;
+      tile_coords(sched, seg.tile, m_tile, n_tile);
+      for (int kb = seg.kb_begin; kb < seg.kb_end; ++kb, ++g) {
+        const int s = g % T::kStages;
+        if (g >= T::kStages) {  // stage s is refilled once both consumers released it
+          ptx::mbarrier_wait(&empty_bar[s], ((g / T::kStages) - 1) & 1);
+          ptx::mbarrier_arrive_expect_tx(&full_bar[s], T::kStageBytes);
+          ptx::tma_load_2d(b_tiles + s * T::kBTileBytes, &map_w, &full_bar[s], kb * T::kBK, n_tile * T::kBN);
+        }
+        ptx::tma_load_2d(a_tiles + s * T::kATileBytes, &map_x, &full_bar[s], kb * T::kBK, m_tile * T::kBM);
+      }
+    }
+    // Every load is issued: the next kernel may start on the SMs that this grid frees (a hint;
+    // it still waits for this grid's completion). The consumers issue it too, at their last
+    // segment, whether the hardware counts a CTA's first thread or all of them.
+    ptx::griddep_launch_dependents();
+    return;
+  }
+
+  ptx::setmaxnreg_inc<T::kConsumerRegs>();
+  ptx::griddep_wait();  // y and the workspace from here on
+  const int consumer = warpgroup - 1;
+  const int ct = threadIdx.x - 128;  // 0..255 over both consumers
+  const int t = threadIdx.x % 128;   // thread within this consumer
+  const bool leader = t == 0;
+  const int warp = t / 32, lane = t % 32;
+  const int row_base = consumer * T::kRowStep;  // this consumer's rows and columns in the tile
+  const int col_base = consumer * T::kColStep;
+  unsigned char* my_slabs = out_slabs + consumer * 2 * T::kSlabBytes;
+  uint32_t g = 0;
+  uint32_t slabs_stored = 0;  // by this consumer: slab buffer slabs_stored % 2 is next
+  int fixups = 0;
+
+  for (int i = 0; i < work.num_segments; ++i) {
+    if (i == work.num_segments - 1) ptx::griddep_launch_dependents();
+    // Only the count of K blocks is live through the main loop; the rest is recomputed after it.
+    const int num_iters = [&] {
+      const Segment seg = segment_of(sched, work, i);
+      return seg.kb_end - seg.kb_begin;
+    }();
+
+    // acc[64 rows][kConsumerN columns] of this consumer = x rows · W rowsᵀ over the segment's
+    // K blocks, in wgmma fragment order.
+    float d[T::kAcc];
+#pragma unroll
+    for (int j = 0; j < T::kAcc; ++j) d[j] = 0.f;
+    for (int it = 0; it < num_iters; ++it, ++g) {
+      const int s = g % T::kStages;
+      ptx::mbarrier_wait(&full_bar[s], (g / T::kStages) & 1);
+      const uint64_t desc_a = ptx::wgmma_desc_sw128(a_tiles + s * T::kATileBytes + row_base * 128);
+      const uint64_t desc_b = ptx::wgmma_desc_sw128(b_tiles + s * T::kBTileBytes + col_base * 128);
+      ptx::wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < T::kBK / 16; ++ks) {
+        // 16 columns along K inside the 128-byte swizzled row: +32 bytes, +2 in the descriptor.
+        if constexpr (T::kConsumerN == 256) {
+          ptx::wgmma_m64n256k16_bf16(d, desc_a + 2 * ks, desc_b + 2 * ks, 1);
+        } else {
+          ptx::wgmma_m64n128k16_bf16(d, desc_a + 2 * ks, desc_b + 2 * ks, 1);
+        }
+      }
+      ptx::wgmma_commit();
+      // This block's wgmmas stay in flight; the previous block's are done: release its stage.
+      ptx::wgmma_wait<1>();
+      if (it > 0 && leader) ptx::mbarrier_arrive(&empty_bar[(g - 1) % T::kStages]);
+    }
+    ptx::wgmma_wait<0>();
+    if (num_iters > 0 && leader) ptx::mbarrier_arrive(&empty_bar[(g - 1) % T::kStages]);
+    const Segment seg = segment_of(sched, work, i);
+    int m_tile, n_tile;
+    tile_coords(sched, seg.tile, m_tile, n_tile);
+
+    // A warp whose 16 rows all lie past M holds zeros: it neither adds to the workspace nor reads
+    // it back, so its part of the slot stays zero.
+    const bool rows_live = m_tile * T::kBM + row_base + warp * 16 < sched.m;
+    if (seg.kb_begin != 0 || seg.kb_end != sched.k_iters) {
+      // Part of a tile: sum with the other parts in workspace slot `slot`. The partial tile is
+      // kept in fragment order: thread t's d[4j .. 4j+3] are 16 contiguous bytes, a warp's 512.
+      const int slot = slot_of(sched, seg.tile);
+      const uint32_t mine = static_cast<uint32_t>(num_iters);
+      float* part = partials + int64_t{slot} * T::kTileFloats + consumer * (T::kTileFloats / 2) + t * 4;
+      int* flags = s_flags + 2 * (fixups & 1);
+      ++fixups;
+      // Are all the other parts in already? Then this CTA finishes the tile without adding.
+      if (ct == 0) flags[0] = ptx::ld_acquire_gpu(&counters[slot]) + mine == static_cast<uint32_t>(sched.k_iters);
+      ptx::named_barrier_sync(1, 256);
+      bool own_in_slot = false;
+      if (!flags[0]) {
+        if (rows_live) {
+#pragma unroll
+          for (int j = 0; j < T::kAcc / 4; ++j) {
+            ptx::red_add_v4(part + j * 512, d[4 * j], d[4 * j + 1], d[4 * j + 2], d[4 * j + 3]);
+          }
+        }
+        __threadfence();  // release: the reductions are ordered before the counter update
+        ptx::named_barrier_sync(1, 256);
+        if (ct == 0) {
+          flags[1] = atomicAdd(&counters[slot], mine) + mine == static_cast<uint32_t>(sched.k_iters);
+        }
+        ptx::named_barrier_sync(1, 256);
+        if (!flags[1]) continue;  // another CTA completes the tile
+        own_in_slot = true;
+      }
+      __threadfence();  // acquire: every other part's reductions are visible
+      if (rows_live) {
+        // The slot holds the other parts, and this CTA's own too when it added it above.
+#pragma unroll
+        for (int j = 0; j < T::kAcc / 4; ++j) {
+          float4* p = reinterpret_cast<float4*>(part + j * 512);
+          const float4 v = __ldcg(p);
+          __stcg(p, make_float4(0.f, 0.f, 0.f, 0.f));
+          if (own_in_slot) d[4 * j] = d[4 * j + 1] = d[4 * j + 2] = d[4 * j + 3] = 0.f;
+          d[4 * j] += v.x;
+          d[4 * j + 1] += v.y;
+          d[4 * j + 2] += v.z;
+          d[4 * j + 3] += v.w;
+        }
+      }
+      if (ct == 0) counters[slot] = 0;  // the next launch (stream-ordered) starts from zero
+    }
+
+    // Store: 64 x 64 slabs through shared memory, one TMA store each. Fragment order of
+    // m64nNk16 (PTX 9.7.15.5.1.1): d[4j + r] is at row warp*16 + lane/4 (+8 for r >= 2), column
+    // 8j + 2*(lane%4) (+1 for odd r). In the slab, 16-byte chunk c of row r sits at chunk
+    // c ^ (r % 8) (128-byte swizzle): the 8 rows a warp writes at once hit 32 different banks.
+    if (m_tile * T::kBM + row_base >= sched.m) continue;  // all of this consumer's rows past M
+#pragma unroll
+    for (int sl = 0; sl < T::kSlabsPerTile; ++sl, ++slabs_stored) {
+      unsigned char* slab = my_slabs + (slabs_stored & 1) * T::kSlabBytes;
+      if (leader) ptx::bulk_wait_group_read<1>();  // this buffer's previous store has read it
+      ptx::named_barrier_sync(2 + consumer, 128);
+      const uint32_t slab_addr = ptx::smem_addr(slab);
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj) {
+        const int j = sl * 8 + jj;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int row = warp * 16 + half * 8 + (lane >> 2);
+          ptx::st_shared_b32(slab_addr + row * 128 + ((jj ^ (row & 7)) << 4) + (lane & 3) * 4,
+                             pack_bf16x2(d[4 * j + 2 * half], d[4 * j + 2 * half + 1]));
+        }
+      }
+      ptx::fence_proxy_async_smem();  // the TMA store below reads what this thread wrote
+      ptx::named_barrier_sync(2 + consumer, 128);
+      if (leader) {
+        ptx::tma_store_2d(&map_y, slab, n_tile * T::kBN + col_base + sl * 64, m_tile * T::kBM + row_base);
+        ptx::bulk_commit_group();
+      }
+    }
+  }
+  if (leader) ptx::bulk_wait_group<0>();  // shared memory must outlive the stores
+}
+
+// Tensor map of a row-major bf16 matrix [rows, cols], boxes of [box_rows, 64] with 128-byte
+// swizzle; loads past `rows` return zeros, stores past it are dropped.
+bool make_map(CUtensorMap* map, const __nv_bfloat16* base, int rows, int cols, int box_rows) {
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
+  return encode_bf16_tensor_map(map, base, 2, dims, strides, box);
+}
+
+int num_sms() {
+  static const int count = [] {
+    int device = 0, sms = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    return sms > 0 ? sms : 132;
+  }();
+  return count;
+}
+
+size_t counters_bytes(int slots) { return (size_t(slots) * 4 + 255) / 256 * 256; }
+
+struct SkPlan {
+  int grid = 0;
+  SkSchedule sched{};
+  bool has_split_tiles = false;  // some tile is shared by CTAs: the workspace is needed
+};
+
+// Preconditions: n % bn == 0, k % 64 == 0, fewer than 2^31 (tile, K block) iterations
+// (gemm_unsupported_reason); a plan of no CTAs otherwise.
+SkPlan make_plan(int bm, int bn, int m, int n, int k) {
+  SkPlan p;
+  SkSchedule& s = p.sched;
+  s.m = m;
+  s.n = n;
+  s.num_m_tiles = (m + bm - 1) / bm;
+  s.num_n_tiles = n / bn;
+  s.k_iters = k / 64;
+  if (m < 1 || s.num_n_tiles < 1 || s.k_iters < 1 ||
+      int64_t{s.num_m_tiles} * s.num_n_tiles * s.k_iters > INT32_MAX) {
+    return p;
+  }
+  const int tiles = s.num_m_tiles * s.num_n_tiles;
+  const int sms = num_sms();
+  if (s.num_m_tiles <= kMaxAlignedMTiles) {
+    s.group_m = 1;
+    s.dp_tiles = 0;
+    s.sk_tiles = tiles;
+    p.grid = s.num_m_tiles * (sms / s.num_m_tiles);
+  } else {
+    s.group_m = kRasterGroupM;
+    p.grid = sms;
+    const int rem = tiles % sms;
+    s.sk_tiles = rem == 0 ? 0 : tiles >= 2 * sms ? sms + rem : tiles;
+    s.dp_tiles = tiles - s.sk_tiles;
+  }
+  s.sk_iters = int64_t{s.sk_tiles} * s.k_iters;
+  // No CTA without work: with few iterations, one each.
+  if (s.dp_tiles == 0) p.grid = static_cast<int>(std::min<int64_t>(p.grid, s.sk_iters));
+  for (int b = 1; b < p.grid && !p.has_split_tiles; ++b) {
+    p.has_split_tiles = s.sk_iters * b / p.grid % s.k_iters != 0;
+  }
+  return p;
+}
+
+template <int kBM, int kBN>
+cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, int m, int n, int k,
+                   void* workspace, bool pdl, cudaStream_t stream) {
+  using T = SkTraits<kBM, kBN>;
+  CUtensorMap map_x, map_w, map_y;
+  if (!make_map(&map_x, x, m, k, T::kBM) || !make_map(&map_w, w, n, k, T::kBN) ||
+      !make_map(&map_y, y, m, n, 64)) {
+    return cudaErrorInvalidValue;
+  }
+  static std::atomic<uint64_t> smem_allowed{0};
+  if (const cudaError_t err = allow_dynamic_smem(reinterpret_cast<const void*>(wgmma_sk_kernel<kBM, kBN>),
+                                                 T::kSmemBytes, smem_allowed);
+      err != cudaSuccess) {
+    return err;
+  }
+  const SkPlan plan = make_plan(kBM, kBN, m, n, k);
+  if (plan.grid == 0 || (plan.has_split_tiles && workspace == nullptr)) return cudaErrorInvalidValue;
+  auto* counters = static_cast<uint32_t*>(workspace);
+  auto* partials = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) + counters_bytes(plan.grid));
+  return launch_kernel(wgmma_sk_kernel<kBM, kBN>, dim3(static_cast<unsigned>(plan.grid)), dim3(T::kThreads),
+                       T::kSmemBytes, stream, pdl, map_x, map_w, map_y, plan.sched, counters, partials);
+}
+
+}  // namespace
+
+size_t wgmma_sk_workspace_bytes(int bm, int bn, int m, int n, int k) {
+  const SkPlan plan = make_plan(bm, bn, m, n, k);
+  if (!plan.has_split_tiles) return 0;
+  return counters_bytes(plan.grid) + size_t(plan.grid) * bm * bn * sizeof(float);
+}
+
+cudaError_t launch_wgmma_sk(int bm, int bn, const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
+                            int m, int n, int k, void* workspace, bool pdl, cudaStream_t stream) {
+  if (bm == 128 && bn == 256) return launch<128, 256>(x, w, y, m, n, k, workspace, pdl, stream);
+  if (bm == 128 && bn == 128) return launch<128, 128>(x, w, y, m, n, k, workspace, pdl, stream);
+  if (bm == 64 && bn == 256) return launch<64, 256>(x, w, y, m, n, k, workspace, pdl, stream);
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace xy::cuda::gemm_detail
