@@ -16,15 +16,18 @@ constexpr GemmKernel kAllKernels[] = {
     GemmKernel::kStreamT16,    GemmKernel::kStreamT32,    GemmKernel::kStreamT64,
     GemmKernel::kStreamT16N64, GemmKernel::kStreamT32N64, GemmKernel::kStreamT64N64,
     GemmKernel::kStreamT16N32, GemmKernel::kWgmma128x256, GemmKernel::kWgmma128x128,
-    GemmKernel::kWgmmaSk128x256, GemmKernel::kWgmmaSk128x128, GemmKernel::kWgmmaSk64x256};
+    GemmKernel::kWgmmaSk128x256, GemmKernel::kWgmmaSk128x128, GemmKernel::kWgmmaSk64x256,
+    GemmKernel::kWgmmaSk128x128x2};
 
 enum class Family { kGemv, kStream, kWgmma, kWgmmaSk };
 
 // The compiled tile of each kernel: tokens per tile (rows of x; 0 for the split-K wgmma kernels,
-// whose tile is 128), rows of W per tile (1 for the gemv kernels: any n), columns of K per block.
+// whose tile is 128), rows of W per tile (1 for the gemv kernels: any n), columns of K per block,
+// CTAs per SM (the stream-K wgmma kernels' persistent grid).
 struct Tile {
   Family family;
   int tokens, rows, cols;
+  int ctas_per_sm = 1;
 };
 
 Tile tile_of(GemmKernel kernel) {
@@ -44,6 +47,7 @@ Tile tile_of(GemmKernel kernel) {
     case GemmKernel::kWgmmaSk128x256: return {Family::kWgmmaSk, 128, 256, 64};
     case GemmKernel::kWgmmaSk128x128: return {Family::kWgmmaSk, 128, 128, 64};
     case GemmKernel::kWgmmaSk64x256: return {Family::kWgmmaSk, 64, 256, 64};
+    case GemmKernel::kWgmmaSk128x128x2: return {Family::kWgmmaSk, 128, 128, 64, 2};
   }
   return {Family::kWgmma, 0, 0, 0};
 }
@@ -69,6 +73,7 @@ const char* gemm_kernel_name(GemmKernel kernel) {
     case GemmKernel::kWgmmaSk128x256: return "wgmma_sk_128x256";
     case GemmKernel::kWgmmaSk128x128: return "wgmma_sk_128x128";
     case GemmKernel::kWgmmaSk64x256: return "wgmma_sk_64x256";
+    case GemmKernel::kWgmmaSk128x128x2: return "wgmma_sk_128x128_x2";
   }
   return "unknown";
 }
@@ -103,7 +108,8 @@ size_t gemm_workspace_bytes(GemmKernel kernel, int m, int n, int k) {
     case Family::kGemv: return 0;
     case Family::kStream: return gemm_detail::stream_workspace_bytes(tile.tokens, tile.rows, m, n, k);
     case Family::kWgmma: return gemm_detail::wgmma_workspace_bytes(tile.rows, m, n, k);
-    case Family::kWgmmaSk: return gemm_detail::wgmma_sk_workspace_bytes(tile.tokens, tile.rows, m, n, k);
+    case Family::kWgmmaSk:
+      return gemm_detail::wgmma_sk_workspace_bytes(tile.tokens, tile.rows, tile.ctas_per_sm, m, n, k);
   }
   return 0;
 }
@@ -141,8 +147,8 @@ void gemm_launch(GemmKernel kernel, const GemmArgs& a, cudaStream_t stream) {
       XY_CUDA_CHECK(gemm_detail::launch_wgmma(tile.rows, a.x, a.w, a.y, a.m, a.n, a.k, a.workspace, stream));
       break;
     case Family::kWgmmaSk:
-      XY_CUDA_CHECK(gemm_detail::launch_wgmma_sk(tile.tokens, tile.rows, a.x, a.w, a.y, a.m, a.n, a.k,
-                                                 a.workspace, a.pdl, stream));
+      XY_CUDA_CHECK(gemm_detail::launch_wgmma_sk(tile.tokens, tile.rows, tile.ctas_per_sm, a.x, a.w, a.y, a.m,
+                                                 a.n, a.k, a.workspace, a.pdl, stream));
       break;
   }
 }

@@ -47,6 +47,10 @@ enum class GemmKernel {
   kWgmmaSk128x256,
   kWgmmaSk128x128,
   kWgmmaSk64x256,
+  // 128 x 128 stream-K at two CTAs per SM (3-stage ring each, bf16 stores straight from the
+  // fragments): while one CTA waits on its ring or its fix-up, the other's MMAs can run; for
+  // small and mid M.
+  kWgmmaSk128x128x2,
 };
 
 // Every kernel of the family, in the order above (for benchmarks and tests).

@@ -86,14 +86,15 @@ size_t wgmma_workspace_bytes(int bn, int m, int n, int k);
 cudaError_t launch_wgmma(int bn, const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
                          int m, int n, int k, void* workspace, cudaStream_t stream);
 
-// Stream-K TMA + wgmma kernel (gemm_wgmma_sk.cu), bm x bn output tile with (bm, bn) in
-// {(128, 256), (128, 128), (64, 256)}: a persistent grid of at most one CTA per SM, each running
-// an equal share of the (tile, K block) iterations; partial tiles summed in the workspace.
+// Stream-K TMA + wgmma kernel (gemm_wgmma_sk.cu), bm x bn output tile with (bm, bn, ctas_per_sm)
+// in {(128, 256, 1), (128, 128, 1), (64, 256, 1), (128, 128, 2)}: a persistent grid of at most
+// ctas_per_sm CTAs per SM, each running an equal share of the (tile, K block) iterations;
+// partial tiles summed in the workspace.
 // Preconditions: n % bn == 0, k % 64 == 0, pointers 16-byte aligned, workspace of
 // wgmma_sk_workspace_bytes() bytes (none when no tile is shared by CTAs), zero-filled.
 // PDL-aware (`pdl`).
-size_t wgmma_sk_workspace_bytes(int bm, int bn, int m, int n, int k);
-cudaError_t launch_wgmma_sk(int bm, int bn, const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
-                            int m, int n, int k, void* workspace, bool pdl, cudaStream_t stream);
+size_t wgmma_sk_workspace_bytes(int bm, int bn, int ctas_per_sm, int m, int n, int k);
+cudaError_t launch_wgmma_sk(int bm, int bn, int ctas_per_sm, const __nv_bfloat16* x, const __nv_bfloat16* w,
+                            __nv_bfloat16* y, int m, int n, int k, void* workspace, bool pdl, cudaStream_t stream);
 
 }  // namespace xy::cuda::gemm_detail

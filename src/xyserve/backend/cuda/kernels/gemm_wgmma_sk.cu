@@ -13,6 +13,9 @@
 // running wgmma on 64 rows each. With kBM = 128 the consumers split the tile's rows (64 x kBN
 // each, m64nkBNk16); with kBM = 64 they split its columns (64 x kBN/2 each, m64n128k16 for kBN =
 // 256), so that a 64-row tile still has two warpgroups issuing MMAs and sharing the epilogue.
+// The 128 x 128 tile also runs at two CTAs per SM (kCtasPerSm = 2), so that while one CTA waits
+// on its ring or its fix-up the other's MMAs can run: a 3-stage ring, a producer warp after the
+// consumers instead of a warpgroup before them, and no output staging (see SkTraits).
 //
 // Schedule (SkSchedule, made on the host by make_plan):
 //  - At most kMaxAlignedMTiles m-tiles (M <= 1024 at kBM = 128, the mid M that this kernel is
@@ -30,7 +33,7 @@
 //
 // Partial tiles: a CTA whose share covers only part of a tile's K blocks adds its fp32 partial
 // into a workspace slot with vector reductions at L2 and counts its K blocks on the slot's
-// counter; the CTA that completes the count stores the tile and re-zeroes the slot, so the
+// counter (one release fence per CTA, not per thread: see the fix-up); the CTA that completes the count stores the tile and re-zeroes the slot, so the
 // workspace is zero between calls and no CTA ever waits for another. Before adding, a CTA reads
 // the counter: when every other part is already in (usually so for the CTA holding a tile's first
 // K blocks, which reaches them at the end of its share), it sums the slot into its registers and
@@ -42,9 +45,9 @@
 // each slab with a TMA store, overlapping the next slab's conversion. y's tensor map is exactly
 // [M, N], so TMA drops the rows past M (virtual padding) and x's map zero-fills them on load.
 //
-// Programmatic dependent launch: the producer requests the first kStages blocks of W before
-// griddepcontrol.wait (no kernel writes W), x only after it; the consumers wait before they touch
-// y or the workspace.
+// Programmatic dependent launch: the producer requests the first kStages blocks of W (and the
+// next kWPrefetch into L2) before griddepcontrol.wait (no kernel writes W), x only after it; the
+// consumers wait before they touch y or the workspace.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -65,16 +68,28 @@ namespace {
 constexpr int kMaxAlignedMTiles = 8;
 constexpr int kRasterGroupM = 8;
 constexpr int kMaxSmemBytes = 227 * 1024;  // per block, sm_90
+constexpr int kSmPerSmBytes = 228 * 1024;  // per SM, of which 1 KB per resident block is the driver's
 
-template <int kBM_, int kBN_>
+template <int kBM_, int kBN_, int kCtasPerSm_>
 struct SkTraits {
   static_assert((kBM_ == 128 && (kBN_ == 128 || kBN_ == 256)) || (kBM_ == 64 && kBN_ == 256),
                 "tiles: 128 x 256, 128 x 128, 64 x 256");
+  static_assert(kCtasPerSm_ == 1 || (kCtasPerSm_ == 2 && kBM_ == 128 && kBN_ == 128),
+                "two CTAs per SM: 128 x 128 only (64 accumulators per consumer thread)");
   static constexpr int kBM = kBM_;
   static constexpr int kBN = kBN_;
+  // Two CTAs per SM: while one waits on its ring or its fix-up, the other may compute.
+  static constexpr int kCtasPerSm = kCtasPerSm_;
   static constexpr int kBK = 64;  // 128 bytes: one swizzle row
   static constexpr int kConsumers = 2;
-  static constexpr int kThreads = 128 * (1 + kConsumers);
+  // One CTA per SM: warpgroup 0 produces (its registers handed to the consumers by setmaxnreg),
+  // warpgroups 1 and 2 consume. Two: ptxas allocates every thread the launch-bounds cap, which at
+  // 2 x 384 threads (80) cannot hold a wgmma's 64 accumulators, so the producer is one warp after
+  // the consumers (warps 0-7, warpgroup-aligned as wgmma needs): 2 x 288 threads, 112 registers.
+  static constexpr bool kProducerWarpgroup = kCtasPerSm == 1;
+  static constexpr int kThreads = kConsumers * 128 + (kProducerWarpgroup ? 128 : 32);
+  static constexpr int kConsumerThread0 = kProducerWarpgroup ? 128 : 0;
+  static constexpr int kProducerThread = kProducerWarpgroup ? 0 : kConsumers * 128;
   // Each consumer owns 64 rows x kConsumerN columns of the tile, at (kRowBase, kColBase) * its index.
   static constexpr bool kSplitRows = kBM == 128;
   static constexpr int kConsumerN = kSplitRows ? kBN : kBN / 2;
@@ -84,21 +99,38 @@ struct SkTraits {
   static constexpr int kATileBytes = kBM * kBK * 2;
   static constexpr int kBTileBytes = kBN * kBK * 2;
   static constexpr int kStageBytes = kATileBytes + kBTileBytes;
-  // Output staging: per consumer two [64 rows][64 columns] bf16 slabs of 128-byte rows.
+  // Output staging: per consumer two [64 rows][64 columns] bf16 slabs of 128-byte rows. With two
+  // CTAs per SM the 16-32 KB do not fit beside a 3-stage ring (2 x (96 + 16 + 1 + 1) KB > 228
+  // KB): bf16 pairs go from the fragments straight to global memory (at mid M, y is small).
+  static constexpr bool kStagedOut = kCtasPerSm == 1;
   static constexpr int kSlabBytes = 64 * 64 * 2;
   static constexpr int kSlabsPerTile = kConsumerN / 64;
-  static constexpr int kOutBytes = kConsumers * 2 * kSlabBytes;
+  static constexpr int kOutBytes = kStagedOut ? kConsumers * 2 * kSlabBytes : 0;
+  // Shared memory a CTA may have: the block maximum, or its share of the SM less the driver's KB.
+  static constexpr int kSmemBudget = kCtasPerSm == 1 ? kMaxSmemBytes : kSmPerSmBytes / kCtasPerSm - 1024;
   // As many stages as fit beside the staging (+1024 for aligning to the swizzle atom, +1024 for
-  // the static barriers), at most 6: 4 for 128 x 256 and 64 x 256, 6 for 128 x 128.
-  static constexpr int kStages = std::min(6, (kMaxSmemBytes - kOutBytes - 2048) / kStageBytes);
+  // the static barriers), at most 6: 4 for 128 x 256 and 64 x 256, 6 for 128 x 128, 3 for
+  // 128 x 128 at two CTAs per SM.
+  static constexpr int kStages = std::min(6, (kSmemBudget - kOutBytes - 2048) / kStageBytes);
   static constexpr int kSmemBytes = kStages * kStageBytes + kOutBytes + 1024;
+  // W blocks requested into L2 ahead of the ring (cp.async.bulk.prefetch): the fill and the
+  // refills find them on chip sooner; 0 turns it off.
+  static constexpr int kWPrefetch = 0;
   static constexpr int kTileFloats = kBM * kBN;  // one partial tile in the workspace
+  // Registers (producer warpgroup only): the launch gives every thread ptxas's count, the
+  // launch-bounds cap (168); setmaxnreg then moves the producer's spare registers to the
+  // consumers within the CTA's allocation, so the sum must fit in it, or setmaxnreg.inc would
+  // wait forever.
+  static constexpr int kLaunchRegs = (65536 / (kCtasPerSm * kThreads)) / 8 * 8;
   static constexpr int kProducerRegs = 40;
-  static constexpr int kConsumerRegs = 232;
+  static constexpr int kConsumerRegs =
+      std::min(256, (kThreads * kLaunchRegs - 128 * kProducerRegs) / (kConsumers * 128) / 8 * 8);
   static_assert(kStages >= 3, "pipeline depth");
   static_assert(kConsumerN == 128 || kConsumerN == 256, "wgmma wrappers exist for n = 128 and 256");
-  static_assert(kSmemBytes + 1024 <= kMaxSmemBytes, "shared memory per block");
-  static_assert(128 * kProducerRegs + kConsumers * 128 * kConsumerRegs <= 65536, "register file");
+  static_assert(kSlabsPerTile * 64 == kConsumerN, "whole 64-column slabs");
+  static_assert(kSmemBytes + 1024 <= kSmemBudget, "shared memory per block");
+  static_assert(128 * kProducerRegs + kConsumers * 128 * kConsumerRegs <= kThreads * kLaunchRegs,
+                "register file");
 };
 
 // Which iterations run where; made once per launch by make_plan, read by every CTA.
@@ -109,6 +141,7 @@ struct SkSchedule {
   int dp_tiles;      // tiles [0, dp_tiles) run whole: CTA b takes b, b + G, b + 2G, ...
   int sk_tiles;      // tiles [dp_tiles, dp_tiles + sk_tiles) are stream-K'd over all G CTAs
   int64_t sk_iters;  // sk_tiles * k_iters
+  int narrow;        // sk_iters * (grid + 1) < 2^32: share bounds and slots in 32-bit arithmetic
 };
 
 // One run of K blocks [kb_begin, kb_end) of one tile, accumulated without a break.
@@ -125,12 +158,19 @@ struct CtaWork {
   int sk_begin, sk_end;  // sk_iters < 2^31 (launch checks it)
 };
 
+// floor(sk_iters * b / grid). In 32 bits whenever the product fits (always at mid M): a 64-bit
+// division is a software routine of ~100 instructions, and this is on the way to the first load.
+__device__ __forceinline__ int share_bound(const SkSchedule& s, int b) {
+  if (s.narrow) return static_cast<int>(static_cast<uint32_t>(s.sk_iters) * b / gridDim.x);
+  return static_cast<int>(s.sk_iters * b / gridDim.x);
+}
+
 __device__ __forceinline__ CtaWork cta_work(const SkSchedule& s) {
   const int b = blockIdx.x, grid = gridDim.x;
   CtaWork w;
   w.num_dp = b < s.dp_tiles ? (s.dp_tiles - b + grid - 1) / grid : 0;
-  w.sk_begin = static_cast<int>(s.sk_iters * b / grid);
-  w.sk_end = static_cast<int>(s.sk_iters * (b + 1) / grid);
+  w.sk_begin = share_bound(s, b);
+  w.sk_end = share_bound(s, b + 1);
   w.first_sk_tile = w.sk_begin / s.k_iters;
   const int num_sk = w.sk_begin < w.sk_end ? (w.sk_end - 1) / s.k_iters - w.first_sk_tile + 1 : 0;
   w.num_segments = w.num_dp + num_sk;
@@ -148,6 +188,11 @@ __device__ __forceinline__ Segment segment_of(const SkSchedule& s, const CtaWork
 // strictly inside the tile, i.e. the least b with floor(sk_iters * b / G) > start; minus one
 // (b >= 1), so slots are 0 .. G - 2.
 __device__ __forceinline__ int slot_of(const SkSchedule& s, int tile) {
+  if (s.narrow) {  // (start + 1) * grid + sk_iters - 1 <= sk_iters * (grid + 1) - 1 fits
+    const uint32_t start = static_cast<uint32_t>(tile - s.dp_tiles) * s.k_iters;
+    const uint32_t iters = static_cast<uint32_t>(s.sk_iters);
+    return static_cast<int>(((start + 1) * gridDim.x + iters - 1) / iters) - 1;
+  }
   const int64_t start = int64_t{tile - s.dp_tiles} * s.k_iters;
   return static_cast<int>(((start + 1) * gridDim.x + s.sk_iters - 1) / s.sk_iters) - 1;
 }
@@ -168,12 +213,12 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-template <int kBM, int kBN>
-__global__ void __launch_bounds__(SkTraits<kBM, kBN>::kThreads, 1)
+template <int kBM, int kBN, int kCtasPerSm>
+__global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCtasPerSm)
     wgmma_sk_kernel(const __grid_constant__ CUtensorMap map_x, const __grid_constant__ CUtensorMap map_w,
-                    const __grid_constant__ CUtensorMap map_y, const SkSchedule sched,
-                    uint32_t* __restrict__ counters, float* __restrict__ partials) {
-  using T = SkTraits<kBM, kBN>;
+                    const __grid_constant__ CUtensorMap map_y, __nv_bfloat16* __restrict__ y,
+                    const SkSchedule sched, uint32_t* __restrict__ counters, float* __restrict__ partials) {
+  using T = SkTraits<kBM, kBN, kCtasPerSm>;
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t full_bar[T::kStages];
   __shared__ __align__(8) uint64_t empty_bar[T::kStages];
@@ -187,38 +232,44 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN>::kThreads, 1)
   unsigned char* out_slabs = smem + T::kStages * T::kStageBytes;  // [consumer][2][64 rows][64] bf16
 
   const CtaWork work = cta_work(sched);
-  const int warpgroup = threadIdx.x / 128;
-  if (threadIdx.x == 0) {
-    ptx::prefetch_tensor_map(&map_x);
+  // Both roles count K blocks over all of this CTA's segments (g): stage g % kStages, phase
+  // g / kStages, so the ring runs on across segments and tiles.
+  if (threadIdx.x == T::kProducerThread) {
+    // At mid M a CTA runs ~12-25 K blocks, so the ring's first fill is as long as the rest of the
+    // run: the producer's thread starts it first thing, before the block-wide barrier and the
+    // register reallocation (it initialised the barriers itself, so it may use them at once).
+    // W of the first kStages blocks goes into the ring and the next kWPrefetch blocks into L2,
+    // all before griddepcontrol.wait (no kernel writes W); x waits for it below.
     ptx::prefetch_tensor_map(&map_w);
-    ptx::prefetch_tensor_map(&map_y);
     for (int s = 0; s < T::kStages; ++s) {
       ptx::mbarrier_init(&full_bar[s], 1);
       ptx::mbarrier_init(&empty_bar[s], T::kConsumers);
     }
     ptx::fence_mbarrier_init();
-  }
-  __syncthreads();
-
-  // Both roles count K blocks over all of this CTA's segments (g): stage g % kStages, phase
-  // g / kStages, so the ring runs on across segments and tiles.
-  if (warpgroup == 0) {
-    ptx::setmaxnreg_dec<T::kProducerRegs>();
-    if (threadIdx.x != 0) return;
-    // W of the first kStages blocks: the ring is empty, and W does not depend on the previous
-    // kernel, so it is requested before griddepcontrol.wait.
     uint32_t g = 0;
-    for (int i = 0; i < work.num_segments && g < T::kStages; ++i) {
+    for (int i = 0; i < work.num_segments && g < T::kStages + T::kWPrefetch; ++i) {
       const Segment seg = segment_of(sched, work, i);
       int m_tile, n_tile;
       tile_coords(sched, seg.tile, m_tile, n_tile);
-      for (int kb = seg.kb_begin; kb < seg.kb_end && g < T::kStages; ++kb, ++g) {
-        ptx::mbarrier_arrive_expect_tx(&full_bar[g], T::kStageBytes);
-        ptx::tma_load_2d(b_tiles + g * T::kBTileBytes, &map_w, &full_bar[g], kb * T::kBK, n_tile * T::kBN);
+      for (int kb = seg.kb_begin; kb < seg.kb_end && g < T::kStages + T::kWPrefetch; ++kb, ++g) {
+        if (g < T::kStages) {
+          ptx::mbarrier_arrive_expect_tx(&full_bar[g], T::kStageBytes);
+          ptx::tma_load_2d(b_tiles + g * T::kBTileBytes, &map_w, &full_bar[g], kb * T::kBK, n_tile * T::kBN);
+        } else {
+          ptx::tma_prefetch_l2_2d(&map_w, kb * T::kBK, n_tile * T::kBN);
+        }
       }
     }
+    ptx::prefetch_tensor_map(&map_x);
+    ptx::prefetch_tensor_map(&map_y);
+  }
+  __syncthreads();
+
+  if (T::kProducerWarpgroup ? threadIdx.x < 128 : threadIdx.x >= T::kProducerThread) {
+    if constexpr (T::kProducerWarpgroup) ptx::setmaxnreg_dec<T::kProducerRegs>();
+    if (threadIdx.x != T::kProducerThread) return;
     ptx::griddep_wait();  // x from here on
-    g = 0;
+    uint32_t g = 0;
     for (int i = 0; i < work.num_segments; ++i) {
       const Segment seg = segment_of(sched, work, i);
       int m_tile, n_tile;
@@ -226,6 +277,11 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN>::kThreads, 1)
       for (int kb = seg.kb_begin; kb < seg.kb_end; ++kb, ++g) {
         const int s = g % T::kStages;
         if (g >= T::kStages) {  // stage s is refilled once both consumers released it
+          // Keep kWPrefetch blocks of W requested ahead of the ring (within the segment; the
+          // prologue covered the blocks after the first kStages).
+          if (T::kWPrefetch > 0 && kb + T::kWPrefetch < seg.kb_end) {
+            ptx::tma_prefetch_l2_2d(&map_w, (kb + T::kWPrefetch) * T::kBK, n_tile * T::kBN);
+          }
           ptx::mbarrier_wait(&empty_bar[s], ((g / T::kStages) - 1) & 1);
           ptx::mbarrier_arrive_expect_tx(&full_bar[s], T::kStageBytes);
           ptx::tma_load_2d(b_tiles + s * T::kBTileBytes, &map_w, &full_bar[s], kb * T::kBK, n_tile * T::kBN);
@@ -240,11 +296,11 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN>::kThreads, 1)
     return;
   }
 
-  ptx::setmaxnreg_inc<T::kConsumerRegs>();
+  if constexpr (T::kProducerWarpgroup) ptx::setmaxnreg_inc<T::kConsumerRegs>();
   ptx::griddep_wait();  // y and the workspace from here on
-  const int consumer = warpgroup - 1;
-  const int ct = threadIdx.x - 128;  // 0..255 over both consumers
-  const int t = threadIdx.x % 128;   // thread within this consumer
+  const int ct = threadIdx.x - T::kConsumerThread0;  // 0..255 over both consumers
+  const int consumer = ct / 128;
+  const int t = ct % 128;  // thread within this consumer
   const bool leader = t == 0;
   const int warp = t / 32, lane = t % 32;
   const int row_base = consumer * T::kRowStep;  // this consumer's rows and columns in the tile
@@ -287,25 +343,45 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN>::kThreads, 1)
       ptx::wgmma_wait<1>();
       if (it > 0 && leader) ptx::mbarrier_arrive(&empty_bar[(g - 1) % T::kStages]);
     }
+    const Segment seg = segment_of(sched, work, i);
+    const bool split = seg.kb_begin != 0 || seg.kb_end != sched.k_iters;
+    const int slot = split ? slot_of(sched, seg.tile) : 0;
+    // The fix-up's first question (are the other parts in?) is asked while the last MMAs run.
+    uint32_t seen = 0;
+    if (split && ct == 0) seen = ptx::ld_relaxed_gpu(&counters[slot]);
     ptx::wgmma_wait<0>();
     if (num_iters > 0 && leader) ptx::mbarrier_arrive(&empty_bar[(g - 1) % T::kStages]);
-    const Segment seg = segment_of(sched, work, i);
     int m_tile, n_tile;
     tile_coords(sched, seg.tile, m_tile, n_tile);
 
     // A warp whose 16 rows all lie past M holds zeros: it neither adds to the workspace nor reads
     // it back, so its part of the slot stays zero.
     const bool rows_live = m_tile * T::kBM + row_base + warp * 16 < sched.m;
-    if (seg.kb_begin != 0 || seg.kb_end != sched.k_iters) {
+    if (split) {
       // Part of a tile: sum with the other parts in workspace slot `slot`. The partial tile is
       // kept in fragment order: thread t's d[4j .. 4j+3] are 16 contiguous bytes, a warp's 512.
-      const int slot = slot_of(sched, seg.tile);
+      //
+      // Memory ordering (PTX memory model), with one fence per CTA rather than one per thread:
+      // - Release: every consumer thread's reductions precede the bar.sync below, which orders
+      //   them (CTA-scope synchronization, in causality order) before thread ct == 0's
+      //   fence.acq_rel.gpu; that fence is cumulative, so its counter update (relaxed atomic)
+      //   releases the reductions of all 256 threads, not only its own.
+      // - Acquire: thread ct == 0 reads the counter (relaxed load or the atomic), and when the
+      //   tile is complete issues fence.acq_rel.gpu, which with that read forms an acquire
+      //   pattern; the bar.sync after it orders every consumer thread's reads of the slot after it.
+      // The same scheme as CUTLASS's generic barrier (arrive_inc / wait_eq).
       const uint32_t mine = static_cast<uint32_t>(num_iters);
+      const uint32_t total = static_cast<uint32_t>(sched.k_iters);
       float* part = partials + int64_t{slot} * T::kTileFloats + consumer * (T::kTileFloats / 2) + t * 4;
       int* flags = s_flags + 2 * (fixups & 1);
       ++fixups;
-      // Are all the other parts in already? Then this CTA finishes the tile without adding.
-      if (ct == 0) flags[0] = ptx::ld_acquire_gpu(&counters[slot]) + mine == static_cast<uint32_t>(sched.k_iters);
+      // Are all the other parts in already? Then this CTA finishes the tile without adding. (An
+      // older counter value only sends it down the other path, which is always right.)
+      if (ct == 0) {
+        const bool all_in = seen + mine == total;
+        if (all_in) ptx::fence_acq_rel_gpu();  // acquire
+        flags[0] = all_in;
+      }
       ptx::named_barrier_sync(1, 256);
       bool own_in_slot = false;
       if (!flags[0]) {
@@ -315,16 +391,17 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN>::kThreads, 1)
             ptx::red_add_v4(part + j * 512, d[4 * j], d[4 * j + 1], d[4 * j + 2], d[4 * j + 3]);
           }
         }
-        __threadfence();  // release: the reductions are ordered before the counter update
-        ptx::named_barrier_sync(1, 256);
+        ptx::named_barrier_sync(1, 256);  // every thread's reductions, before the release below
         if (ct == 0) {
-          flags[1] = atomicAdd(&counters[slot], mine) + mine == static_cast<uint32_t>(sched.k_iters);
+          ptx::fence_acq_rel_gpu();  // release, cumulative
+          const bool last = ptx::atom_add_relaxed_gpu(&counters[slot], mine) + mine == total;
+          if (last) ptx::fence_acq_rel_gpu();  // acquire: the other parts' reductions
+          flags[1] = last;
         }
         ptx::named_barrier_sync(1, 256);
         if (!flags[1]) continue;  // another CTA completes the tile
         own_in_slot = true;
       }
-      __threadfence();  // acquire: every other part's reductions are visible
       if (rows_live) {
         // The slot holds the other parts, and this CTA's own too when it added it above.
 #pragma unroll
@@ -347,31 +424,44 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN>::kThreads, 1)
     // 8j + 2*(lane%4) (+1 for odd r). In the slab, 16-byte chunk c of row r sits at chunk
     // c ^ (r % 8) (128-byte swizzle): the 8 rows a warp writes at once hit 32 different banks.
     if (m_tile * T::kBM + row_base >= sched.m) continue;  // all of this consumer's rows past M
+    if constexpr (!T::kStagedOut) {
+      // No staging (two CTAs per SM): each thread stores its bf16 pairs, rows past M skipped.
+      const int row0 = m_tile * T::kBM + row_base + warp * 16 + (lane >> 2);
+      __nv_bfloat16* out = y + int64_t{row0} * sched.n + n_tile * T::kBN + col_base + 2 * (lane & 3);
 #pragma unroll
-    for (int sl = 0; sl < T::kSlabsPerTile; ++sl, ++slabs_stored) {
-      unsigned char* slab = my_slabs + (slabs_stored & 1) * T::kSlabBytes;
-      if (leader) ptx::bulk_wait_group_read<1>();  // this buffer's previous store has read it
-      ptx::named_barrier_sync(2 + consumer, 128);
-      const uint32_t slab_addr = ptx::smem_addr(slab);
+      for (int half = 0; half < 2; ++half) {
+        if (row0 + 8 * half >= sched.m) continue;
+        uint32_t* row = reinterpret_cast<uint32_t*>(out + int64_t{8 * half} * sched.n);
 #pragma unroll
-      for (int jj = 0; jj < 8; ++jj) {
-        const int j = sl * 8 + jj;
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int row = warp * 16 + half * 8 + (lane >> 2);
-          ptx::st_shared_b32(slab_addr + row * 128 + ((jj ^ (row & 7)) << 4) + (lane & 3) * 4,
-                             pack_bf16x2(d[4 * j + 2 * half], d[4 * j + 2 * half + 1]));
-        }
+        for (int j = 0; j < T::kAcc / 4; ++j) row[4 * j] = pack_bf16x2(d[4 * j + 2 * half], d[4 * j + 2 * half + 1]);
       }
-      ptx::fence_proxy_async_smem();  // the TMA store below reads what this thread wrote
-      ptx::named_barrier_sync(2 + consumer, 128);
-      if (leader) {
-        ptx::tma_store_2d(&map_y, slab, n_tile * T::kBN + col_base + sl * 64, m_tile * T::kBM + row_base);
-        ptx::bulk_commit_group();
+    } else {
+#pragma unroll
+      for (int sl = 0; sl < T::kSlabsPerTile; ++sl, ++slabs_stored) {
+        unsigned char* slab = my_slabs + (slabs_stored & 1) * T::kSlabBytes;
+        if (leader) ptx::bulk_wait_group_read<1>();  // this buffer's previous store has read it
+        ptx::named_barrier_sync(2 + consumer, 128);
+        const uint32_t slab_addr = ptx::smem_addr(slab);
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj) {
+          const int j = sl * 8 + jj;
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int row = warp * 16 + half * 8 + (lane >> 2);
+            ptx::st_shared_b32(slab_addr + row * 128 + ((jj ^ (row & 7)) << 4) + (lane & 3) * 4,
+                               pack_bf16x2(d[4 * j + 2 * half], d[4 * j + 2 * half + 1]));
+          }
+        }
+        ptx::fence_proxy_async_smem();  // the TMA store below reads what this thread wrote
+        ptx::named_barrier_sync(2 + consumer, 128);
+        if (leader) {
+          ptx::tma_store_2d(&map_y, slab, n_tile * T::kBN + col_base + sl * 64, m_tile * T::kBM + row_base);
+          ptx::bulk_commit_group();
+        }
       }
     }
   }
-  if (leader) ptx::bulk_wait_group<0>();  // shared memory must outlive the stores
+  if (T::kStagedOut && leader) ptx::bulk_wait_group<0>();  // shared memory must outlive the stores
 }
 
 // Tensor map of a row-major bf16 matrix [rows, cols], boxes of [box_rows, 64] with 128-byte
@@ -403,7 +493,7 @@ struct SkPlan {
 
 // Preconditions: n % bn == 0, k % 64 == 0, fewer than 2^31 (tile, K block) iterations
 // (gemm_unsupported_reason); a plan of no CTAs otherwise.
-SkPlan make_plan(int bm, int bn, int m, int n, int k) {
+SkPlan make_plan(int bm, int bn, int ctas_per_sm, int m, int n, int k) {
   SkPlan p;
   SkSchedule& s = p.sched;
   s.m = m;
@@ -416,7 +506,7 @@ SkPlan make_plan(int bm, int bn, int m, int n, int k) {
     return p;
   }
   const int tiles = s.num_m_tiles * s.num_n_tiles;
-  const int sms = num_sms();
+  const int sms = num_sms() * ctas_per_sm;  // resident CTAs, called SMs below
   if (s.num_m_tiles <= kMaxAlignedMTiles) {
     s.group_m = 1;
     s.dp_tiles = 0;
@@ -432,48 +522,69 @@ SkPlan make_plan(int bm, int bn, int m, int n, int k) {
   s.sk_iters = int64_t{s.sk_tiles} * s.k_iters;
   // No CTA without work: with few iterations, one each.
   if (s.dp_tiles == 0) p.grid = static_cast<int>(std::min<int64_t>(p.grid, s.sk_iters));
+  s.narrow = s.sk_iters * (p.grid + 1) <= int64_t{UINT32_MAX};
   for (int b = 1; b < p.grid && !p.has_split_tiles; ++b) {
     p.has_split_tiles = s.sk_iters * b / p.grid % s.k_iters != 0;
   }
   return p;
 }
 
-template <int kBM, int kBN>
+template <int kBM, int kBN, int kCtasPerSm>
 cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, int m, int n, int k,
                    void* workspace, bool pdl, cudaStream_t stream) {
-  using T = SkTraits<kBM, kBN>;
+  using T = SkTraits<kBM, kBN, kCtasPerSm>;
+  const void* kernel = reinterpret_cast<const void*>(wgmma_sk_kernel<kBM, kBN, kCtasPerSm>);
   CUtensorMap map_x, map_w, map_y;
   if (!make_map(&map_x, x, m, k, T::kBM) || !make_map(&map_w, w, n, k, T::kBN) ||
       !make_map(&map_y, y, m, n, 64)) {
     return cudaErrorInvalidValue;
   }
   static std::atomic<uint64_t> smem_allowed{0};
-  if (const cudaError_t err = allow_dynamic_smem(reinterpret_cast<const void*>(wgmma_sk_kernel<kBM, kBN>),
-                                                 T::kSmemBytes, smem_allowed);
-      err != cudaSuccess) {
+  if (const cudaError_t err = allow_dynamic_smem(kernel, T::kSmemBytes, smem_allowed); err != cudaSuccess) {
     return err;
   }
-  const SkPlan plan = make_plan(kBM, kBN, m, n, k);
+  if constexpr (kCtasPerSm > 1) {
+    // Ask for the largest shared-memory carveout, so that kCtasPerSm CTAs fit on an SM (the
+    // default may size it for one). Correctness does not depend on it: no CTA waits for another.
+    static std::atomic<uint64_t> carveout_set{0};  // per device, as allow_dynamic_smem
+    int device = 0;
+    if (const cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
+    const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+    if (bit == 0 || (carveout_set.load(std::memory_order_acquire) & bit) == 0) {
+      if (const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                                       int(cudaSharedmemCarveoutMaxShared));
+          err != cudaSuccess) {
+        return err;
+      }
+      carveout_set.fetch_or(bit, std::memory_order_acq_rel);
+    }
+  }
+  const SkPlan plan = make_plan(kBM, kBN, kCtasPerSm, m, n, k);
   if (plan.grid == 0 || (plan.has_split_tiles && workspace == nullptr)) return cudaErrorInvalidValue;
   auto* counters = static_cast<uint32_t*>(workspace);
   auto* partials = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) + counters_bytes(plan.grid));
-  return launch_kernel(wgmma_sk_kernel<kBM, kBN>, dim3(static_cast<unsigned>(plan.grid)), dim3(T::kThreads),
-                       T::kSmemBytes, stream, pdl, map_x, map_w, map_y, plan.sched, counters, partials);
+  return launch_kernel(wgmma_sk_kernel<kBM, kBN, kCtasPerSm>, dim3(static_cast<unsigned>(plan.grid)),
+                       dim3(T::kThreads), T::kSmemBytes, stream, pdl, map_x, map_w, map_y, y, plan.sched, counters,
+                       partials);
 }
 
 }  // namespace
 
-size_t wgmma_sk_workspace_bytes(int bm, int bn, int m, int n, int k) {
-  const SkPlan plan = make_plan(bm, bn, m, n, k);
+size_t wgmma_sk_workspace_bytes(int bm, int bn, int ctas_per_sm, int m, int n, int k) {
+  const SkPlan plan = make_plan(bm, bn, ctas_per_sm, m, n, k);
   if (!plan.has_split_tiles) return 0;
   return counters_bytes(plan.grid) + size_t(plan.grid) * bm * bn * sizeof(float);
 }
 
-cudaError_t launch_wgmma_sk(int bm, int bn, const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
-                            int m, int n, int k, void* workspace, bool pdl, cudaStream_t stream) {
-  if (bm == 128 && bn == 256) return launch<128, 256>(x, w, y, m, n, k, workspace, pdl, stream);
-  if (bm == 128 && bn == 128) return launch<128, 128>(x, w, y, m, n, k, workspace, pdl, stream);
-  if (bm == 64 && bn == 256) return launch<64, 256>(x, w, y, m, n, k, workspace, pdl, stream);
+cudaError_t launch_wgmma_sk(int bm, int bn, int ctas_per_sm, const __nv_bfloat16* x, const __nv_bfloat16* w,
+                            __nv_bfloat16* y, int m, int n, int k, void* workspace, bool pdl, cudaStream_t stream) {
+  if (ctas_per_sm == 1) {
+    if (bm == 128 && bn == 256) return launch<128, 256, 1>(x, w, y, m, n, k, workspace, pdl, stream);
+    if (bm == 128 && bn == 128) return launch<128, 128, 1>(x, w, y, m, n, k, workspace, pdl, stream);
+    if (bm == 64 && bn == 256) return launch<64, 256, 1>(x, w, y, m, n, k, workspace, pdl, stream);
+  } else if (ctas_per_sm == 2 && bm == 128 && bn == 128) {
+    return launch<128, 128, 2>(x, w, y, m, n, k, workspace, pdl, stream);
+  }
   return cudaErrorInvalidValue;
 }
 
