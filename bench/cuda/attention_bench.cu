@@ -126,6 +126,7 @@ struct Variant {
   bool l2_sections = true;  // the backend's L2 sections (meta::WorkListOptions); false: sorted by cost only
   bool interleave = false;  // meta::WorkListOptions::interleave_small_tiles
   int32_t tile_ctas = 0;    // kHybrid: the SMs on query tiles (0: hybrid_tile_ctas, the backend's model)
+  bool merge = true;        // false: the partials are not merged (times the attention launch alone)
 };
 
 // The tasks of `list` whose request is (decode) or is not (prefill) a single new token; partial
@@ -228,7 +229,7 @@ void run_case(const Case& c, int iters, int num_sms, int l2_bytes, int32_t split
       } else {
         xy::cuda::launch_attention(aa, nullptr, var.kernel);
       }
-      xy::cuda::launch_attention_merge(aa, view.attention[0].merges, view.attention[0].num_merges, nullptr);
+      if (var.merge) xy::cuda::launch_attention_merge(aa, view.attention[0].merges, view.attention[0].num_merges, nullptr);
     };
     for (int i = 0; i < 3; ++i) once();
     XY_CUDA_CHECK(cudaEventRecord(e0));
@@ -318,7 +319,10 @@ int main(int argc, char** argv) {
     }
     if (decode_only) {
       // The decode-specialised kernel at its rule's split, then at fixed splits around it.
-      run_case(c, iters, num_sms, l2_bytes, 0, {decode});
+      Variant decode_no_merge = decode;
+      decode_no_merge.name = "decode-nomerge";
+      decode_no_merge.merge = false;
+      run_case(c, iters, num_sms, l2_bytes, 0, {decode, decode_no_merge});
       for (int32_t split : {1024, 4096, 16384, 32768}) run_case(c, iters, num_sms, l2_bytes, split, {decode});
     }
     std::vector<Variant> variants{wgmma, wgmma_flat};

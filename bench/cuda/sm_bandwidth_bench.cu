@@ -3,8 +3,10 @@
 // they were. Each of N CTAs (one per SM: their shared memory allows no second) reads its own
 // 32 MB of a cold 4+ GB buffer, either by bulk copies into a ring of shared-memory stages (the
 // TMA engine: one thread issues, each stage completes on an mbarrier, kept `stages` deep) or by
-// 16-byte loads from every thread into registers (`loads` per thread in flight). Prints GB/s per
-// SM and TB/s in all, for N from 4 to all SMs.
+// 16-byte loads from every thread into registers (`loads` per thread in flight), or by TMA boxes of a
+// paged KV cache as the attention kernels read it ([slots][8 KV heads][128], one head's rows: boxes
+// of 64 columns x `rows` slots, issued by `lanes` lanes at once, a stage = those boxes). Prints GB/s
+// per SM and TB/s in all, for N from 4 to all SMs.
 //
 // Run: build-gpu/bench/cuda/sm_bandwidth_bench (no arguments).
 #include <cuda_runtime.h>
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "xyserve/backend/cuda/cuda_check.h"
+#include "xyserve/backend/cuda/tensor_maps.h"
 
 namespace {
 
@@ -58,6 +61,57 @@ __global__ void bulk_read(const uint8_t* src, int stages, int chunk) {
   }
 }
 
+// CTA b reads KV head b % 8 of its own 32 MB region's slots (a region holds kBytesPerCta / 2 KB
+// slots of all 8 heads: 4 MB of one head), box by box: per stage, lanes 0..lanes-1 each load one box
+// of [64 columns][1 head][rows slots] (both 64-column panels of a slot range alternate).
+__global__ void kv_box_read(const __grid_constant__ CUtensorMap map, int stages, int lanes, int rows) {
+  extern __shared__ __align__(128) uint8_t kv_smem[];
+  __shared__ __align__(8) uint64_t full[32];
+  if (threadIdx.x >= 32) return;
+  // 128-byte swizzled boxes land on 1024-byte boundaries.
+  uint8_t* const ring = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(kv_smem) + 1023) & ~uintptr_t{1023});
+  const int lane = int(threadIdx.x);
+  const int box_bytes = 64 * 2 * rows;
+  const int stage_bytes = box_bytes * lanes;
+  if (lane == 0) {
+    for (int s = 0; s < stages; ++s)
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_u32(&full[s])));
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncwarp();
+  const int head = int(blockIdx.x % 8);
+  const int64_t first_slot = int64_t(blockIdx.x) * (kBytesPerCta / 2048);
+  const int64_t boxes = (kBytesPerCta / 8) / box_bytes;  // one head's share of the region
+  const int64_t n = boxes / lanes;
+  auto wait = [&](int64_t i) {
+    const int s = int(i % stages);
+    const uint32_t parity = uint32_t((i / stages - 1) & 1);
+    asm volatile("{\n.reg .pred p;\nW: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n@!p bra W;\n}\n" ::"r"(
+                     smem_u32(&full[s])),
+                 "r"(parity)
+                 : "memory");
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    const int s = int(i % stages);
+    if (i >= stages) wait(i);
+    if (lane == 0)
+      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(&full[s])), "r"(stage_bytes)
+                   : "memory");
+    __syncwarp();
+    if (lane < lanes) {
+      const int64_t box = i * lanes + lane;
+      const int panel = int(box % 2);
+      const int slot = int(first_slot + (box / 2) * rows);
+      asm volatile(
+          "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], "
+          "[%2];\n" ::"r"(smem_u32(ring + s * stage_bytes + lane * box_bytes)),
+          "l"(reinterpret_cast<uint64_t>(&map)), "r"(smem_u32(&full[s])), "r"(panel * 64), "r"(head), "r"(slot)
+          : "memory");
+    }
+  }
+  for (int64_t i = n; i < n + stages; ++i) wait(i);
+}
+
 template <int kLoads>
 __global__ void ldg_read(const uint4* src, uint32_t* sink) {
   extern __shared__ uint8_t unused[];  // only to keep one CTA per SM
@@ -100,16 +154,33 @@ int main() {
   std::printf("%-28s %5s %10s %10s\n", "mode", "SMs", "GB/s/SM", "TB/s");
   struct Mode {
     const char* name;
-    int kind;  // 0 bulk, 1 ldg x8 (512 threads), 2 ldg x16 (512 threads)
+    int kind;  // 0 bulk, 1 ldg x8 (512 threads), 2 ldg x16 (512 threads), 3 KV boxes
     int stages, chunk;
+    int lanes = 0, rows = 0;  // KV boxes
   };
   const std::vector<Mode> modes{{"bulk 4 x 16 KB", 0, 4, 16384},  {"bulk 8 x 16 KB", 0, 8, 16384},
                                 {"bulk 12 x 16 KB", 0, 12, 16384}, {"bulk 24 x 8 KB", 0, 24, 8192},
-                                {"ldg 512 thr x 8 x 16 B", 1, 0, 0}, {"ldg 512 thr x 16 x 16 B", 2, 0, 0}};
+                                {"ldg 512 thr x 8 x 16 B", 1, 0, 0}, {"ldg 512 thr x 16 x 16 B", 2, 0, 0},
+                                {"kv 2 KB boxes 16 lanes x 4", 3, 4, 0, 16, 16},
+                                {"kv 2 KB boxes 16 lanes x 6", 3, 6, 0, 16, 16},
+                                {"kv 2 KB boxes 32 lanes x 3", 3, 3, 0, 32, 16},
+                                {"kv 8 KB boxes 4 lanes x 6", 3, 6, 0, 4, 64},
+                                {"kv 16 KB boxes 2 lanes x 6", 3, 6, 0, 2, 128}};
+  CUtensorMap maps[3];
+  for (int i = 0; i < 3; ++i) {
+    const int rows = 16 << (2 * i) > 128 ? 128 : 16 << (2 * i);
+    if (!xy::cuda::encode_kv_tensor_map(&maps[i], buf, 8, 128, rows)) {
+      std::fprintf(stderr, "sm_bandwidth_bench: no tensor map for KV boxes of %d rows\n", rows);
+      return 1;
+    }
+  }
+  XY_CUDA_CHECK(cudaFuncSetAttribute(kv_box_read, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   for (const Mode& m : modes) {
     for (int n : {4, 8, 16, 33, 66, 99, sms}) {
       auto launch = [&] {
         if (m.kind == 0) bulk_read<<<n, 32, m.stages * m.chunk>>>(buf, m.stages, m.chunk);
+        else if (m.kind == 3)
+          kv_box_read<<<n, 32, kSmem>>>(maps[m.rows == 16 ? 0 : m.rows == 64 ? 1 : 2], m.stages, m.lanes, m.rows);
         else if (m.kind == 1) ldg_read<8><<<n, 512, kSmem>>>(reinterpret_cast<const uint4*>(buf), sink);
         else ldg_read<16><<<n, 512, kSmem>>>(reinterpret_cast<const uint4*>(buf), sink);
       };
@@ -123,7 +194,7 @@ int main() {
       float ms = 0;
       XY_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
       const double sec = ms / 1e3 / kIters;
-      const double total = double(n) * kBytesPerCta / sec;
+      const double total = double(n) * kBytesPerCta / (m.kind == 3 ? 8 : 1) / sec;  // KV boxes: one head of 8
       std::printf("%-28s %5d %10.1f %10.2f\n", m.name, n, total / n / 1e9, total / 1e12);
     }
   }
