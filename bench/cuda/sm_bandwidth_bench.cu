@@ -24,6 +24,17 @@ constexpr int64_t kBytesPerCta = 32ll << 20;
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
 
+// Waits for the copy of ring position i (stage i % stages, its (i / stages)-th use) to have landed,
+// given that position i + stages is about to reuse the stage (or the ring drains).
+__device__ __forceinline__ void wait_landed(const uint64_t* full, int64_t i, int stages) {
+  const int s = int(i % stages);
+  const uint32_t parity = uint32_t((i / stages) & 1);
+  asm volatile("{\n.reg .pred p;\nW: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n@!p bra W;\n}\n" ::"r"(
+                   smem_u32(&full[s])),
+               "r"(parity)
+               : "memory");
+}
+
 __global__ void bulk_read(const uint8_t* src, int stages, int chunk) {
   extern __shared__ __align__(128) uint8_t ring[];
   __shared__ __align__(8) uint64_t full[32];
@@ -35,14 +46,7 @@ __global__ void bulk_read(const uint8_t* src, int stages, int chunk) {
   const int64_t n = kBytesPerCta / chunk;
   for (int64_t i = 0; i < n; ++i) {
     const int s = int(i % stages);
-    if (i >= stages) {  // the stage's previous copy (chunk i - stages) has landed
-      const uint32_t parity = uint32_t((i / stages - 1) & 1);
-      asm volatile(
-          "{\n.reg .pred p;\nW: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n@!p bra W;\n}\n" ::"r"(
-              smem_u32(&full[s])),
-          "r"(parity)
-          : "memory");
-    }
+    if (i >= stages) wait_landed(full, i - stages, stages);  // the stage's previous copy
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(&full[s])), "r"(chunk)
                  : "memory");
     asm volatile(
@@ -51,14 +55,7 @@ __global__ void bulk_read(const uint8_t* src, int stages, int chunk) {
         "l"(base + i * chunk), "r"(chunk), "r"(smem_u32(&full[s]))
         : "memory");
   }
-  for (int64_t i = n; i < n + stages; ++i) {  // drain
-    const int s = int(i % stages);
-    const uint32_t parity = uint32_t((i / stages - 1) & 1);
-    asm volatile("{\n.reg .pred p;\nW: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n@!p bra W;\n}\n" ::"r"(
-                     smem_u32(&full[s])),
-                 "r"(parity)
-                 : "memory");
-  }
+  for (int64_t i = n > stages ? n - stages : 0; i < n; ++i) wait_landed(full, i, stages);  // drain
 }
 
 // CTA b reads KV head b % 8 of its own 32 MB region's slots (a region holds kBytesPerCta / 2 KB
@@ -83,17 +80,9 @@ __global__ void kv_box_read(const __grid_constant__ CUtensorMap map, int stages,
   const int64_t first_slot = int64_t(blockIdx.x) * (kBytesPerCta / 2048);
   const int64_t boxes = (kBytesPerCta / 8) / box_bytes;  // one head's share of the region
   const int64_t n = boxes / lanes;
-  auto wait = [&](int64_t i) {
-    const int s = int(i % stages);
-    const uint32_t parity = uint32_t((i / stages - 1) & 1);
-    asm volatile("{\n.reg .pred p;\nW: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n@!p bra W;\n}\n" ::"r"(
-                     smem_u32(&full[s])),
-                 "r"(parity)
-                 : "memory");
-  };
   for (int64_t i = 0; i < n; ++i) {
     const int s = int(i % stages);
-    if (i >= stages) wait(i);
+    if (i >= stages) wait_landed(full, i - stages, stages);
     if (lane == 0)
       asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(&full[s])), "r"(stage_bytes)
                    : "memory");
@@ -109,7 +98,7 @@ __global__ void kv_box_read(const __grid_constant__ CUtensorMap map, int stages,
           : "memory");
     }
   }
-  for (int64_t i = n; i < n + stages; ++i) wait(i);
+  for (int64_t i = n > stages ? n - stages : 0; i < n; ++i) wait_landed(full, i, stages);
 }
 
 template <int kLoads>

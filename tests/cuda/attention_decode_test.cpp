@@ -29,11 +29,11 @@
 namespace xy::cuda {
 namespace {
 
+using attention_test::fill_inputs;
 using attention_test::Problem;
 using attention_test::random_hybrid_plan;
 using attention_test::run_on_cpu;
 using attention_test::run_on_device;
-using testing::random_bf16;
 
 class AttentionDecode : public ::testing::Test {
  protected:
@@ -82,13 +82,6 @@ meta::StepPlan random_decode_plan(std::mt19937& rng, int32_t block_size, int32_t
                                 reqs[r].tree ? xy::testing::random_tree(reqs[r].num_new, rng) : std::vector<int32_t>{},
                                 pool);
   return plan;
-}
-
-void fill_inputs(Problem& p, std::mt19937& rng) {
-  const int32_t heads = p.kv_heads * p.group;
-  p.q = random_bf16(size_t(p.plan.num_rows()) * size_t(heads * p.hd), rng, 2.0f);
-  p.k = random_bf16(size_t(p.num_blocks) * size_t(p.block_size) * size_t(p.kv_heads * p.hd), rng, 2.0f);
-  p.v = random_bf16(p.k.size(), rng, 1.0f);
 }
 
 int num_sms() { return device_info(0).num_sms; }

@@ -38,6 +38,7 @@ using testing::random_bf16;
 using testing::to_device;
 using testing::to_f32;
 using testing::to_host;
+using attention_test::fill_inputs;
 using attention_test::Problem;
 using attention_test::random_hybrid_plan;
 using attention_test::run_on_cpu;
@@ -48,14 +49,6 @@ using attention_test::run_on_device;
 // absolute on the output) and the output to bf16 (relative 2^-9); scores are exact products
 // summed in fp32.
 float output_tolerance(float want) { return 2.5e-3f + std::fabs(want) / 128; }
-
-// Random q, k, v for `p`'s plan: q in [-2, 2), k in [-2, 2), v in [-1, 1).
-void fill_inputs(Problem& p, std::mt19937& rng) {
-  const int32_t heads = p.kv_heads * p.group;
-  p.q = random_bf16(size_t(p.plan.num_rows()) * size_t(heads * p.hd), rng, 2.0f);
-  p.k = random_bf16(size_t(p.num_blocks) * size_t(p.block_size) * size_t(p.kv_heads * p.hd), rng, 2.0f);
-  p.v = random_bf16(p.k.size(), rng, 1.0f);
-}
 
 // Every element of `got` within output_tolerance of `want`; returns the largest error.
 double expect_close(const Problem& p, const std::vector<uint16_t>& got, const std::vector<float>& want,
@@ -349,25 +342,8 @@ TEST_F(AttentionTensorCore, WgmmaMixesLongTilesWithManyDecodesAndRepeatsItsBits)
     p.tile_rows = 128;
     p.kv_heads = 2;
     p.group = trial < 2 ? 4 : 8;
-    p.block_size = 16;
     p.window = trial == 3 ? 700 : 0;
-    constexpr int32_t kRequests = 100;
-    p.num_blocks = kRequests * (2400 / p.block_size) + 64;
-    p.plan.block_size = p.block_size;
-    std::vector<int32_t> pool(static_cast<size_t>(p.num_blocks));
-    std::iota(pool.begin(), pool.end(), 0);
-    std::shuffle(pool.begin(), pool.end(), rng);
-    for (int64_t r = 0; r < kRequests; ++r) {
-      const int32_t computed = 900 + int32_t(rng() % 1200);
-      if (r % 33 == 0) {
-        testing::append_request(p.plan, r, computed, 150 + int32_t(rng() % 150), {}, pool);  // a chunk
-      } else if (r % 7 == 0) {
-        const int32_t n = 2 + int32_t(rng() % 6);
-        testing::append_request(p.plan, r, computed, n, testing::random_tree(n, rng), pool);  // a verify
-      } else {
-        testing::append_request(p.plan, r, computed, 1, {}, pool);  // a decode
-      }
-    }
+    attention_test::mixed_step(p, rng, 100);
     fill_inputs(p, rng);
     const int32_t heads = p.kv_heads * p.group;
     std::vector<float> want;

@@ -263,15 +263,6 @@ cudaError_t launch(const GemvShape& shape, dim3 grid, bool pdl, cudaStream_t str
                        stream, pdl, shape);
 }
 
-// SMs of the current device (not cached: devices of one process may differ; the query is a
-// lookup in the runtime's device properties).
-int num_sms() {
-  int device = 0, sms = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  return sms > 0 ? sms : 1;
-}
-
 // One CTA per SM, 4 x 2 (two chunks per step, 8 loads of W per lane): measured faster than 8 x 1
 // at every Llama-3-8B shape but qkv, where the two are within 1% (gemm_kernels.cuh).
 GemvConfig default_config() { return GemvConfig{4, 2, kGemvPrefetchSteps}; }

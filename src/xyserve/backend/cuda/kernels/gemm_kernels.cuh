@@ -3,6 +3,7 @@
 // not PDL-aware and is always launched plainly.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -12,6 +13,14 @@
 #include <utility>
 
 namespace xy::cuda::gemm_detail {
+
+// Tensor map of a row-major bf16 matrix [rows, cols], boxes of [box_rows, 64] with 128-byte
+// swizzle (the wgmma kernels' operand and output tiles); loads past `rows` return zeros, stores
+// past it are dropped.
+bool make_map(CUtensorMap* map, const __nv_bfloat16* base, int rows, int cols, int box_rows);
+// SMs of the current device, for the persistent grids (not cached: the devices of one process may
+// differ; the query is a lookup in the runtime's device properties). Defined in gemm_wgmma.cu.
+int num_sms();
 
 // cudaFuncSetAttribute applies to the current device only, so a kernel's dynamic shared memory
 // limit is raised once per device that launches it (devices 0..63; `done` holds one bit per

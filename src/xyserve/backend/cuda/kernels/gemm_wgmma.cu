@@ -234,25 +234,6 @@ __global__ void __launch_bounds__(WgmmaTraits<kBN>::kThreads, 1)
   }
 }
 
-// Tensor map of a row-major bf16 matrix [rows, cols], read in boxes of [box_rows, 64] with
-// 128-byte swizzle; reads past `rows` return zeros.
-bool make_map(CUtensorMap* map, const __nv_bfloat16* base, int rows, int cols, int box_rows) {
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * 2};
-  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
-  return encode_bf16_tensor_map(map, base, 2, dims, strides, box);
-}
-
-int num_sms() {
-  static const int count = [] {
-    int device = 0, sms = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    return sms > 0 ? sms : 132;
-  }();
-  return count;
-}
-
 size_t counters_bytes(int num_tiles) { return (size_t(num_tiles) * 4 + 255) / 256 * 256; }
 
 template <int kBN>
@@ -282,6 +263,20 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
 }
 
 }  // namespace
+
+bool make_map(CUtensorMap* map, const __nv_bfloat16* base, int rows, int cols, int box_rows) {
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
+  return encode_bf16_tensor_map(map, base, 2, dims, strides, box);
+}
+
+int num_sms() {
+  int device = 0, sms = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  return sms > 0 ? sms : 1;
+}
 
 int wgmma_splits(int bn, int m, int n, int k) {
   // Time ~ waves x (K blocks per CTA + kFixedBlocks): a CTA pays about 4 blocks' worth of

@@ -464,25 +464,6 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
   if (T::kStagedOut && leader) ptx::bulk_wait_group<0>();  // shared memory must outlive the stores
 }
 
-// Tensor map of a row-major bf16 matrix [rows, cols], boxes of [box_rows, 64] with 128-byte
-// swizzle; loads past `rows` return zeros, stores past it are dropped.
-bool make_map(CUtensorMap* map, const __nv_bfloat16* base, int rows, int cols, int box_rows) {
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * 2};
-  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
-  return encode_bf16_tensor_map(map, base, 2, dims, strides, box);
-}
-
-int num_sms() {
-  static const int count = [] {
-    int device = 0, sms = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    return sms > 0 ? sms : 132;
-  }();
-  return count;
-}
-
 size_t counters_bytes(int slots) { return (size_t(slots) * 4 + 255) / 256 * 256; }
 
 struct SkPlan {
