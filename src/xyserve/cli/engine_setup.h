@@ -15,7 +15,8 @@
 
 namespace xy::cli {
 
-// Declares --device, --threads, --tensor-parallel-size, --block-size, --num-kv-blocks, --kv-cache-memory,
+// Declares --device, --threads, --tensor-parallel-size, --nnodes, --node-rank, --master-addr, --master-port,
+// --dist-timeout, --block-size, --num-kv-blocks, --kv-cache-memory,
 // --gpu-memory-utilization, --deterministic, --enforce-eager, --max-num-batched-tokens, --max-num-seqs,
 // --long-prefill-token-threshold, --scheduling-policy, --enable-prefix-caching,
 // --speculative-method, --num-speculative-tokens, --speculative-tree.
@@ -35,6 +36,11 @@ engine::EngineConfig engine_config_from_flags(const FlagSet& flags, const std::s
 // NCCL (backend/cuda/cuda_tensor_parallel.h), each rank's KV cache from --gpu-memory-utilization
 // of its GPU (or --num-kv-blocks each); InvalidArgument when fewer than N GPUs are visible or
 // this build has no NCCL.
+// --nnodes M > 1 splits the N ranks over M processes (usually hosts; parallel/node_group.h),
+// N/M ranks each (--kv-cache-memory then is each node's budget, and CUDA uses devices
+// 0..N/M-1 of each node): node 0 (--node-rank 0) gets a backend that drives the other nodes
+// through the rendezvous at --master-addr:--master-port, which it returns once every node has
+// joined and started; the other nodes run run_worker_node() instead (make_backend refuses them).
 struct BackendRequest {
   int32_t blocks_wanted = 0;
   int64_t blocks_useful = 0;
@@ -44,5 +50,16 @@ std::unique_ptr<backend::Backend> make_backend(const FlagSet& flags, const std::
                                                const model::ModelWeights& weights,
                                                const BackendRequest& request,
                                                std::string* device_used = nullptr);
+
+// Whether the flags make this process a node other than 0 of a multi-node group
+// (--nnodes > 1, --node-rank > 0).
+bool is_worker_node(const FlagSet& flags);
+
+// A node other than 0: joins node 0's group with its ranks (built as make_backend would, from
+// the same flags and `request`), runs the plans node 0 sends until node 0 says stop, and
+// returns 0. Throws InvalidArgument for bad flags, and Error when the rendezvous or a step
+// fails or node 0 disappears (after telling node 0 of an error of its own).
+int run_worker_node(const FlagSet& flags, const std::string& command, const model::ModelWeights& weights,
+                    const BackendRequest& request);
 
 }  // namespace xy::cli

@@ -109,6 +109,8 @@ int run_serve(const std::vector<std::string>& args) {
   want.blocks_useful = int64_t(ec.scheduler.max_num_seqs) *
                        ((max_model_len + flags.get_int("block-size") - 1) / flags.get_int("block-size"));
   want.max_num_tokens = ec.scheduler.max_num_batched_tokens;
+  // A node other than 0 of a multi-node group serves nothing itself: it runs node 0's steps.
+  if (is_worker_node(flags)) return run_worker_node(flags, "serve", *weights, want);
   std::string device;
   auto backend = make_backend(flags, "serve", *weights, want, &device);
   weights.reset();  // each backend holds its own copy of the weights

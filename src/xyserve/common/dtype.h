@@ -93,4 +93,27 @@ inline void convert_to_f32(DType from, const void* src, float* dst, size_t n) {
   }
 }
 
+// Element i of n elements of type `dtype` at data, as fp32.
+inline float load_as_f32(const void* data, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::kF32: return static_cast<const float*>(data)[i];
+    case DType::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(data)[i]);
+    case DType::kF16: return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
+  }
+  return 0.0f;
+}
+
+// Stores n fp32 values at src into data as type `dtype` (rounded to nearest even).
+inline void store_f32_as(const float* src, void* data, DType dtype, int64_t n) {
+  switch (dtype) {
+    case DType::kF32: std::memcpy(data, src, size_t(n) * sizeof(float)); return;
+    case DType::kBF16:
+      for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(data)[i] = f32_to_bf16(src[i]);
+      return;
+    case DType::kF16:
+      for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(data)[i] = f32_to_f16(src[i]);
+      return;
+  }
+}
+
 }  // namespace xy

@@ -61,27 +61,6 @@ class Group {
   bool aborted_ = false;     // guarded by mutex_
 };
 
-float load_f32(const void* data, DType dtype, int64_t i) {
-  switch (dtype) {
-    case DType::kF32: return static_cast<const float*>(data)[i];
-    case DType::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(data)[i]);
-    case DType::kF16: return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
-  }
-  return 0.0f;
-}
-
-void store_from_f32(const float* src, void* data, DType dtype, int64_t count) {
-  switch (dtype) {
-    case DType::kF32: std::memcpy(data, src, size_t(count) * sizeof(float)); return;
-    case DType::kBF16:
-      for (int64_t i = 0; i < count; ++i) static_cast<uint16_t*>(data)[i] = f32_to_bf16(src[i]);
-      return;
-    case DType::kF16:
-      for (int64_t i = 0; i < count; ++i) static_cast<uint16_t*>(data)[i] = f32_to_f16(src[i]);
-      return;
-  }
-}
-
 class InProcessCommunicator : public Communicator {
  public:
   InProcessCommunicator(std::shared_ptr<Group> group, int32_t rank)
@@ -101,18 +80,18 @@ class InProcessCommunicator : public Communicator {
     sum_.resize(size_t(count));
     float* sum = sum_.data();
     const Offer& first = group_->offer(0);
-    for (int64_t i = 0; i < count; ++i) sum[i] = load_f32(first.data, dtype, i);
+    for (int64_t i = 0; i < count; ++i) sum[i] = load_as_f32(first.data, dtype, i);
     for (int32_t r = 1; r < size(); ++r) {
       const Offer& o = group_->offer(r);
       if (dtype == DType::kF32) {
         const float* x = static_cast<const float*>(o.data);
         for (int64_t i = 0; i < count; ++i) sum[i] += x[i];
       } else {
-        for (int64_t i = 0; i < count; ++i) sum[i] += load_f32(o.data, dtype, i);
+        for (int64_t i = 0; i < count; ++i) sum[i] += load_as_f32(o.data, dtype, i);
       }
     }
     group_->arrive_and_wait();
-    store_from_f32(sum, data, dtype, count);
+    store_f32_as(sum, data, dtype, count);
   }
 
   // Every rank copies every slice into its own recv between the barriers; after the second, a

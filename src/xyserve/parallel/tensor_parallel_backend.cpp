@@ -10,18 +10,22 @@ TensorParallelBackend::TensorParallelBackend(const model::ModelWeights& weights,
                                              std::vector<std::unique_ptr<Communicator>> comms,
                                              const ShardFactory& make_shard)
     : comms_(std::move(comms)), threads_(int32_t(comms_.size())) {
-  const int32_t size = int32_t(comms_.size());
-  XY_CHECK(size >= 1, "tensor parallel size ", size);
-  for (int32_t r = 0; r < size; ++r)
-    XY_CHECK(comms_[size_t(r)]->rank() == r && comms_[size_t(r)]->size() == size, "communicator ", r);
+  const int32_t num_local = int32_t(comms_.size());
+  XY_CHECK(num_local >= 1, "tensor-parallel ranks in this process: ", num_local);
+  const int32_t first = comms_[0]->rank();
+  const int32_t size = comms_[0]->size();
+  for (int32_t i = 0; i < num_local; ++i)
+    XY_CHECK(comms_[size_t(i)]->rank() == first + i && comms_[size_t(i)]->size() == size, "communicator ", i,
+             " is rank ", comms_[size_t(i)]->rank(), " of ", comms_[size_t(i)]->size(), "; expected ", first + i,
+             " of ", size);
   check_tensor_parallel(weights.config, size);
-  ranks_.resize(size_t(size));
-  rank_logits_.resize(size_t(size));
+  ranks_.resize(size_t(num_local));
+  rank_logits_.resize(size_t(num_local));
   // Each rank slices and converts its own shard, in parallel; a GPU rank binds its device on
   // the thread that will run its steps.
-  run_ranks([&](int32_t r) {
-    const ShardedWeights shard = shard_weights(weights, r, size);
-    ranks_[size_t(r)] = make_shard(shard, *comms_[size_t(r)]);
+  run_ranks([&](int32_t i) {
+    const ShardedWeights shard = shard_weights(weights, first + i, size);
+    ranks_[size_t(i)] = make_shard(shard, *comms_[size_t(i)]);
   });
   num_kv_blocks_ = ranks_[0]->num_kv_blocks();
   for (const auto& rank : ranks_) {
@@ -44,6 +48,14 @@ void TensorParallelBackend::forward_and_sample(const meta::StepPlan& plan,
     if (r == 0) ranks_[0]->forward_and_sample(plan, sampling, out);
     else ranks_[size_t(r)]->forward(plan, rank_logits_[size_t(r)]);
   });
+}
+
+void TensorParallelBackend::follow(const meta::StepPlan& plan) {
+  run_ranks([&](int32_t i) { ranks_[size_t(i)]->forward(plan, rank_logits_[size_t(i)]); });
+}
+
+void TensorParallelBackend::abort() {
+  for (auto& comm : comms_) comm->abort();
 }
 
 std::optional<double> TensorParallelBackend::device_busy_s() const {

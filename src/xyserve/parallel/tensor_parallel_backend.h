@@ -7,6 +7,10 @@
 // Any Backend that runs a shard with a communicator can be a rank: the CPU backend with the
 // in-process group (backend/cpu/cpu_tensor_parallel.h), or a GPU backend with NCCL.
 //
+// Across processes (--nnodes > 1, node_group.h), one TensorParallelBackend per process holds
+// that process's ranks, a consecutive slice of the group: node 0's, with rank 0, is the engine's
+// backend; the other nodes' run the same plans through follow().
+//
 // Threading: as Backend (the engine thread only). An error on one rank aborts the group, so
 // the others do not wait forever for it, and is rethrown; the backend cannot run steps after
 // that (every collective of the aborted group throws).
@@ -33,17 +37,26 @@ class TensorParallelBackend : public backend::Backend {
   using ShardFactory =
       std::function<std::unique_ptr<backend::Backend>(const ShardedWeights& shard, Communicator& comm)>;
 
-  // `comms`: one group, one communicator per rank in rank order. Shards `weights` and builds
-  // every rank's backend. Throws InvalidArgument when the model does not split comms.size()
-  // ways (shard.h), or what a rank's factory throws.
+  // `comms`: this process's communicators of one group, consecutive ranks in rank order (all
+  // of the group's when it lives in one process). Shards `weights` and builds every local
+  // rank's backend. Throws InvalidArgument when the model does not split the group's size ways
+  // (shard.h), or what a rank's factory throws.
   TensorParallelBackend(const model::ModelWeights& weights,
                         std::vector<std::unique_ptr<Communicator>> comms, const ShardFactory& make_shard);
   ~TensorParallelBackend() override;
 
+  // The logits are the first local rank's: the whole logits when it is rank 0.
   void forward(const meta::StepPlan& plan, std::vector<float>& logits) override;
-  // Rank 0 samples the whole logits that it ends the step with; the other ranks run forward().
+  // The first local rank samples the whole logits that it ends the step with; the other ranks
+  // run forward().
   void forward_and_sample(const meta::StepPlan& plan, const meta::SamplingPlan& sampling,
                           meta::SamplingOutput& out) override;
+  // Runs the plan on every local rank and drops the logits: a node other than 0 taking its part
+  // in a step that node 0 samples.
+  void follow(const meta::StepPlan& plan);
+  // Aborts every local rank's communicator, so that no rank of the group (here or in another
+  // process) waits for this process any longer; the backend cannot run steps after that.
+  void abort();
 
   std::optional<double> device_busy_s() const override;  // the slowest rank's
   int64_t vocab_size() const override { return ranks_[0]->vocab_size(); }
@@ -51,20 +64,23 @@ class TensorParallelBackend : public backend::Backend {
   int32_t num_kv_blocks() const override { return num_kv_blocks_; }
   int32_t block_size() const override { return ranks_[0]->block_size(); }
 
-  int32_t tensor_parallel_size() const { return int32_t(ranks_.size()); }
+  int32_t tensor_parallel_size() const { return comms_[0]->size(); }
+  int32_t first_rank() const { return comms_[0]->rank(); }
+  int32_t num_local_ranks() const { return int32_t(ranks_.size()); }
 
  private:
-  // Runs step(r) for every rank r on its thread; an error aborts the group and is rethrown.
+  // Runs step(i) for every local rank i (rank first_rank() + i) on its thread; an error aborts
+  // the group and is rethrown.
   template <class Step>
   void run_ranks(Step&& step) {
-    threads_.run(step, [this](int32_t r) { comms_[size_t(r)]->abort(); });
+    threads_.run(step, [this](int32_t i) { comms_[size_t(i)]->abort(); });
   }
 
   // Destroyed in reverse: the rank backends first, then their threads, then the communicators.
   std::vector<std::unique_ptr<Communicator>> comms_;
   RankThreads threads_;
   std::vector<std::unique_ptr<backend::Backend>> ranks_;
-  std::vector<std::vector<float>> rank_logits_;  // ranks 1..N-1's logits, not used: reused buffers
+  std::vector<std::vector<float>> rank_logits_;  // local ranks 1..'s logits, not used: reused buffers
   int32_t num_kv_blocks_ = 0;
 };
 

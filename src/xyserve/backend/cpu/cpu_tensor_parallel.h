@@ -9,6 +9,7 @@
 
 #include "xyserve/backend/cpu/cpu_backend.h"
 #include "xyserve/model/weights.h"
+#include "xyserve/parallel/node_group.h"
 #include "xyserve/parallel/tensor_parallel_backend.h"
 
 namespace xy::backend::cpu {
@@ -21,5 +22,13 @@ namespace xy::backend::cpu {
 // config.json field (parallel/shard.h).
 std::unique_ptr<parallel::TensorParallelBackend> make_tensor_parallel_cpu_backend(
     const model::ModelWeights& weights, const CpuBackendOptions& options, int32_t tensor_parallel_size);
+
+// This process's part of a group spread over nodes (`nodes`; parallel/node_group.h): its ranks
+// [k P, (k+1) P), P = size / nnodes, on threads, and every rank of every node joined by the TCP
+// communicator (parallel/tcp_communicator.h), whose hub, rank 0, listens on node 0 beside the
+// rendezvous on a port of its own (the group id). `options` as above, num_threads shared by
+// this node's ranks. Throws what join_node_group throws.
+parallel::NodeRanks join_tensor_parallel_cpu_nodes(const model::ModelWeights& weights, const CpuBackendOptions& options,
+                                                   const parallel::NodeGroupOptions& nodes);
 
 }  // namespace xy::backend::cpu

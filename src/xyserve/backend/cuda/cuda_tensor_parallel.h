@@ -17,6 +17,7 @@
 #include "xyserve/backend/cuda/cuda_backend.h"
 #include "xyserve/model/weights.h"
 #include "xyserve/parallel/communicator.h"
+#include "xyserve/parallel/node_group.h"
 #include "xyserve/parallel/tensor_parallel_backend.h"
 
 namespace xy::backend::cuda {
@@ -33,9 +34,9 @@ std::unique_ptr<parallel::TensorParallelBackend> make_tensor_parallel_cuda_backe
     const model::ModelWeights& weights, const CudaBackendOptions& options, int32_t tensor_parallel_size,
     const std::vector<int>& devices);
 
-// The same over any group of device communicators, one per rank in rank order, rank r on
-// devices[r] (several ranks may share a device when the group allows it: the tests' one-GPU
-// stand-in for NCCL). bind_stream(comm, stream) must make `comm` enqueue its collectives on
+// The same over any group of device communicators: this process's, consecutive ranks in rank
+// order, the i-th on devices[i] (several ranks may share a device when the group allows it: the
+// tests' one-GPU stand-in for NCCL). bind_stream(comm, stream) must make `comm` enqueue its collectives on
 // `stream` (NcclCommunicator::set_stream); it is called once per rank, on that rank's thread,
 // while its backend is built.
 using CommunicatorStreamBinder = std::function<void(parallel::Communicator& comm, cudaStream_t stream)>;
@@ -43,5 +44,15 @@ std::unique_ptr<parallel::TensorParallelBackend> make_tensor_parallel_cuda_backe
     const model::ModelWeights& weights, const CudaBackendOptions& options,
     std::vector<std::unique_ptr<parallel::Communicator>> comms, const std::vector<int>& devices,
     const CommunicatorStreamBinder& bind_stream);
+
+// This process's part of a group spread over nodes (`nodes`; parallel/node_group.h): its ranks
+// [k P, (k+1) P), P = size / nnodes, rank k P + i on devices[i] (devices.size() == P), joined
+// over NCCL with the ncclUniqueId that node 0 makes and the rendezvous hands out. `options` as
+// above. Throws InvalidArgument when devices.size() != P, else what join_node_group throws.
+// Runs only where every node has P GPUs (not on a one-GPU machine: NCCL refuses two ranks on
+// one GPU).
+parallel::NodeRanks join_tensor_parallel_cuda_nodes(const model::ModelWeights& weights,
+                                                    const CudaBackendOptions& options, const std::vector<int>& devices,
+                                                    const parallel::NodeGroupOptions& nodes);
 
 }  // namespace xy::backend::cuda

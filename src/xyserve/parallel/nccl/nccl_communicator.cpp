@@ -90,4 +90,30 @@ std::vector<std::unique_ptr<Communicator>> make_nccl_group(const std::vector<int
   return ranks;
 }
 
+std::vector<std::unique_ptr<Communicator>> make_nccl_group(const ncclUniqueId& id, int32_t first_rank, int32_t size,
+                                                           const std::vector<int>& devices) {
+  XY_CHECK(!devices.empty() && first_rank >= 0 && first_rank + int32_t(devices.size()) <= size, "ranks [",
+           first_rank, ", +", devices.size(), ") of ", size);
+  int previous_device = 0;
+  cudaGetDevice(&previous_device);
+  std::vector<ncclComm_t> comms(devices.size());
+  // Several ranks of one process join from one thread: NCCL requires a group call around their
+  // ncclCommInitRank, each with its device current.
+  XY_NCCL_CHECK(nullptr, ncclGroupStart());
+  for (size_t i = 0; i < devices.size(); ++i) {
+    const cudaError_t err = cudaSetDevice(devices[i]);
+    if (err != cudaSuccess) {
+      ncclGroupEnd();
+      throw NcclError(cat("cudaSetDevice(", devices[i], ") for rank ", first_rank + int32_t(i), ": ",
+                          cudaGetErrorString(err)));
+    }
+    XY_NCCL_CHECK(nullptr, ncclCommInitRank(&comms[i], size, id, first_rank + int32_t(i)));
+  }
+  XY_NCCL_CHECK(nullptr, ncclGroupEnd());
+  cudaSetDevice(previous_device);
+  std::vector<std::unique_ptr<Communicator>> ranks;
+  for (ncclComm_t c : comms) ranks.push_back(std::make_unique<NcclCommunicator>(c));
+  return ranks;
+}
+
 }  // namespace xy::parallel

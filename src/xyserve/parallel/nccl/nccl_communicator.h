@@ -76,4 +76,12 @@ class NcclCommunicator : public Communicator {
 // device current.
 std::vector<std::unique_ptr<Communicator>> make_nccl_group(const std::vector<int>& devices);
 
+// This process's ranks [first_rank, first_rank + devices.size()) of the `size`-rank group `id`
+// names, rank first_rank + i on CUDA device devices[i]: the part of one node when the group
+// spans processes (parallel/node_group.h; the id comes from node 0 through the rendezvous).
+// Returns once every rank of every process has joined (ncclCommInitRank, in one NCCL group
+// call for this process's ranks).
+std::vector<std::unique_ptr<Communicator>> make_nccl_group(const ncclUniqueId& id, int32_t first_rank, int32_t size,
+                                                           const std::vector<int>& devices);
+
 }  // namespace xy::parallel
