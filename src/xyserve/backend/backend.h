@@ -25,6 +25,14 @@ class Backend {
   // only tokens and the logprobs and logits rows asked for leave the backend. The engine's path.
   virtual void forward_and_sample(const meta::StepPlan& plan, const meta::SamplingPlan& sampling,
                                   meta::SamplingOutput& out) = 0;
+  // Runs the plan as forward() does and returns nothing: what a tensor-parallel rank other than 0
+  // runs, whose logits are rank 0's (the vocabulary-parallel LM head gathers them on every rank).
+  // A backend whose logits live off the host overrides it to leave them there; the default calls
+  // forward() and drops them.
+  virtual void forward_without_logits(const meta::StepPlan& plan) {
+    std::vector<float> dropped;
+    forward(plan, dropped);
+  }
 
   // Device time spent on steps so far, in seconds, where the backend measures it (the CUDA
   // backend, with events around each step); nullopt where the host is the device.

@@ -20,7 +20,6 @@ TensorParallelBackend::TensorParallelBackend(const model::ModelWeights& weights,
              " of ", size);
   check_tensor_parallel(weights.config, size);
   ranks_.resize(size_t(num_local));
-  rank_logits_.resize(size_t(num_local));
   // Each rank slices and converts its own shard, in parallel; a GPU rank binds its device on
   // the thread that will run its steps.
   run_ranks([&](int32_t i) {
@@ -38,7 +37,10 @@ TensorParallelBackend::TensorParallelBackend(const model::ModelWeights& weights,
 TensorParallelBackend::~TensorParallelBackend() = default;
 
 void TensorParallelBackend::forward(const meta::StepPlan& plan, std::vector<float>& logits) {
-  run_ranks([&](int32_t r) { ranks_[size_t(r)]->forward(plan, r == 0 ? logits : rank_logits_[size_t(r)]); });
+  run_ranks([&](int32_t r) {
+    if (r == 0) ranks_[0]->forward(plan, logits);
+    else ranks_[size_t(r)]->forward_without_logits(plan);
+  });
 }
 
 void TensorParallelBackend::forward_and_sample(const meta::StepPlan& plan,
@@ -46,12 +48,12 @@ void TensorParallelBackend::forward_and_sample(const meta::StepPlan& plan,
                                                meta::SamplingOutput& out) {
   run_ranks([&](int32_t r) {
     if (r == 0) ranks_[0]->forward_and_sample(plan, sampling, out);
-    else ranks_[size_t(r)]->forward(plan, rank_logits_[size_t(r)]);
+    else ranks_[size_t(r)]->forward_without_logits(plan);
   });
 }
 
 void TensorParallelBackend::follow(const meta::StepPlan& plan) {
-  run_ranks([&](int32_t i) { ranks_[size_t(i)]->forward(plan, rank_logits_[size_t(i)]); });
+  run_ranks([&](int32_t i) { ranks_[size_t(i)]->forward_without_logits(plan); });
 }
 
 void TensorParallelBackend::abort() {

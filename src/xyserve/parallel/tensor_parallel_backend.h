@@ -48,7 +48,7 @@ class TensorParallelBackend : public backend::Backend {
   // The logits are the first local rank's: the whole logits when it is rank 0.
   void forward(const meta::StepPlan& plan, std::vector<float>& logits) override;
   // The first local rank samples the whole logits that it ends the step with; the other ranks
-  // run forward().
+  // run forward_without_logits() (a GPU rank's logits stay on its device).
   void forward_and_sample(const meta::StepPlan& plan, const meta::SamplingPlan& sampling,
                           meta::SamplingOutput& out) override;
   // Runs the plan on every local rank and drops the logits: a node other than 0 taking its part
@@ -80,7 +80,6 @@ class TensorParallelBackend : public backend::Backend {
   std::vector<std::unique_ptr<Communicator>> comms_;
   RankThreads threads_;
   std::vector<std::unique_ptr<backend::Backend>> ranks_;
-  std::vector<std::vector<float>> rank_logits_;  // local ranks 1..'s logits, not used: reused buffers
   int32_t num_kv_blocks_ = 0;
 };
 

@@ -475,6 +475,11 @@ void CudaBackend::forward(const meta::StepPlan& plan, std::vector<float>& logits
   XY_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
 }
 
+void CudaBackend::forward_without_logits(const meta::StepPlan& plan) {
+  run_step(plan);
+  XY_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+}
+
 void CudaBackend::forward_and_sample(const meta::StepPlan& plan, const meta::SamplingPlan& sampling,
                                      meta::SamplingOutput& out) {
   XY_CHECK(int32_t(sampling.rows.size()) == plan.num_logits_rows(), sampling.rows.size(),
