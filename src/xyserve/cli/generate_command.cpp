@@ -101,7 +101,13 @@ int run_generate(const std::vector<std::string>& args) {
   size_t num_output = 0;
   bool finished = false;
   while (!finished) {
-    const bool unfinished = engine.step();
+    bool unfinished = false;
+    try {
+      unfinished = engine.step();
+    } catch (const engine::EngineDeadError&) {
+      std::fputc('\n', stdout);  // end the partial text's line; main prints the error
+      throw;
+    }
     // try_next() keeps answering a finished event once the finish was taken: stop there.
     while (!finished) {
       auto event = handle.stream->try_next();

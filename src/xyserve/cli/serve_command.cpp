@@ -1,15 +1,23 @@
 // `xyserve serve`: loads a model, starts the engine thread and the OpenAI-compatible HTTP
 // server on a few I/O threads, and runs until SIGTERM or SIGINT, which stop accepting, let
 // in-flight requests finish, and exit 0. Flag names are vLLM's.
+//
+// When the engine dies (a failed step: CUDA error, lost node; engine.h), the requests in flight
+// are answered with the error, the server stops accepting and exits 1, so that a supervisor
+// restarts it: the device's state is unknown after such an error, as vLLM's EngineDeadError
+// handling assumes too.
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -137,7 +145,18 @@ int run_serve(const std::vector<std::string>& args) {
       ioc, ho, [&app](std::shared_ptr<server::Exchange> ex) { app.handle(ex); },
       [&app](int status) { app.record_http_status(status); });
 
+  // Runs on the engine thread: the stop itself happens on the I/O threads.
+  std::function<void(const std::string&)> on_engine_failure;
+  engine.set_failure_listener([&ioc, &on_engine_failure](const std::string& message) {
+    boost::asio::post(ioc, [&on_engine_failure, message] { on_engine_failure(message); });
+  });
   engine.start();
+  // The engine thread posts to ioc (its failure listener): it must end before ioc does, also when
+  // something below throws. Declared after ioc, so destroyed first; stop() is idempotent.
+  struct EngineStopper {
+    engine::Engine& engine;
+    ~EngineStopper() { engine.stop(); }
+  } stop_engine_first{engine};
   http.start();
   std::fprintf(stderr, "xyserve: model %s on %s, %d KV blocks of %d tokens, max_model_len %lld\n",
                model_dir.c_str(), device.c_str(), backend->num_kv_blocks(), backend->block_size(),
@@ -145,25 +164,43 @@ int run_serve(const std::vector<std::string>& args) {
   std::fprintf(stderr, "listening on %s:%u\n", ho.host.c_str(), unsigned(http.port()));
   std::fflush(stderr);
 
-  // SIGTERM / SIGINT: stop accepting, let in-flight responses complete, then stop.
-  boost::asio::signal_set signals(ioc, SIGINT, SIGTERM);
+  // Both ways to stop come here, and the first one wins: stop accepting, let in-flight
+  // responses complete (or give up after `grace`), then stop the I/O threads.
   boost::asio::steady_timer poll(ioc);
+  std::atomic<bool> stopping{false};
+  std::chrono::steady_clock::time_point give_up;  // written before wait_drained first runs
   std::function<void()> wait_drained = [&] {
-    if (http.num_sessions() == 0 && app.num_active() == 0) {
+    if ((http.num_sessions() == 0 && app.num_active() == 0) || std::chrono::steady_clock::now() >= give_up) {
       ioc.stop();
       return;
     }
     poll.expires_after(std::chrono::milliseconds(20));
     poll.async_wait([&](const boost::system::error_code&) { wait_drained(); });
   };
+  auto begin_stop = [&](std::optional<std::chrono::steady_clock::duration> grace) {
+    if (stopping.exchange(true)) return;
+    give_up = grace ? std::chrono::steady_clock::now() + *grace : std::chrono::steady_clock::time_point::max();
+    app.set_draining();
+    http.begin_drain();
+    wait_drained();
+  };
+  // SIGTERM / SIGINT: in-flight requests run to their end, however long that takes.
+  boost::asio::signal_set signals(ioc, SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code& err, int signo) {
     if (err) return;
     std::fprintf(stderr, "xyserve: signal %d: draining %lld in-flight requests\n", signo,
                  static_cast<long long>(app.num_active()));
-    app.set_draining();
-    http.begin_drain();
-    wait_drained();
+    begin_stop(std::nullopt);
   });
+  // A dead engine: its requests already finished with the error, so what is left is writing
+  // those responses, which takes milliseconds unless a client stopped reading.
+  constexpr auto kFailureGrace = std::chrono::seconds(10);
+  on_engine_failure = [&](const std::string& message) {
+    std::fprintf(stderr, "xyserve: engine failed: %s; answering %lld in-flight requests with the error, then exiting 1\n",
+                 message.c_str(), static_cast<long long>(app.num_active()));
+    std::fflush(stderr);
+    begin_stop(kFailureGrace);
+  };
 
   const int32_t num_io = std::max<int32_t>(1, int32_t(flags.get_int("io-threads")));
   std::vector<std::thread> io_threads;
@@ -171,6 +208,10 @@ int run_serve(const std::vector<std::string>& args) {
   ioc.run();
   for (auto& t : io_threads) t.join();
   engine.stop();
+  if (std::optional<std::string> failure = engine.failure()) {
+    std::fprintf(stderr, "error: %s\n", failure->c_str());
+    return 1;
+  }
   std::fprintf(stderr, "xyserve: stopped\n");
   return 0;
 }

@@ -81,7 +81,10 @@ Engine::Handle Engine::submit(std::vector<int32_t> prompt_ids, const GenerationO
   r->arrival_time = sched::Clock::now();
   Handle h;
   {
+    // Under the lock that fail() takes to empty the inbox: a request is either queued before
+    // the engine died (and gets the error event) or refused here.
     std::lock_guard<std::mutex> lock(mu_);
+    if (failure_) throw EngineDeadError(*failure_);
     r->id = h.id = next_id_++;
     h.stream = std::make_shared<RequestStream>(h.id);
     inbox_.push_back({std::move(r), options.stop, options.skip_special_tokens, h.stream});
@@ -93,6 +96,7 @@ Engine::Handle Engine::submit(std::vector<int32_t> prompt_ids, const GenerationO
 void Engine::cancel(int64_t request_id) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (failure_) return;  // every request has finished already
     cancels_.push_back(request_id);
   }
   cv_.notify_all();
@@ -168,6 +172,46 @@ void Engine::finish_streams() {
 }
 
 bool Engine::step() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (failure_) throw EngineDeadError(*failure_);
+  }
+  // Anything a step throws leaves the scheduler, the backend or both half-updated: the engine
+  // cannot go on, so the step's error becomes every request's.
+  try {
+    return run_step();
+  } catch (const std::exception& e) {
+    fail(e.what());
+  } catch (...) {
+    fail("unknown error");
+  }
+  throw EngineDeadError(*failure());
+}
+
+void Engine::fail(std::string cause) {
+  if (cause.empty()) cause = "unknown error";  // an empty StreamEvent::error means no error
+  std::vector<Submission> queued;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    failure_ = cause;
+    queued.swap(inbox_);
+    cancels_.clear();
+  }
+  auto finish_with_error = [&](RequestStream& stream) {
+    if (stream.finished()) return;  // its finishing event went out before the failure
+    StreamEvent e;
+    e.finished = true;
+    e.finish_reason = sched::FinishReason::kAbort;
+    e.error = cause;
+    stream.push(std::move(e));
+  };
+  for (auto& [id, live] : live_) finish_with_error(*live.stream);
+  for (Submission& s : queued) finish_with_error(*s.stream);
+  live_.clear();
+  if (failure_listener_) failure_listener_(cause);
+}
+
+bool Engine::run_step() {
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
   take_inbox();
@@ -237,7 +281,11 @@ void Engine::loop() {
       });
       if (stop_requested_) return;
     }
-    step();
+    try {
+      step();
+    } catch (const EngineDeadError&) {
+      return;  // every request has its error; stop() joins this thread
+    }
   }
 }
 
@@ -262,6 +310,16 @@ void Engine::stop() {
   running_thread_ = false;
 }
 
+std::optional<std::string> Engine::failure() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return failure_;
+}
+
+void Engine::set_failure_listener(std::function<void(const std::string& message)> listener) {
+  XY_CHECK(!thread_.joinable(), "set_failure_listener after start()");
+  failure_listener_ = std::move(listener);
+}
+
 std::vector<GenerationResult> Engine::generate_batch(const std::vector<std::vector<int32_t>>& prompts,
                                                      const GenerationOptions& options) {
   std::vector<Handle> handles;
@@ -279,6 +337,7 @@ std::vector<GenerationResult> Engine::generate_batch(const std::vector<std::vect
       g.output_ids.insert(g.output_ids.end(), e.token_ids.begin(), e.token_ids.end());
       g.logprobs.insert(g.logprobs.end(), e.logprobs.begin(), e.logprobs.end());
       g.text += e.text;
+      if (!e.error.empty()) throw EngineDeadError(e.error);
       if (e.finished) {
         g.finish_reason = e.finish_reason;
         if (e.metrics) g.metrics = *e.metrics;

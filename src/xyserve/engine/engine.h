@@ -3,15 +3,22 @@
 //   tokens = verify/sample each request's logits rows; scheduler.update(plan, tokens);
 // then new tokens are detokenized and streamed, with stop strings held back.
 //
-// Threading: submit(), cancel(), stats() and generate_batch() are thread-safe. The loop runs on
-// the engine thread that start() launches (it sleeps on a condition variable when idle), or,
-// when not started, on whichever single thread calls step(). Everything else (scheduler,
-// backend, detokenizers) is touched only by the loop.
+// Threading: submit(), cancel(), stats(), failure() and generate_batch() are thread-safe. The
+// loop runs on the engine thread that start() launches (it sleeps on a condition variable when
+// idle), or, when not started, on whichever single thread calls step(). Everything else
+// (scheduler, backend, detokenizers) is touched only by the loop.
+//
+// A step that throws (a CUDA error, a lost node of a tensor-parallel group) kills the engine,
+// as vLLM's EngineDeadError does: the backend's state is unknown from then on, so it is never
+// run again. Every unfinished request, queued or running, finishes at once with
+// StreamEvent::error set; step(), submit() and generate_batch() throw EngineDeadError from
+// then on; the engine thread ends. The process is expected to exit and be restarted.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -22,6 +29,7 @@
 #include <vector>
 
 #include "xyserve/backend/backend.h"
+#include "xyserve/common/error.h"
 #include "xyserve/engine/request_stream.h"
 #include "xyserve/engine/stop_string_matcher.h"
 #include "xyserve/engine/token_verifier.h"
@@ -32,6 +40,13 @@
 namespace xy::engine {
 
 enum class SpeculativeMethod { kNone, kNgram };
+
+// The engine is dead: a step failed (see the top of this file). what() is the failure: the
+// step's exception's what() ("node 1 (rank 1) ... exited or was killed"), or "unknown error".
+class EngineDeadError : public Error {
+ public:
+  using Error::Error;
+};
 
 struct EngineConfig {
   sched::SchedulerConfig scheduler;
@@ -96,19 +111,29 @@ class Engine {
   };
   // Queues a request; its events arrive on the handle's stream. Throws InvalidArgument for an
   // empty prompt, max_tokens < 1, a token id outside the vocabulary, stop strings without a
-  // tokenizer, or a request that can never fit in the KV cache.
+  // tokenizer, or a request that can never fit in the KV cache; EngineDeadError once the
+  // engine is dead.
   Handle submit(std::vector<int32_t> prompt_ids, const GenerationOptions& options);
   // Ends the request at the start of the next step (its blocks are freed then); its stream
   // finishes with FinishReason::kAbort. Unknown or finished ids are ignored.
   void cancel(int64_t request_id);
 
   // Runs one step on the calling thread (only when start() was not called). Returns whether
-  // any request is still unfinished.
+  // any request is still unfinished. Throws EngineDeadError when this step failed (after every
+  // unfinished request got its error event) or an earlier one did.
   bool step();
   void start();
+  // Joins the engine thread; also after the engine died (the thread has ended then).
   void stop();
 
-  // Submits every prompt and waits for all of them; results in prompt order.
+  // The failure (EngineDeadError's message) once the engine is dead, else nullopt.
+  std::optional<std::string> failure() const;
+  // Called once, on the thread that ran the failed step, after every request's error event
+  // was pushed: how a server learns that it must shut down. Set before start().
+  void set_failure_listener(std::function<void(const std::string& message)> listener);
+
+  // Submits every prompt and waits for all of them; results in prompt order. Throws
+  // EngineDeadError when the engine dies before they finish.
   std::vector<GenerationResult> generate_batch(const std::vector<std::vector<int32_t>>& prompts,
                                                const GenerationOptions& options);
 
@@ -132,9 +157,12 @@ class Engine {
     std::shared_ptr<RequestStream> stream;
   };
 
+  bool run_step();
   void take_inbox();
   void emit(const sched::RequestUpdate& u, const VerifiedTokens* verified);
   void finish_streams();
+  // Marks the engine dead and finishes every unfinished request with the error.
+  void fail(std::string cause);
   void loop();
 
   backend::Backend& backend_;
@@ -148,6 +176,7 @@ class Engine {
   StepHostTime host_time_;
   std::unordered_map<int64_t, Live> live_;
   int32_t max_request_blocks_ = 0;
+  std::function<void(const std::string&)> failure_listener_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -155,6 +184,7 @@ class Engine {
   std::vector<int64_t> cancels_;
   int64_t next_id_ = 0;
   EngineStats stats_;
+  std::optional<std::string> failure_;  // set once, by fail()
   bool stop_requested_ = false;
   std::thread thread_;
   std::atomic<bool> running_thread_{false};

@@ -90,6 +90,10 @@ HttpResponse OpenAiServer::dispatch(const std::shared_ptr<Exchange>& exchange) {
       HttpResponse r;
       r.status = draining_ ? 503 : 200;
       r.content_type = "text/plain";
+      if (std::optional<std::string> failure = engine_.failure()) {
+        r.status = 503;
+        r.body = cat("engine failed: ", *failure, "\n");
+      }
       return r;
     }
     case Endpoint::kMetrics: {

@@ -6,6 +6,9 @@
 //   POST /v1/completions, POST /v1/chat/completions (stream or not), GET /v1/models,
 //   GET /health, GET /metrics (Prometheus text), POST /tokenize, POST /detokenize (vLLM's).
 //
+// Once the engine is dead (engine.h), generation requests get 503 and /health answers 503
+// with the engine's failure message; the requests it was running got 500 (generation_job.h).
+//
 // Threading: handle() runs on the exchange's strand, on any I/O thread; the class is
 // thread-safe (immutable after construction, atomics and ServerMetrics inside).
 #pragma once

@@ -30,6 +30,9 @@ class GenerationJob : public std::enable_shared_from_this<GenerationJob> {
         for (size_t j = 0; j < i; ++j) ctx_.engine->cancel(choices_[j].handle.id);
         // Their abort events still arrive; a bare listener-free stream is simply dropped.
         throw ApiException(ApiError{400, e.what(), "invalid_request_error", "max_tokens", ""});
+      } catch (const engine::EngineDeadError& e) {
+        // The choices submitted before got their error events; nobody listens to them.
+        throw ApiException(engine_unavailable(e.what()));
       }
     }
     ++*ctx_.num_active;
@@ -117,6 +120,11 @@ class GenerationJob : public std::enable_shared_from_this<GenerationJob> {
   }
 
   void take(int32_t index, Choice& c, engine::StreamEvent& e, std::string& out) {
+    if (!e.error.empty()) {  // the engine died: the response becomes the error (complete())
+      c.finished = true;
+      failure_ = e.error;
+      return;
+    }
     c.num_tokens += int64_t(e.token_ids.size());
     if (!e.token_ids.empty()) c.last_tokens = e.token_ids;
     std::vector<TokenLogprobs> lp = logprobs_of(e);
@@ -164,6 +172,34 @@ class GenerationJob : public std::enable_shared_from_this<GenerationJob> {
 
   void complete() {
     completed_ = true;
+    if (failure_) {
+      respond_with_error();
+    } else {
+      respond();
+    }
+    --*ctx_.num_active;
+    // Break the cycles (stream -> listener -> job -> stream; exchange <-> job).
+    for (Choice& c : choices_) c.handle.stream.reset();
+    exchange_.reset();
+  }
+
+  // The engine died under the request (every choice fails with it at once): a 500 error body,
+  // or in a stream that has begun, one error event in the same shape, then [DONE]; OpenAI's
+  // clients raise an APIError on an event that carries "error", as vLLM streams its errors.
+  void respond_with_error() {
+    const ApiError error = engine_failed(*failure_);
+    if (spec_.stream) {
+      exchange_->send(sse_event(error_body(error)) + sse_done());
+      exchange_->end_stream();
+    } else {
+      HttpResponse r;
+      r.status = error.http_status;
+      r.body = json_text(error_body(error));
+      exchange_->reply(std::move(r));
+    }
+  }
+
+  void respond() {
     Usage usage;
     usage.prompt_tokens = spec_.num_prompt_tokens;
     for (const Choice& c : choices_) usage.completion_tokens += c.num_tokens;
@@ -191,10 +227,6 @@ class GenerationJob : public std::enable_shared_from_this<GenerationJob> {
       r.body = json_text(body);
       exchange_->reply(std::move(r));
     }
-    --*ctx_.num_active;
-    // Break the cycles (stream -> listener -> job -> stream; exchange <-> job).
-    for (Choice& c : choices_) c.handle.stream.reset();
-    exchange_.reset();
   }
 
   const JobContext ctx_;
@@ -206,6 +238,7 @@ class GenerationJob : public std::enable_shared_from_this<GenerationJob> {
   std::optional<CompletionStream> completion_stream_;
   std::atomic<bool> drain_posted_{false};
   bool completed_ = false;
+  std::optional<std::string> failure_;  // the engine's failure message, once a choice got it
 };
 
 }  // namespace

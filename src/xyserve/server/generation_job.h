@@ -8,6 +8,9 @@
 // event was taken, so an abandoned request still frees its KV blocks and is counted in the
 // metrics.
 //
+// When the engine dies under a request, its choices finish with the engine's error and the
+// response becomes that error: a 500 error body, or an error event ending the stream.
+//
 // Threading: start() and everything after it run on the exchange's strand.
 #pragma once
 
@@ -53,8 +56,8 @@ struct JobContext {
 };
 
 // Submits the choices and answers on `exchange` as they finish. Throws ApiException (400)
-// when the engine refuses a choice (after cancelling the ones already submitted), before
-// anything was sent. On the exchange's strand.
+// when the engine refuses a choice (after cancelling the ones already submitted), or (503)
+// when the engine is dead, before anything was sent. On the exchange's strand.
 void start_generation_job(const JobContext& context, std::shared_ptr<Exchange> exchange, JobSpec spec);
 
 }  // namespace xy::server

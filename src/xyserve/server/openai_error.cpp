@@ -37,4 +37,12 @@ ApiError server_overloaded(const std::string& message) {
   return ApiError{503, message, "server_error", "", "server_overloaded"};
 }
 
+ApiError engine_failed(const std::string& failure) {
+  return ApiError{500, cat("engine failed: ", failure), "server_error", "", "engine_failed"};
+}
+
+ApiError engine_unavailable(const std::string& failure) {
+  return ApiError{503, cat("engine failed: ", failure), "server_error", "", "engine_failed"};
+}
+
 }  // namespace xy::server

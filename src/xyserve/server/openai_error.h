@@ -44,5 +44,9 @@ ApiError model_not_found(const std::string& model);                // 404
 ApiError unsupported_endpoint(const std::string& method, const std::string& path);  // 404
 ApiError internal_error(const std::string& message);               // 500
 ApiError server_overloaded(const std::string& message);            // 503
+// The engine died (engine::EngineDeadError, whose message is `failure`): the requests that it
+// was running get 500, later ones 503 until the process restarts. Message "engine failed: ...".
+ApiError engine_failed(const std::string& failure);                // 500
+ApiError engine_unavailable(const std::string& failure);           // 503
 
 }  // namespace xy::server
