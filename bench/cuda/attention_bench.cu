@@ -23,7 +23,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <numeric>
 #include <random>
 #include <string>
@@ -34,7 +33,6 @@
 #include "xyserve/backend/cuda/device_buffer.h"
 #include "xyserve/backend/cuda/device_plan.h"
 #include "xyserve/backend/cuda/decode_split.h"
-#include "xyserve/backend/cuda/hybrid_split.h"
 #include "xyserve/backend/cuda/kernels/kernels.h"
 
 namespace {
@@ -125,7 +123,6 @@ struct Variant {
   Deal deal = Deal::kEager;
   bool l2_sections = true;  // the backend's L2 sections (meta::WorkListOptions); false: sorted by cost only
   bool interleave = false;  // meta::WorkListOptions::interleave_small_tiles
-  int32_t tile_ctas = 0;    // kHybrid: the SMs on query tiles (0: hybrid_tile_ctas, the backend's model)
   bool merge = true;        // false: the partials are not merged (times the attention launch alone)
 };
 
@@ -178,14 +175,7 @@ void run_case(const Case& c, int iters, int num_sms, int l2_bytes, int32_t split
     if (var.l2_sections && var.kernel != AttentionKernel::kDecode)
       options.l2_section_positions = xy::cuda::attention_l2_section_positions(l2_bytes, kHeadDim);
     options.interleave_small_tiles = var.interleave;
-    const bool hybrid = var.kernel == AttentionKernel::kHybrid;
-    if (hybrid) options.small_tiles_last_rows = xy::cuda::kDecodeMaxRows;
     const meta::AttentionWorkList list = meta::build_attention_work_list(plan, {kHeads, kKvHeads, 0}, options);
-    const xy::cuda::HybridShape hybrid_shape{kHeads / kKvHeads, kHeadDim, num_sms, 0};
-    const bool both_kinds = list.num_large_tasks > 0 && list.num_large_tasks < int32_t(list.tasks.size());
-    const int32_t tile_ctas = !hybrid || !both_kinds ? 0
-                              : var.tile_ctas > 0    ? var.tile_ctas
-                                                     : xy::cuda::hybrid_tile_ctas(list, hybrid_shape);
     // Uploaded: the list, then (two launches) its prefill and its decode tasks.
     xy::cuda::WorkLists lists{{0, list}};
     if (var.deal == Deal::kTwoLaunches) {
@@ -217,7 +207,6 @@ void run_case(const Case& c, int iters, int num_sms, int l2_bytes, int32_t split
     aa.partial_out = po.get();
     aa.partial_max = ps.get();
     aa.partial_sum = ps.get() + np * size_t(var.tile_rows);
-    aa.tile_ctas = tile_ctas;
 
     auto once = [&] {
       if (var.deal == Deal::kTwoLaunches) {
@@ -242,10 +231,6 @@ void run_case(const Case& c, int iters, int num_sms, int l2_bytes, int32_t split
     std::printf("%-28s %-12s tasks %6d split %5d  %9.1f us  %7.1f TFLOP/s", c.name.c_str(), var.name, num_tasks,
                 split, sec * 1e6, flops / sec / 1e12);
     if (c.report_kv) std::printf("  %5.2f TB/s KV", kv_bytes / sec / 1e12);
-    if (tile_ctas > 0) {
-      const xy::cuda::HybridEstimate e = xy::cuda::estimate_hybrid_split(list, hybrid_shape, tile_ctas);
-      std::printf("  tile SMs %3d (model: tiles %.0f us, small %.0f us)", tile_ctas, e.tile_us, e.decode_us);
-    }
     std::printf("\n");
     std::fflush(stdout);
   }
@@ -296,24 +281,13 @@ int main(int argc, char** argv) {
   const Variant tensor_core{"tensor-core", AttentionKernel::kTensorCore, xy::cuda::kAttentionTileRows};
   const Variant cuda_core{"cuda-core", AttentionKernel::kCudaCore, xy::cuda::kAttentionTileRows};
   const Variant decode{"decode", AttentionKernel::kDecode, xy::cuda::kDecodeMaxRows};
-  const Variant hybrid_launch{"hybrid", AttentionKernel::kHybrid, 128};
-  // The hybrid split swept by hand around the model's choice (names kept alive for the lines).
-  std::deque<std::string> sweep_names;
-  std::vector<Variant> hybrid_sweep;
-  for (int32_t tile_ctas = 40; tile_ctas <= num_sms - 8; tile_ctas += 8) {
-    sweep_names.push_back("hybrid-" + std::to_string(tile_ctas));
-    Variant v = hybrid_launch;
-    v.name = sweep_names.back().c_str();
-    v.tile_ctas = tile_ctas;
-    hybrid_sweep.push_back(v);
-  }
   for (const Case& c : cases) {
     if (!only.empty() && c.name.find(only) == std::string::npos) continue;
     const bool sweep = c.name.rfind("mix", 0) == 0;
     const bool decode_only = c.name.rfind("decode", 0) == 0 || c.name.rfind("mix p0 ", 0) == 0;
     if (sweep) {
       run_case(c, iters, num_sms, l2_bytes, 0, {wgmma, wgmma_rr, wgmma_2x, tensor_core});
-      run_case(c, iters, num_sms, l2_bytes, 8192, {wgmma, wgmma_mix, wgmma_mix_rr, wgmma_2x, hybrid_launch});  // the backend's split
+      run_case(c, iters, num_sms, l2_bytes, 8192, {wgmma, wgmma_mix, wgmma_mix_rr, wgmma_2x});  // the backend's split
       if (decode_only) run_case(c, iters, num_sms, l2_bytes, 0, {decode});
       continue;
     }
@@ -330,8 +304,7 @@ int main(int argc, char** argv) {
     variants.insert(variants.end(), {tensor_core, cuda_core});
     run_case(c, iters, num_sms, l2_bytes, 0, variants);
     if (!c.report_kv && c.mixed) {
-      run_case(c, iters, num_sms, l2_bytes, 8192, {wgmma, wgmma_flat, wgmma_mix, wgmma_mix_rr, wgmma_2x, hybrid_launch, tensor_core});
-      run_case(c, iters, num_sms, l2_bytes, 8192, hybrid_sweep);
+      run_case(c, iters, num_sms, l2_bytes, 8192, {wgmma, wgmma_flat, wgmma_mix, wgmma_mix_rr, wgmma_2x, tensor_core});
     } else if (!c.report_kv) {
       run_case(c, iters, num_sms, l2_bytes, 8192, {wgmma, wgmma_flat, tensor_core});
     }  // the same without the 512 split

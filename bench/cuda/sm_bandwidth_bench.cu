@@ -1,6 +1,6 @@
 // How much HBM bandwidth one SM can draw, against how many SMs stream at once: the question behind
-// the hybrid attention launch (hybrid_split.h), whose decode SMs streamed ~29 GB/s each however few
-// they were. Each of N CTAs (one per SM: their shared memory allows no second) reads its own
+// the SM-split hybrid attention launch (tried 2026-11-25, commit 86fb1aa), whose decode SMs
+// streamed ~29 GB/s each however few they were. Each of N CTAs (one per SM: their shared memory allows no second) reads its own
 // 32 MB of a cold 4+ GB buffer, either by bulk copies into a ring of shared-memory stages (the
 // TMA engine: one thread issues, each stage completes on an mbarrier, kept `stages` deep) or by
 // 16-byte loads from every thread into registers (`loads` per thread in flight), or by TMA boxes of a

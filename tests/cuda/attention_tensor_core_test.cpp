@@ -342,8 +342,25 @@ TEST_F(AttentionTensorCore, WgmmaMixesLongTilesWithManyDecodesAndRepeatsItsBits)
     p.tile_rows = 128;
     p.kv_heads = 2;
     p.group = trial < 2 ? 4 : 8;
+    p.block_size = 16;
     p.window = trial == 3 ? 700 : 0;
-    attention_test::mixed_step(p, rng, 100);
+    constexpr int32_t kRequests = 100;
+    p.num_blocks = kRequests * (2400 / p.block_size) + 64;
+    p.plan.block_size = p.block_size;
+    std::vector<int32_t> pool(static_cast<size_t>(p.num_blocks));
+    std::iota(pool.begin(), pool.end(), 0);
+    std::shuffle(pool.begin(), pool.end(), rng);
+    for (int64_t r = 0; r < kRequests; ++r) {
+      const int32_t computed = 900 + int32_t(rng() % 1200);
+      if (r % 33 == 0) {
+        testing::append_request(p.plan, r, computed, 150 + int32_t(rng() % 150), {}, pool);  // a chunk
+      } else if (r % 7 == 0) {
+        const int32_t n = 2 + int32_t(rng() % 6);
+        testing::append_request(p.plan, r, computed, n, testing::random_tree(n, rng), pool);  // a verify
+      } else {
+        testing::append_request(p.plan, r, computed, 1, {}, pool);  // a decode
+      }
+    }
     fill_inputs(p, rng);
     const int32_t heads = p.kv_heads * p.group;
     std::vector<float> want;

@@ -64,36 +64,10 @@ inline void fill_inputs(Problem& p, std::mt19937& rng) {
   p.v = random_bf16(p.k.size(), rng, 1.0f);
 }
 
-// A step of `num_requests` requests with 900-2100 cached tokens each, at block size 16 (p's
-// plan, block size and blocks are set): every 33rd a chunk of 150-300 tokens, every 7th of the
-// others a draft-tree verify of 2-7 rows, the rest decodes. Long tiles among many small ones.
-inline void mixed_step(Problem& p, std::mt19937& rng, int32_t num_requests) {
-  p.block_size = 16;
-  p.num_blocks = num_requests * (2400 / p.block_size) + 64;
-  p.plan = meta::StepPlan{};
-  p.plan.block_size = p.block_size;
-  std::vector<int32_t> pool(static_cast<size_t>(p.num_blocks));
-  std::iota(pool.begin(), pool.end(), 0);
-  std::shuffle(pool.begin(), pool.end(), rng);
-  for (int64_t r = 0; r < num_requests; ++r) {
-    const int32_t computed = 900 + int32_t(rng() % 1200);
-    if (r % 33 == 0) {
-      testing::append_request(p.plan, r, computed, 150 + int32_t(rng() % 150), {}, pool);  // a chunk
-    } else if (r % 7 == 0) {
-      const int32_t n = 2 + int32_t(rng() % 6);
-      testing::append_request(p.plan, r, computed, n, testing::random_tree(n, rng), pool);  // a verify
-    } else {
-      testing::append_request(p.plan, r, computed, 1, {}, pool);  // a decode
-    }
-  }
-}
-
 // Runs the work list with `kernel` (then the merge) and returns the bf16 output bits. With
 // task_count >= 0, only the list's first task_count tasks are the step (the rest is capacity, as
 // in a CUDA-graph bucket): the kernel reads the count on the device (AttentionArgs::task_count).
-// tile_ctas: AttentionArgs::tile_ctas (the hybrid launch's split).
-inline std::vector<uint16_t> run_on_device(const Problem& p, AttentionKernel kernel, int32_t task_count = -1,
-                                           int32_t tile_ctas = 0) {
+inline std::vector<uint16_t> run_on_device(const Problem& p, AttentionKernel kernel, int32_t task_count = -1) {
   const int32_t heads = p.kv_heads * p.group;
   DevicePlan dplan;
   std::vector<std::pair<int32_t, meta::AttentionWorkList>> lists{{p.window, p.list}};
@@ -130,7 +104,6 @@ inline std::vector<uint16_t> run_on_device(const Problem& p, AttentionKernel ker
   aa.partial_max = d_ps.get();
   aa.partial_rows = p.tile_rows;
   aa.partial_sum = d_ps.get() + np * tile;
-  aa.tile_ctas = tile_ctas;
   launch_attention(aa, nullptr, kernel);
   launch_attention_merge(aa, view.attention[0].merges, view.attention[0].num_merges, nullptr);
   std::vector<uint16_t> out(p.q.size());

@@ -250,24 +250,6 @@ TEST(AttentionWorkList, L2SectionsGroupHeadsAndKeepTheTasks) {
   EXPECT_EQ(section_order[4], std::pair(3, 0));
 }
 
-// `reordered` holds the tasks of `sorted`, each kind (small or not) in the order `sorted` has it.
-template <class IsSmall>
-void expect_each_kind_in_order(const AttentionWorkList& sorted, const AttentionWorkList& reordered, IsSmall small) {
-  ASSERT_EQ(sorted.tasks.size(), reordered.tasks.size());
-  auto same = [](const AttentionTask& a, const AttentionTask& b) {
-    return a.request == b.request && a.kv_head == b.kv_head && a.q_begin == b.q_begin && a.kv_begin == b.kv_begin;
-  };
-  for (const bool kind : {false, true}) {
-    std::vector<const AttentionTask*> a, b;
-    for (const auto& t : sorted.tasks)
-      if (small(t) == kind) a.push_back(&t);
-    for (const auto& t : reordered.tasks)
-      if (small(t) == kind) b.push_back(&t);
-    ASSERT_EQ(a.size(), b.size());
-    for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(same(*a[i], *b[i])) << (kind ? "small " : "large ") << i;
-  }
-}
-
 TEST(AttentionWorkList, SmallTilesInterleavedEvenlyEachKindInItsOrder) {
   // 3 prefill chunks of 256 (8 tiles of 32 tokens x 8 heads = 64 large tasks each) and 100 decodes
   // (8 small tasks each): 192 large, 800 small.
@@ -281,7 +263,19 @@ TEST(AttentionWorkList, SmallTilesInterleavedEvenlyEachKindInItsOrder) {
   const AttentionWorkList mixed = build_attention_work_list(plan, {32, 8, 0}, options);
   ASSERT_EQ(sorted.tasks.size(), mixed.tasks.size());
   auto small = [](const AttentionTask& t) { return t.q_count * 4 <= 64; };
-  expect_each_kind_in_order(sorted, mixed, small);
+  auto same = [](const AttentionTask& a, const AttentionTask& b) {
+    return a.request == b.request && a.kv_head == b.kv_head && a.q_begin == b.q_begin && a.kv_begin == b.kv_begin;
+  };
+  // Each kind in the order the sorted list has it.
+  for (const bool kind : {false, true}) {
+    std::vector<const AttentionTask*> a, b;
+    for (const auto& t : sorted.tasks)
+      if (small(t) == kind) a.push_back(&t);
+    for (const auto& t : mixed.tasks)
+      if (small(t) == kind) b.push_back(&t);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(same(*a[i], *b[i])) << i;
+  }
   // Evenly: after k tasks, the small ones placed are within one of k * 800 / 992.
   int64_t placed = 0;
   for (size_t k = 0; k < mixed.tasks.size(); ++k) {
@@ -289,28 +283,6 @@ TEST(AttentionWorkList, SmallTilesInterleavedEvenlyEachKindInItsOrder) {
     const double want = double(k + 1) * 800.0 / 992.0;
     EXPECT_LE(std::abs(double(placed) - want), 1.0) << k;
   }
-}
-
-TEST(AttentionWorkList, SmallTilesLastEachKindInItsOrderAndCounted) {
-  // 2 prefill chunks of 64 (2 tiles of 32 tokens x 8 heads each), 20 decodes (4 rows a tile) and a
-  // 3-token verify (12 rows): with the threshold at 16 rows, the decodes and the verify are small.
-  std::vector<Req> reqs(2, Req{300, 64});
-  for (int i = 0; i < 20; ++i) reqs.push_back({500 + 40 * i, 1});
-  reqs.push_back({900, 3});
-  const StepPlan plan = make_plan(reqs);
-  WorkListOptions options{128, 8192};
-  options.l2_section_positions = 2048;
-  const AttentionWorkList sorted = build_attention_work_list(plan, {32, 8, 0}, options);
-  EXPECT_EQ(sorted.num_large_tasks, int32_t(sorted.tasks.size()));
-  options.small_tiles_last_rows = 16;
-  options.interleave_small_tiles = true;  // the partition takes precedence
-  const AttentionWorkList split = build_attention_work_list(plan, {32, 8, 0}, options);
-  ASSERT_EQ(split.tasks.size(), sorted.tasks.size());
-  auto small = [](const AttentionTask& t) { return t.q_count * 4 <= 16; };
-  EXPECT_EQ(split.num_large_tasks, 2 * 2 * 8);
-  for (size_t i = 0; i < split.tasks.size(); ++i)
-    EXPECT_EQ(small(split.tasks[i]), int32_t(i) >= split.num_large_tasks) << i;
-  expect_each_kind_in_order(sorted, split, small);
 }
 
 TEST(AttentionWorkList, DecodePacksTheGqaGroupIntoOneTile) {

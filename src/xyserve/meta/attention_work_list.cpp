@@ -160,13 +160,7 @@ AttentionWorkList build_attention_work_list(const StepPlan& plan, const Attentio
     const int32_t sa = section[size_t(a)], sb = section[size_t(b)];
     return sa != sb ? sa < sb : ta.cost > tb.cost;
   });
-  list.num_large_tasks = int32_t(order.size());
-  if (options.small_tiles_last_rows > 0) {
-    const auto large = std::stable_partition(order.begin(), order.end(), [&](int32_t i) {
-      return list.tasks[size_t(i)].q_count * shape.group() > options.small_tiles_last_rows;
-    });
-    list.num_large_tasks = int32_t(large - order.begin());
-  } else if (options.interleave_small_tiles) {
+  if (options.interleave_small_tiles) {
     // Small tiles at even intervals: the k-th of S small ones after about k * N / S tasks.
     std::vector<int32_t> large, small;
     for (const int32_t i : order)

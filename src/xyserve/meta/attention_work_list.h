@@ -58,11 +58,6 @@ struct WorkListOptions {
   // bandwidth while the others compute (POD-Attention's point), where in cost order the step
   // computes first and then streams. Each kind keeps its order (sections, largest first).
   bool interleave_small_tiles = false;
-  // When > 0: tiles of at most this many rows (decodes, short verifies) after all the others,
-  // each kind in its order (sections, largest first), and AttentionWorkList::num_large_tasks
-  // counts the others. The SM-partitioned hybrid launch runs the two ranges on different SMs
-  // (a decode-specialised kernel on the small tiles). Takes precedence over interleaving.
-  int32_t small_tiles_last_rows = 0;
 };
 
 struct AttentionTask {
@@ -93,8 +88,6 @@ struct AttentionWorkList {
   std::vector<MergeGroup> merges;
   int32_t num_partials = 0;     // partial slots; each holds tile_rows rows
   int32_t max_tile_tokens = 0;  // query tokens per tile (tile_rows / group)
-  // Tasks before the small tiles (WorkListOptions::small_tiles_last_rows); all of them otherwise.
-  int32_t num_large_tasks = 0;
   int64_t total_cost() const;
 };
 

@@ -138,7 +138,7 @@ const DevicePlanView& DevicePlan::upload(const meta::StepPlan& plan, const WorkL
     view_.attention.push_back({window, reinterpret_cast<const meta::AttentionTask*>(d + o_lists[i].first),
                                int32_t(list.tasks.size()),
                                reinterpret_cast<const meta::MergeGroup*>(d + o_lists[i].second),
-                               int32_t(list.merges.size()), list.num_partials, list.num_large_tasks});
+                               int32_t(list.merges.size()), list.num_partials});
   }
   return view_;
 }
@@ -289,7 +289,6 @@ const DevicePlanView& DevicePlan::upload_padded(const meta::StepPlan& plan, cons
     a.merges = reinterpret_cast<const meta::MergeGroup*>(d + o.work[i].second);
     a.num_merges = int32_t(cap.work[i].second);
     a.num_partials = lists[i].second.num_partials;
-    a.num_large_tasks = lists[i].second.num_large_tasks;
     a.task_count = dp(o.counts) + 2 * i;
     a.merge_count = dp(o.counts) + 2 * i + 1;
     view_.attention.push_back(a);

@@ -46,7 +46,6 @@ struct DevicePlanView {
     const meta::MergeGroup* merges = nullptr;
     int32_t num_merges = 0;  // with merge_count: the capacity of `merges`
     int32_t num_partials = 0;
-    int32_t num_large_tasks = 0;  // meta::AttentionWorkList::num_large_tasks (AttentionArgs::num_tile_tasks)
     // Padded plans only: the step's counts, on the device (AttentionArgs::task_count).
     const int32_t* task_count = nullptr;
     const int32_t* merge_count = nullptr;
@@ -98,7 +97,6 @@ inline void bind_attention_plan(AttentionArgs& args, const DevicePlanView& view,
   args.tasks = work.tasks;
   args.num_tasks = work.num_tasks;
   args.task_count = work.task_count;
-  args.num_tile_tasks = work.num_large_tasks;
 }
 
 class DevicePlan {

@@ -114,12 +114,6 @@ struct AttentionArgs {
   // Deterministic mode: every tile is reduced in the same order whatever its number of rows
   // (the tensor-core kernel does not split a small tile's keys across warps).
   bool batch_invariant = false;
-  // kHybrid only: tasks [0, num_tile_tasks) are query tiles, run on tile_ctas SMs as the wgmma
-  // kernel runs them; tasks [num_tile_tasks, num_tasks), of at most kDecodeMaxRows rows each
-  // (WorkListOptions::small_tiles_last_rows puts them there), run on the other SMs as the decode
-  // kernel runs them. tile_ctas: hybrid_tile_ctas() (hybrid_split.h).
-  int32_t num_tile_tasks = 0;
-  int32_t tile_ctas = 0;
   bf16* out = nullptr;  // [m, num_heads * head_dim]
   // Partials: [num_partials, partial_rows, head_dim] and [num_partials, partial_rows] twice; max
   // in log2 units (the kernels' softmax is base 2). partial_rows is the work list's tile_rows.
@@ -136,12 +130,7 @@ struct AttentionArgs {
 //   kCudaCore    the first kernel (attention.cu), any head_dim
 //   kWgmma       Hopper wgmma with producer/consumer warpgroups (meta_attention_wgmma.cu)
 //   kDecode      decode-specialised: tasks of at most kDecodeMaxRows rows (decode_attention.cu)
-//   kHybrid      one launch, the SMs split between the two: query tiles as kWgmma, small tiles
-//                as kDecode (POD-Attention's SM-aware split on the meta work list;
-//                meta_attention_wgmma.cu). Eager launches only (task_count null). Measured
-//                slower than kWgmma with interleaved small tiles (hybrid_split.h says why); the
-//                backend does not pick it.
-enum class AttentionKernel { kAuto, kTensorCore, kCudaCore, kWgmma, kDecode, kHybrid };
+enum class AttentionKernel { kAuto, kTensorCore, kCudaCore, kWgmma, kDecode };
 void launch_attention(const AttentionArgs& args, cudaStream_t stream,
                       AttentionKernel kernel = AttentionKernel::kAuto);
 void launch_attention_wgmma(const AttentionArgs& args, cudaStream_t stream);
@@ -153,7 +142,6 @@ inline int64_t attention_l2_section_positions(int64_t l2_bytes, int32_t head_dim
   return l2_bytes / 2 / (int64_t(head_dim) * 2 * 2);
 }
 void launch_attention_decode(const AttentionArgs& args, cudaStream_t stream);
-void launch_attention_hybrid(const AttentionArgs& args, cudaStream_t stream);
 // The first, CUDA-core kernel (any head_dim multiple of 8 up to 256), kept for comparison.
 void launch_attention_cuda_core(const AttentionArgs& args, cudaStream_t stream);
 

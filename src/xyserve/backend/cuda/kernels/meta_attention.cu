@@ -378,7 +378,6 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream, AttentionKern
     throw InvalidArgument(cat("attention: GQA group ", a.group, " outside [1, ", kAttentionTileRows, "]"));
   if (kernel == AttentionKernel::kWgmma) return launch_attention_wgmma(a, stream);
   if (kernel == AttentionKernel::kDecode) return launch_attention_decode(a, stream);
-  if (kernel == AttentionKernel::kHybrid) return launch_attention_hybrid(a, stream);
   if (kernel == AttentionKernel::kCudaCore ||
       (kernel == AttentionKernel::kAuto && !tensor_core_head_dim(a.head_dim))) {
     launch_attention_cuda_core(a, stream);

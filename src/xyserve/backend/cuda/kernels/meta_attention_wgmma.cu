@@ -68,14 +68,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <map>
 #include <mutex>
 #include <utility>
 
 #include "xyserve/backend/cuda/cuda_check.h"
 #include "xyserve/backend/cuda/kernels/attention_mask.cuh"
-#include "xyserve/backend/cuda/kernels/decode_attention.cuh"
 #include "xyserve/backend/cuda/kernels/kernels.h"
 #include "xyserve/backend/cuda/kernels/meta_attention_wgmma_ptx.cuh"
 #include "xyserve/backend/cuda/tensor_maps.h"
@@ -201,12 +199,12 @@ __device__ TaskInfo describe_task(const AttentionArgs& a, int32_t index, int lan
 
 // ---------------------------------------------------------------------------------------------
 // Producer warp 0: deals the tasks, publishes them, and loads their K and V blocks by TMA.
-// Tasks [0, num_tasks) over CTAs [0, num_ctas) (the grid, or the hybrid launch's tile role).
 template <class T, class Shared>
-__device__ void produce_kv(const AttentionArgs& a, int32_t num_tasks, uint32_t num_ctas, uint32_t* counters,
-                           const CUtensorMap* k_map, const CUtensorMap* v_map, uint8_t* k_s, uint8_t* v_s, Shared& sh) {
+__device__ void produce_kv(const AttentionArgs& a, uint32_t* counters, const CUtensorMap* k_map, const CUtensorMap* v_map,
+                           uint8_t* k_s, uint8_t* v_s, Shared& sh) {
   const int lane = threadIdx.x % 32;
   const bool dynamic = counters != nullptr;
+  const int32_t num_tasks = a.task_count ? min(*a.task_count, a.num_tasks) : a.num_tasks;
   const int log2_bs = __ffs(a.block_size) - 1;
   const int32_t bs_mask = a.block_size - 1;
   // A block is num_boxes boxes of box_rows slots: whole pages, or 128-slot parts of a page.
@@ -219,7 +217,7 @@ __device__ void produce_kv(const AttentionArgs& a, int32_t num_tasks, uint32_t n
     int32_t index = -1;
     if (lane == 0) {
       const uint32_t i = dynamic ? atomicAdd(&counters[0], 1u)
-                                 : t * num_ctas + (t % 2 == 0 ? blockIdx.x : num_ctas - 1 - blockIdx.x);
+                                 : t * gridDim.x + (t % 2 == 0 ? blockIdx.x : gridDim.x - 1 - blockIdx.x);
       index = i < uint32_t(num_tasks) ? int32_t(i) : -1;
     }
     return __shfl_sync(0xffffffffu, index, 0);
@@ -285,7 +283,7 @@ __device__ void produce_kv(const AttentionArgs& a, int32_t num_tasks, uint32_t n
   }
   if (dynamic && lane == 0) {
     __threadfence();
-    if (atomicAdd(&counters[1], 1u) == num_ctas - 1) {
+    if (atomicAdd(&counters[1], 1u) == gridDim.x - 1) {
       atomicExch(&counters[0], 0u);
       atomicExch(&counters[1], 0u);
     }
@@ -790,60 +788,18 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
   if (T::kPingpong && c == 0) ptx::named_barrier_sync(kTurnBarrier + 0, 256);
 }
 
-// Dynamic shared memory of a launch: the hybrid launch's blocks hold either role's buffers.
-template <int kHeadDim, bool kHybrid>
-constexpr size_t launch_smem_bytes() {
-  constexpr size_t tile = WgmmaAttentionTraits<kHeadDim>::kSmemBytes;
-  constexpr size_t decode = 1024 + 2 * decode_cta::DecodeTraits<kHeadDim>::kSmemBytes;  // two decode CTAs
-  return kHybrid && decode > tile ? decode : tile;
-}
-
-// The decode role of a hybrid launch's block: warpgroups 1 and 2 each run one CTA of the decode
-// kernel (decode_attention.cuh) over the small tiles [a.num_tile_tasks, a.num_tasks), dealt over
-// the 2 (gridDim.x - tile_ctas) such CTAs; warpgroup 0 has nothing to do.
 template <int kHeadDim>
-__device__ void run_decode_role(const AttentionArgs& a, int warpgroup, uint8_t* smem) {
-  using D = decode_cta::DecodeTraits<kHeadDim>;
-  // The decode CTA takes up to 246 registers (ptxas -v of decode_attention.cu at head_dim 128):
-  // warpgroup 0 gives all but the minimum to the other two.
-  constexpr int kIdleRegs = 24, kDecodeRegs = 240;
-  static_assert(128 * kIdleRegs + 256 * kDecodeRegs <= 65536, "register file");
-  if (warpgroup == 0) {
-    ptx::setmaxnreg_dec<kIdleRegs>();
-    return;
-  }
-  ptx::setmaxnreg_inc<kDecodeRegs>();
-  const int32_t decode_blocks = int32_t(gridDim.x) - a.tile_ctas;
-  const decode_cta::DecodeDeal deal{(int32_t(blockIdx.x) - a.tile_ctas) * 2 + (warpgroup - 1), 2 * decode_blocks,
-                                    a.num_tile_tasks, a.num_tasks};
-  const int warp = (threadIdx.x / 32) % 4;
-  // Separate fold barriers per warpgroup (ids 1-5 and 6-10; the tile role's are not in use).
-  if (warpgroup == 1) {
-    decode_cta::run<kHeadDim, 1>(a, deal, warp, smem);
-  } else {
-    decode_cta::run<kHeadDim, 1 + decode_cta::kFoldBarriers>(a, deal, warp, smem + D::kSmemBytes);
-  }
-}
-
-template <int kHeadDim, bool kHybrid>
 __global__ void __launch_bounds__(WgmmaAttentionTraits<kHeadDim>::kThreads, 1)
     wgmma_attention_kernel(const __grid_constant__ AttentionArgs a, const __grid_constant__ CUtensorMap k_map,
                            const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap q_map,
                            bool use_q_map, uint32_t* counters) {
   using T = WgmmaAttentionTraits<kHeadDim>;
   using Shared = SharedState<T::kStages, T::kRows>;
-  static_assert(launch_smem_bytes<kHeadDim, kHybrid>() + sizeof(Shared) <= 227 * 1024, "shared memory of one CTA");
-  static_assert(decode_cta::DecodeTraits<kHeadDim>::kSmemBytes % 128 == 0, "the second decode CTA's rings stay aligned");
+  static_assert(T::kSmemBytes + sizeof(Shared) <= 227 * 1024, "shared memory of one CTA");
   ptx::griddep_launch_dependents();
   extern __shared__ uint8_t smem_raw[];
   __shared__ Shared sh;
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
-  if constexpr (kHybrid) {
-    if (int32_t(blockIdx.x) >= a.tile_ctas) {
-      run_decode_role<kHeadDim>(a, __shfl_sync(0xffffffffu, int(threadIdx.x) / 128, 0), smem);
-      return;
-    }
-  }
   uint8_t* q_s = smem;                            // [2][kRows] head vectors, swizzled
   uint8_t* k_s = q_s + 2 * T::kQBytes;            // [kStages][kKeys] head vectors
   uint8_t* v_s = k_s + T::kStages * T::kKvBytes;  // [kStages][kKeys] head vectors
@@ -874,12 +830,7 @@ __global__ void __launch_bounds__(WgmmaAttentionTraits<kHeadDim>::kThreads, 1)
     ptx::setmaxnreg_dec<T::kProducerRegs>();
     const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
     if (warp == 0) {
-      // The hybrid launch's tile role: the list's first num_tile_tasks tasks on tile_ctas blocks.
-      const int32_t num_tasks = kHybrid       ? a.num_tile_tasks
-                                : a.task_count ? min(*a.task_count, a.num_tasks)
-                                               : a.num_tasks;
-      produce_kv<T>(a, num_tasks, kHybrid ? uint32_t(a.tile_ctas) : gridDim.x, counters, &k_map, &v_map, k_s, v_s,
-                    sh);
+      produce_kv<T>(a, counters, &k_map, &v_map, k_s, v_s, sh);
     } else if (warp == 1) {
       produce_q<T>(a, use_q_map ? &q_map : nullptr, q_s, sh);
     }
@@ -905,13 +856,12 @@ uint32_t* deal_counters(cudaStream_t stream) {
   return c;
 }
 
-template <int kHeadDim, bool kHybrid>
+template <int kHeadDim>
 void run_wgmma_attention(const AttentionArgs& a, cudaStream_t stream) {
   using T = WgmmaAttentionTraits<kHeadDim>;
-  constexpr size_t smem_bytes = launch_smem_bytes<kHeadDim, kHybrid>();
-  const auto kernel = wgmma_attention_kernel<kHeadDim, kHybrid>;
-  const int blocks_per_sm = resident_ctas_per_sm(reinterpret_cast<const void*>(kernel), T::kThreads, smem_bytes,
-                                                 "attention: the wgmma kernel");  // 1
+  const int blocks_per_sm = resident_ctas_per_sm(
+      reinterpret_cast<const void*>(wgmma_attention_kernel<kHeadDim>), T::kThreads, T::kSmemBytes,
+      "attention: the wgmma kernel");  // 1
   const int32_t box_rows = std::min(a.block_size, int32_t{128});
   const CUtensorMap k_map = kv_tensor_map(a.k_cache, a.num_kv_heads, kHeadDim, box_rows);
   const CUtensorMap v_map = kv_tensor_map(a.v_cache, a.num_kv_heads, kHeadDim, box_rows);
@@ -923,22 +873,16 @@ void run_wgmma_attention(const AttentionArgs& a, cudaStream_t stream) {
       encode_q_tensor_map(&q_map, a.q, a.num_q_rows, a.q_row_stride, a.num_kv_heads, a.group, kHeadDim,
                           T::kRows / a.group);
   uint32_t* counters = a.task_count == nullptr ? deal_counters(stream) : nullptr;  // null: round-robin
-  int32_t grid = persistent_grid(a.num_tasks, blocks_per_sm);
-  AttentionArgs args = a;
-  if constexpr (kHybrid) {
-    // Every SM, tile_ctas of them on the tiles (at least one, at most one per tile) and the rest
-    // on the small tiles, two decode CTAs each, no more of them than small tiles.
-    const int32_t num_small = a.num_tasks - a.num_tile_tasks;
-    grid = persistent_grid(std::numeric_limits<int32_t>::max(), blocks_per_sm);
-    args.tile_ctas = std::clamp(a.tile_ctas, 1, std::min(grid - 1, a.num_tile_tasks));
-    grid = std::min(grid, args.tile_ctas + (num_small + 1) / 2);
-  }
-  kernel<<<grid, T::kThreads, smem_bytes, stream>>>(args, k_map, v_map, q_map, use_q_map, counters);
+  const int32_t grid = persistent_grid(a.num_tasks, blocks_per_sm);
+  wgmma_attention_kernel<kHeadDim>
+      <<<grid, T::kThreads, T::kSmemBytes, stream>>>(a, k_map, v_map, q_map, use_q_map, counters);
   XY_CUDA_CHECK_LAUNCH();
 }
 
-// What both kernels of a launch need (the hybrid launch runs both).
-void check_wgmma_args(const AttentionArgs& a) {
+}  // namespace
+
+void launch_attention_wgmma(const AttentionArgs& a, cudaStream_t stream) {
+  if (a.num_tasks == 0) return;
   if (a.head_dim != 64 && a.head_dim != 128)
     throw InvalidArgument(cat("attention: the wgmma kernel has no head_dim ", a.head_dim, " (64, 128)"));
   if (a.block_size < 8 || (a.block_size & (a.block_size - 1)) != 0)
@@ -954,33 +898,8 @@ void check_wgmma_args(const AttentionArgs& a) {
       reinterpret_cast<uintptr_t>(a.v_cache) % 16 != 0)
     throw InvalidArgument(cat("attention: the wgmma kernel reads the KV cache by TMA: it needs at least one KV head "
                               "(got ", a.num_kv_heads, ") and 16-byte aligned caches"));
-}
-
-}  // namespace
-
-void launch_attention_wgmma(const AttentionArgs& a, cudaStream_t stream) {
-  if (a.num_tasks == 0) return;
-  check_wgmma_args(a);
-  if (a.head_dim == 64) return run_wgmma_attention<64, false>(a, stream);
-  run_wgmma_attention<128, false>(a, stream);
-}
-
-void launch_attention_hybrid(const AttentionArgs& a, cudaStream_t stream) {
-  if (a.num_tasks == 0) return;
-  if (a.num_tile_tasks < 0 || a.num_tile_tasks > a.num_tasks)
-    throw InvalidArgument(cat("attention: the hybrid launch's num_tile_tasks ", a.num_tile_tasks, " is outside [0, ",
-                              a.num_tasks, "]"));
-  if (a.num_tile_tasks == a.num_tasks) return launch_attention_wgmma(a, stream);
-  if (a.num_tile_tasks == 0) return launch_attention_decode(a, stream);
-  if (a.task_count != nullptr)
-    throw InvalidArgument("attention: the hybrid launch splits the SMs by the step's counts, known on the host only; "
-                          "graph launches (task_count set) run kWgmma");
-  if (a.group > kDecodeMaxRows)
-    throw InvalidArgument(cat("attention: GQA group ", a.group, " gives every task at least ", a.group,
-                              " rows; the hybrid launch's small tiles have at most ", kDecodeMaxRows));
-  check_wgmma_args(a);
-  if (a.head_dim == 64) return run_wgmma_attention<64, true>(a, stream);
-  run_wgmma_attention<128, true>(a, stream);
+  if (a.head_dim == 64) return run_wgmma_attention<64>(a, stream);
+  run_wgmma_attention<128>(a, stream);
 }
 
 }  // namespace xy::cuda
