@@ -10,7 +10,6 @@
 
 #include "engine/tiny_model.h"
 #include "parallel/tp_test_models.h"
-#include "support/plan_sequences.h"
 #include "xyserve/backend/cpu/cpu_tensor_parallel.h"
 #include "xyserve/parallel/node_group.h"
 #include "xyserve/parallel/tcp_communicator.h"
@@ -137,28 +136,6 @@ CpuNodes cpu_nodes(const TpModel& m, int32_t size, int32_t nnodes) {
   return g;
 }
 
-// Prefill chunks, a draft-tree verify and decodes of three sequences, as the one-process test.
-std::vector<meta::StepPlan> plans_of(uint64_t seed) {
-  testing::PlanSequences seqs(kTpVocab, seed, kBlocks, kBlockSize);
-  const int32_t a = seqs.add_seq(40), b = seqs.add_seq(70), c = seqs.add_seq(5);
-  std::vector<meta::StepPlan> plans(3);
-  seqs.add_rows(plans[0], a, 40, 1);
-  seqs.add_rows(plans[0], b, 30, 0);
-  seqs.add_rows(plans[0], c, 5, 5);
-  seqs.add_rows(plans[1], b, 40, 1);
-  seqs.add_decode(plans[1], a);
-  seqs.add_decode(plans[1], c);
-  std::vector<int32_t> drafts;
-  seqs.add_tree(plans[2], a, {-1, 0, 0, 1, 2, 1}, drafts);
-  seqs.add_decode(plans[2], b);
-  seqs.add_decode(plans[2], c);
-  for (int step = 0; step < 10; ++step) {
-    meta::StepPlan& p = plans.emplace_back();
-    for (const int32_t s : {a, b, c}) seqs.add_decode(p, s);
-  }
-  return plans;
-}
-
 TEST(NodeGroupTest, LogitsAcrossNodesAreBitwiseThoseOfOneProcess) {
   for (const auto& [m, size, nnodes] : {std::tuple{TpModel{"llama", 4, 2}, 2, 2}, std::tuple{TpModel{"qwen3", 4, 2}, 4, 2},
                                         std::tuple{TpModel{"llama", 4, 1}, 4, 4}}) {
@@ -167,7 +144,7 @@ TEST(NodeGroupTest, LogitsAcrossNodesAreBitwiseThoseOfOneProcess) {
     EXPECT_EQ(nodes.zero->vocab_size(), kTpVocab);
     EXPECT_EQ(nodes.zero->num_kv_blocks(), kBlocks);
     std::vector<float> want, got;
-    for (const meta::StepPlan& plan : plans_of(uint64_t(size * 10 + nnodes))) {
+    for (const meta::StepPlan& plan : testing::tp_test_steps(uint64_t(size * 10 + nnodes), kBlocks, kBlockSize, 10)) {
       one_process->forward(plan, want);
       nodes.zero->forward(plan, got);
       ASSERT_EQ(got, want) << m.name() << " size " << size << " over " << nnodes << " nodes";

@@ -21,7 +21,6 @@
 
 #include "engine/tiny_model.h"
 #include "parallel/tp_test_models.h"
-#include "support/plan_sequences.h"
 #include "xyserve/backend/cpu/cpu_tensor_parallel.h"
 #include "xyserve/parallel/in_process_communicator.h"
 
@@ -76,23 +75,8 @@ LogitsError compare_logits(const TpModel& m, int32_t size) {
   auto sharded = sharded_backend(m, size);
   EXPECT_EQ(sharded->vocab_size(), kTpVocab);
   EXPECT_EQ(sharded->num_kv_blocks(), kBlocks);
-  testing::PlanSequences seqs(kTpVocab, /*seed=*/size * 100 + 1, kBlocks, kBlockSize);
-  const int32_t a = seqs.add_seq(40), b = seqs.add_seq(70), c = seqs.add_seq(5);
-  std::vector<meta::StepPlan> plans(3);
-  seqs.add_rows(plans[0], a, 40, 1);
-  seqs.add_rows(plans[0], b, 30, 0);
-  seqs.add_rows(plans[0], c, 5, 5);
-  seqs.add_rows(plans[1], b, 40, 1);
-  seqs.add_decode(plans[1], a);
-  seqs.add_decode(plans[1], c);
-  std::vector<int32_t> drafts;
-  seqs.add_tree(plans[2], a, {-1, 0, 0, 1, 2, 1}, drafts);
-  seqs.add_decode(plans[2], b);
-  seqs.add_decode(plans[2], c);
-  for (int step = 0; step < 30; ++step) {
-    meta::StepPlan& p = plans.emplace_back();
-    for (const int32_t s : {a, b, c}) seqs.add_decode(p, s);
-  }
+  const std::vector<meta::StepPlan> plans =
+      testing::tp_test_steps(/*seed=*/uint64_t(size) * 100 + 1, kBlocks, kBlockSize, 30);
   LogitsError error;
   std::vector<float> want, got;
   for (const meta::StepPlan& plan : plans) {

@@ -11,7 +11,9 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "support/plan_sequences.h"
 #include "xyserve/model/checkpoint_writer.h"
 #include "xyserve/model/presets.h"
 #include "xyserve/model/weights.h"
@@ -19,6 +21,31 @@
 namespace xy::testing {
 
 inline constexpr int64_t kTpVocab = 509;
+
+// The steps the tensor-parallel suites compare: prefill chunks of three sequences (one chunk ending
+// mid-prompt without logits), a draft-tree verify, then `decode_steps` steps of three decodes (30
+// go past the mistral window, 32, and several block boundaries).
+inline std::vector<meta::StepPlan> tp_test_steps(uint64_t seed, int32_t num_blocks, int32_t block_size,
+                                                 int decode_steps) {
+  PlanSequences seqs(kTpVocab, seed, num_blocks, block_size);
+  const int32_t a = seqs.add_seq(40), b = seqs.add_seq(70), c = seqs.add_seq(5);
+  std::vector<meta::StepPlan> plans(3);
+  seqs.add_rows(plans[0], a, 40, 1);
+  seqs.add_rows(plans[0], b, 30, 0);
+  seqs.add_rows(plans[0], c, 5, 5);
+  seqs.add_rows(plans[1], b, 40, 1);
+  seqs.add_decode(plans[1], a);
+  seqs.add_decode(plans[1], c);
+  std::vector<int32_t> drafts;
+  seqs.add_tree(plans[2], a, {-1, 0, 0, 1, 2, 1}, drafts);
+  seqs.add_decode(plans[2], b);
+  seqs.add_decode(plans[2], c);
+  for (int step = 0; step < decode_steps; ++step) {
+    meta::StepPlan& p = plans.emplace_back();
+    for (const int32_t s : {a, b, c}) seqs.add_decode(p, s);
+  }
+  return plans;
+}
 
 struct TpModel {
   std::string arch = "llama";
