@@ -82,7 +82,7 @@ TEST(EngineFailureTest, AFailedStepFinishesRunningWaitingAndQueuedRequestsWithTh
     const Collected c = collect(handles[i]);
     EXPECT_TRUE(c.last.finished);
     EXPECT_EQ(c.last.error, message) << "request " << i;
-    EXPECT_EQ(c.last.finish_reason, sched::FinishReason::kAbort);
+    EXPECT_EQ(c.last.finish_reason, sched::FinishReason::kError) << "request " << i;
     EXPECT_LT(c.tokens.size(), expected[i].size());
     // What went out before the failure is what a healthy engine writes.
     EXPECT_TRUE(std::equal(c.tokens.begin(), c.tokens.end(), expected[i].begin())) << "request " << i;
@@ -93,6 +93,7 @@ TEST(EngineFailureTest, AFailedStepFinishesRunningWaitingAndQueuedRequestsWithTh
   const Collected q = collect(*queued);
   EXPECT_TRUE(q.tokens.empty());
   EXPECT_EQ(q.last.error, message);
+  EXPECT_EQ(q.last.finish_reason, sched::FinishReason::kError);
 
   EXPECT_EQ(engine.failure(), std::optional<std::string>(message));
   try {
@@ -123,10 +124,32 @@ TEST(EngineFailureTest, StepOnTheCallingThreadThrowsEngineDeadAndNeverRunsTheBac
     const Collected c = collect(h);
     EXPECT_EQ(c.tokens.size(), 2u);
     EXPECT_EQ(c.last.error, kCause);
+    EXPECT_EQ(c.last.finish_reason, sched::FinishReason::kError);
   }
   EXPECT_THROW(engine.step(), EngineDeadError);
   EXPECT_THROW(engine.generate_batch(prompts, greedy_options(10)), EngineDeadError);
   EXPECT_EQ(backend.num_calls(), 3);
+}
+
+// The client's cancel and the engine's death are told apart: a request cancelled before the
+// failure keeps kAbort and gets no error; only the ones the failure ended get kError.
+TEST(EngineFailureTest, ARequestCancelledBeforeTheFailureStaysAborted) {
+  auto inner = tiny_backend("llama");
+  FailingBackend backend(*inner, FailingBackend::at_call(1), backend_error());
+  Engine engine(backend, nullptr, {});
+  const auto prompts = random_prompts(2, 5, 20, 45);
+  const Engine::Handle cancelled = engine.submit(prompts[0], greedy_options(10));
+  const Engine::Handle failed = engine.submit(prompts[1], greedy_options(10));
+  EXPECT_TRUE(engine.step());
+  engine.cancel(cancelled.id);
+  // The cancel finishes its request at the start of the step whose backend call then fails.
+  EXPECT_THROW(engine.step(), EngineDeadError);
+  const Collected c = collect(cancelled);
+  EXPECT_EQ(c.last.finish_reason, sched::FinishReason::kAbort);
+  EXPECT_TRUE(c.last.error.empty()) << c.last.error;
+  const Collected f = collect(failed);
+  EXPECT_EQ(f.last.finish_reason, sched::FinishReason::kError);
+  EXPECT_EQ(f.last.error, kCause);
 }
 
 TEST(EngineFailureTest, GenerateBatchThrowsTheErrorInsteadOfWaiting) {
@@ -152,7 +175,9 @@ TEST(EngineFailureTest, AnExceptionOfNoKnownTypeFailsTheEngineAsUnknownError) {
   Engine engine(backend, nullptr, {});
   engine.start();
   const Engine::Handle h = engine.submit(random_prompts(1, 5, 5, 44)[0], greedy_options(4));
-  EXPECT_EQ(collect(h).last.error, "unknown error");
+  const Collected c = collect(h);
+  EXPECT_EQ(c.last.error, "unknown error");
+  EXPECT_EQ(c.last.finish_reason, sched::FinishReason::kError);
   engine.stop();
   EXPECT_EQ(engine.failure(), std::optional<std::string>("unknown error"));
 }

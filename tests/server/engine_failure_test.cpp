@@ -1,7 +1,7 @@
 // The OpenAI server over an engine that dies (a CUDA error, a lost node): the requests in
 // flight get the error (a non-streaming one as a 500 OpenAI error body, a streaming one as an
-// error event in the same shape, then [DONE]), later requests get 503, and /health answers
-// 503. The server runs in this process, on a free loopback port, over FailingBackend
+// error event in the same shape, then [DONE]), later requests get 503, /health answers 503,
+// and /metrics counts the failed requests as failures, not successes. The server runs in this process, on a free loopback port, over FailingBackend
 // (tests/support), since the real binary has no way to inject a fault.
 #include <gtest/gtest.h>
 
@@ -160,6 +160,18 @@ TEST(EngineFailureServerTest, InFlightRequestsGetTheErrorLaterOnes503AndHealthTu
   const Reply health = send_request(port, http::verb::get, "/health", "");
   EXPECT_EQ(health.status, 503);
   EXPECT_NE(health.body.find(kMessage), std::string::npos) << health.body;
+
+  // Both in-flight requests failed (the 503 never reached the engine); none succeeded, so no
+  // tokens are counted either.
+  const Reply metrics = send_request(port, http::verb::get, "/metrics", "");
+  EXPECT_EQ(metrics.status, 200);
+  for (const char* line : {"xyserve:request_failure_total{model_name=\"tiny\",finished_reason=\"error\"} 2\n",
+                           "xyserve:request_success_total{model_name=\"tiny\",finished_reason=\"stop\"} 0\n",
+                           "xyserve:request_success_total{model_name=\"tiny\",finished_reason=\"length\"} 0\n",
+                           "xyserve:request_success_total{model_name=\"tiny\",finished_reason=\"abort\"} 0\n",
+                           "xyserve:prompt_tokens_total{model_name=\"tiny\"} 0\n",
+                           "xyserve:generation_tokens_total{model_name=\"tiny\"} 0\n"})
+    EXPECT_NE(metrics.body.find(line), std::string::npos) << line << "in\n" << metrics.body;
 
   stop();
   EXPECT_EQ(backend.num_calls(), 3) << "the backend ran after the failed step";

@@ -142,6 +142,7 @@ TEST(ServerMetrics, RenderIsValidPrometheusTextWithVllmNames) {
                            "xyserve:prefix_cache_queries_total", "xyserve:prefix_cache_hits_total",
                            "xyserve:spec_decode_num_draft_tokens_total", "xyserve:spec_decode_num_accepted_tokens_total",
                            "xyserve:prompt_tokens_total", "xyserve:generation_tokens_total",
+                           "xyserve:request_success_total", "xyserve:request_failure_total",
                            "xyserve:time_to_first_token_seconds_bucket", "xyserve:time_per_output_token_seconds_count",
                            "xyserve:e2e_request_latency_seconds_sum"})
     EXPECT_NE(text.find(std::string(name) + "{"), std::string::npos) << name;
@@ -150,6 +151,51 @@ TEST(ServerMetrics, RenderIsValidPrometheusTextWithVllmNames) {
   // e2e is observed for every request; TTFT only with a token.
   EXPECT_NE(text.find("xyserve:e2e_request_latency_seconds_count{model_name=\"tiny \\\"model\\\"\\\\x\"} 300\n"),
             std::string::npos);
+}
+
+// A failed request (the engine died under it) is counted in request_failure_total alone: not
+// as a success of any reason, not in the token totals, not in the latency histograms.
+TEST(ServerMetrics, FailuresAreCountedApartFromSuccesses) {
+  ServerMetrics m("tiny");
+  std::mt19937 rng(5);
+  int64_t num_prompt_tokens = 0, num_output_tokens = 0, num_successes = 0, num_failures = 0;
+  for (int i = 0; i < 200; ++i) {
+    if (rng() % 3 == 0) {
+      m.record_failure("error");
+      ++num_failures;
+      continue;
+    }
+    FinishedRequest f;
+    f.finished_reason = "stop";
+    f.num_prompt_tokens = int64_t(rng() % 100);
+    f.num_output_tokens = int64_t(1 + rng() % 5);
+    f.e2e_s = 0.5;
+    m.record(f);
+    num_prompt_tokens += f.num_prompt_tokens;
+    num_output_tokens += f.num_output_tokens;
+    ++num_successes;
+  }
+  ASSERT_GT(num_failures, 0);
+  const std::string text = m.render(EngineGauges{});
+  const auto expect_sample = [&](const std::string& name, const std::string& labels, int64_t value) {
+    const std::string line = "xyserve:" + name + "{model_name=\"tiny\"" + labels + "} " + std::to_string(value) + "\n";
+    EXPECT_NE(text.find(line), std::string::npos) << line << "in\n" << text;
+  };
+  expect_sample("request_failure_total", ",finished_reason=\"error\"", num_failures);
+  expect_sample("request_success_total", ",finished_reason=\"stop\"", num_successes);
+  expect_sample("request_success_total", ",finished_reason=\"length\"", 0);
+  expect_sample("request_success_total", ",finished_reason=\"abort\"", 0);
+  expect_sample("prompt_tokens_total", "", num_prompt_tokens);
+  expect_sample("generation_tokens_total", "", num_output_tokens);
+  expect_sample("e2e_request_latency_seconds_count", "", num_successes);
+  expect_sample("time_to_first_token_seconds_count", "", num_successes);
+  EXPECT_NE(text.find("# TYPE xyserve:request_failure_total counter\n"), std::string::npos);
+  // "error" is no success reason: the failure counter's sample is its only one.
+  size_t num_error_samples = 0;
+  for (size_t at = text.find("finished_reason=\"error\""); at != std::string::npos;
+       at = text.find("finished_reason=\"error\"", at + 1))
+    ++num_error_samples;
+  EXPECT_EQ(num_error_samples, 1u) << text;
 }
 
 }  // namespace

@@ -201,7 +201,7 @@ void Engine::fail(std::string cause) {
     if (stream.finished()) return;  // its finishing event went out before the failure
     StreamEvent e;
     e.finished = true;
-    e.finish_reason = sched::FinishReason::kAbort;
+    e.finish_reason = sched::FinishReason::kError;
     e.error = cause;
     stream.push(std::move(e));
   };

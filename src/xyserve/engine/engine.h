@@ -11,8 +11,9 @@
 // A step that throws (a CUDA error, a lost node of a tensor-parallel group) kills the engine,
 // as vLLM's EngineDeadError does: the backend's state is unknown from then on, so it is never
 // run again. Every unfinished request, queued or running, finishes at once with
-// StreamEvent::error set; step(), submit() and generate_batch() throw EngineDeadError from
-// then on; the engine thread ends. The process is expected to exit and be restarted.
+// FinishReason::kError and StreamEvent::error set (a client's cancel stays kAbort); step(),
+// submit() and generate_batch() throw EngineDeadError from then on; the engine thread ends.
+// The process is expected to exit and be restarted.
 #pragma once
 
 #include <atomic>

@@ -39,7 +39,7 @@ struct StreamEvent {
   sched::FinishReason finish_reason = sched::FinishReason::kNone;
   std::string stop_string;  // on the finishing event: the stop string that ended the request
   // On the finishing event of a request that failed (the engine died under it): the message.
-  // finish_reason is kAbort then, and no metrics come with it.
+  // finish_reason is kError then (and only then), and no metrics come with it.
   std::string error;
   std::optional<RequestMetrics> metrics;  // on the finishing event
 };

@@ -24,6 +24,7 @@ enum class FinishReason {
   kStop,    // EOS, a stop token id or a stop string
   kLength,  // max_tokens reached
   kAbort,   // cancelled by the client
+  kError,   // the engine died under it (engine::EngineDeadError); never set by the scheduler
 };
 
 std::string_view to_string(FinishReason reason);

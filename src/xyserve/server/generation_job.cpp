@@ -5,6 +5,7 @@
 
 #include <boost/asio/post.hpp>
 
+#include "xyserve/common/check.h"
 #include "xyserve/common/error.h"
 #include "xyserve/server/openai_error.h"
 #include "xyserve/server/sse.h"
@@ -72,12 +73,18 @@ class GenerationJob : public std::enable_shared_from_this<GenerationJob> {
       if (!c.finished) ctx_.engine->cancel(c.handle.id);
   }
 
+  // kError never gets here: take() answers a failed request with an error body, so "error"
+  // cannot appear as a finish_reason in a 200 response. kNone finishes nothing.
   static FinishReason finish_reason_of(sched::FinishReason r) {
     switch (r) {
+      case sched::FinishReason::kStop: return FinishReason::kStop;
       case sched::FinishReason::kLength: return FinishReason::kLength;
       case sched::FinishReason::kAbort: return FinishReason::kAbort;
-      default: return FinishReason::kStop;
+      case sched::FinishReason::kNone:
+      case sched::FinishReason::kError: break;
     }
+    XY_CHECK(false, "a choice finished with finish reason ", sched::to_string(r));
+    return FinishReason::kStop;
   }
 
   std::vector<TokenLogprobs> logprobs_of(const engine::StreamEvent& e) const {
@@ -120,9 +127,12 @@ class GenerationJob : public std::enable_shared_from_this<GenerationJob> {
   }
 
   void take(int32_t index, Choice& c, engine::StreamEvent& e, std::string& out) {
-    if (!e.error.empty()) {  // the engine died: the response becomes the error (complete())
+    if (e.finish_reason == sched::FinishReason::kError) {
+      // The engine died: the response becomes the error (complete()).
+      XY_CHECK(!e.error.empty(), "request ", c.handle.id, " failed without a message");
       c.finished = true;
       failure_ = e.error;
+      ctx_.metrics->record_failure(sched::to_string(e.finish_reason));
       return;
     }
     c.num_tokens += int64_t(e.token_ids.size());

@@ -115,11 +115,19 @@ void ServerMetrics::record(const FinishedRequest& r) {
   generation_tokens_ += r.num_output_tokens;
   if (r.finished_reason == "stop") ++success_stop_;
   else if (r.finished_reason == "length") ++success_length_;
-  else ++success_abort_;
+  else if (r.finished_reason == "abort") ++success_abort_;
+  else XY_CHECK(false, "request_success_total has no finished_reason \"", r.finished_reason, "\"");
   // An aborted request before its first token has no TTFT; TPOT needs two tokens.
   if (r.num_output_tokens > 0) ttft_.observe(r.ttft_s);
   if (r.num_output_tokens > 1) tpot_.observe(r.tpot_s);
   e2e_.observe(r.e2e_s);
+}
+
+void ServerMetrics::record_failure(std::string_view finished_reason) {
+  XY_CHECK(finished_reason == "error", "request_failure_total has no finished_reason \"",
+           finished_reason, "\"");
+  std::lock_guard<std::mutex> lock(mu_);
+  ++failure_error_;
 }
 
 void ServerMetrics::record_http_status(int status) {
@@ -155,14 +163,20 @@ std::string ServerMetrics::render(const EngineGauges& g) const {
   sample(out, "num_preemptions_total", labels, double(g.num_preemptions));
 
   std::lock_guard<std::mutex> lock(mu_);
-  header(out, "prompt_tokens_total", "counter", "Prefill tokens processed, by finished requests.");
+  header(out, "prompt_tokens_total", "counter",
+         "Prefill tokens processed, by the requests in request_success_total (not failed ones).");
   sample(out, "prompt_tokens_total", labels, double(prompt_tokens_));
-  header(out, "generation_tokens_total", "counter", "Generation tokens produced, by finished requests.");
+  header(out, "generation_tokens_total", "counter",
+         "Generation tokens produced, by the requests in request_success_total (not failed ones).");
   sample(out, "generation_tokens_total", labels, double(generation_tokens_));
-  header(out, "request_success_total", "counter", "Finished requests, by finish reason.");
+  header(out, "request_success_total", "counter", "Requests that finished without an error, by finish reason.");
   sample(out, "request_success_total", labels + ",finished_reason=\"stop\"", double(success_stop_));
   sample(out, "request_success_total", labels + ",finished_reason=\"length\"", double(success_length_));
   sample(out, "request_success_total", labels + ",finished_reason=\"abort\"", double(success_abort_));
+  // vLLM has no failure counter (its newer versions count a failed request in
+  // request_success_total{finished_reason="error"}); a separate family keeps "success" true.
+  header(out, "request_failure_total", "counter", "Requests that ended with an error, by reason.");
+  sample(out, "request_failure_total", labels + ",finished_reason=\"error\"", double(failure_error_));
   header(out, "http_responses_total", "counter", "HTTP responses sent, by status code.");
   for (const auto& [status, n] : http_statuses_)
     sample(out, "http_responses_total", labels + ",status=\"" + std::to_string(status) + "\"", double(n));

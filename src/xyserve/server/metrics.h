@@ -45,9 +45,9 @@ struct EngineGauges {
   int64_t num_preemptions = 0;       // counter
 };
 
-// One finished request as the metrics see it.
+// One request that finished without an error, as the metrics see it.
 struct FinishedRequest {
-  std::string_view finished_reason;  // "stop", "length", "abort"
+  std::string_view finished_reason;  // "stop", "length", "abort" (never "error")
   int64_t num_prompt_tokens = 0;
   int64_t num_output_tokens = 0;
   double ttft_s = 0;
@@ -60,6 +60,10 @@ class ServerMetrics {
   explicit ServerMetrics(std::string model_name);
 
   void record(const FinishedRequest& request);
+  // A request that ended with an error (xyserve:request_failure_total{finished_reason}); today
+  // the only reason is "error", the engine died under it. Such a request has no timing and its
+  // tokens are not counted: it adds to no other metric.
+  void record_failure(std::string_view finished_reason);
   // HTTP responses by status, for error accounting (xyserve:http_responses_total{status}).
   void record_http_status(int status);
 
@@ -71,6 +75,7 @@ class ServerMetrics {
   mutable std::mutex mu_;
   int64_t prompt_tokens_ = 0, generation_tokens_ = 0;
   int64_t success_stop_ = 0, success_length_ = 0, success_abort_ = 0;
+  int64_t failure_error_ = 0;
   std::vector<std::pair<int, int64_t>> http_statuses_;  // few distinct statuses: a flat list
   Histogram ttft_, tpot_, e2e_;
 };
