@@ -7,7 +7,7 @@
 // for decode and the hybrid mixes, TB/s of KV read (K and V of every context token, once per KV
 // head). The PyTorch SDPA baselines are tools/attention_baseline.py, run beside it in the same
 // device command.
-//   attention_bench [--iters N] [--only SUBSTRING]
+//   attention_bench [--iters N] [--only SUBSTRING] [--block-size N (KV page size, 16)]
 // Prefill and hybrid cases run twice: with the backend's first split rule (512 positions, halved
 // while the step has fewer tasks than SMs) and with split 8192 (no split at these lengths, as the
 // backend's current rule gives them), to show what splitting costs. Kernel column:
@@ -42,7 +42,8 @@ using xy::cuda::AttentionKernel;
 using xy::cuda::bf16;
 using xy::cuda::DeviceBuffer;
 
-constexpr int32_t kHeads = 32, kKvHeads = 8, kHeadDim = 128, kBlockSize = 16;
+constexpr int32_t kHeads = 32, kKvHeads = 8, kHeadDim = 128;
+int32_t g_block_size = 16;  // KV page size: --block-size
 
 // Uniform bf16 in [-1, 1) from a hash of the index: no host upload of gigabytes.
 __global__ void fill_random(bf16* p, size_t n, uint32_t seed) {
@@ -73,9 +74,9 @@ namespace meta = xy::meta;
 
 meta::StepPlan make_plan(const std::vector<Seq>& seqs, std::mt19937& rng, int32_t& num_blocks) {
   meta::StepPlan plan;
-  plan.block_size = kBlockSize;
+  plan.block_size = g_block_size;
   num_blocks = 0;
-  for (const Seq& s : seqs) num_blocks += (s.computed + s.fresh + kBlockSize - 1) / kBlockSize;
+  for (const Seq& s : seqs) num_blocks += (s.computed + s.fresh + g_block_size - 1) / g_block_size;
   std::vector<int32_t> pool(static_cast<size_t>(num_blocks));
   std::iota(pool.begin(), pool.end(), 0);
   std::shuffle(pool.begin(), pool.end(), rng);
@@ -91,7 +92,7 @@ meta::StepPlan make_plan(const std::vector<Seq>& seqs, std::mt19937& rng, int32_
       plan.positions.push_back(seqs[r].computed + j);
       plan.token_ids.push_back(0);
     }
-    const int32_t need = (seqs[r].computed + seqs[r].fresh + kBlockSize - 1) / kBlockSize;
+    const int32_t need = (seqs[r].computed + seqs[r].fresh + g_block_size - 1) / g_block_size;
     for (int32_t b = 0; b < need; ++b) req.block_table.push_back(pool[next++]);
     plan.requests.push_back(req);
   }
@@ -137,6 +138,62 @@ meta::AttentionWorkList tasks_of_kind(const meta::AttentionWorkList& list, const
   return part;
 }
 
+#if XY_ATTENTION_TIMELINE
+// Where consumer 0's time goes, from the wgmma kernel's timeline (kernels.h): per task, the wait
+// for the task to be published (from the end of the previous one), for its query tile, for its
+// first K block, then its blocks, then the write-out; means in us at the device's clock, and
+// shares of the consumer's time from its first task to its last.
+void print_timeline(const std::vector<long long>& v) {
+  namespace x = xy::cuda;
+  int khz = 0;
+  XY_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0));
+  const double us_per_cycle = 1e3 / double(khz);
+  for (const int max_blocks : {1 << 30, 2}) {
+    double phase[7] = {}, blocks = 0, span = 0;
+    int64_t tasks = 0;
+    for (int cta = 0; cta < x::kTimelineCtas; ++cta) {
+      const long long* row = v.data() + size_t(cta) * x::kTimelineTasks * x::kTimelineFields;
+      long long prev_end = -1, first = -1, last = -1;
+      for (int t = 0; t < x::kTimelineTasks; ++t) {
+        const long long* e = row + size_t(t) * x::kTimelineFields;
+        if (e[x::kTaskIndex] < 0) break;
+        if (first < 0) first = e[x::kTaskIn];
+        last = e[x::kWrittenOut];
+        const bool counted = e[x::kNumBlocks] <= max_blocks && e[x::kNumBlocks] > 0;
+        if (counted) {
+          phase[0] += prev_end >= 0 ? double(e[x::kTaskIn] - prev_end) : 0.0;
+          phase[1] += double(e[x::kQueryIn] - e[x::kTaskIn]);
+          phase[2] += double(e[x::kFirstKeysIn] - e[x::kQueryIn]);
+          phase[3] += double(e[x::kBlocksDone] - e[x::kFirstKeysIn]);
+          phase[4] += double(e[x::kWrittenOut] - e[x::kBlocksDone]);
+          if (e[x::kStaged] > 0) {  // rows written out (not a partial): its three parts
+            phase[5] += double(e[x::kStaged] - e[x::kBlocksDone]);
+            phase[6] += double(e[x::kReleased] - e[x::kStaged]);
+          }
+          blocks += double(e[x::kNumBlocks]);
+          ++tasks;
+        }
+        prev_end = e[x::kWrittenOut];
+      }
+      if (first >= 0 && max_blocks > 1000) span += double(last - first);
+    }
+    if (tasks == 0) continue;
+    const double total = phase[0] + phase[1] + phase[2] + phase[3] + phase[4];
+    std::printf("    timeline %-10s tasks %6lld, blocks/task %5.2f, us/task: wait task %.3f, wait Q %.3f, wait first K "
+                "%.3f, blocks %.3f (%.3f a block), write-out %.3f; shares %.0f/%.0f/%.0f/%.0f/%.0f%%",
+                max_blocks > 1000 ? "all" : "<=2 blocks", (long long)tasks, blocks / tasks,
+                phase[0] / tasks * us_per_cycle, phase[1] / tasks * us_per_cycle, phase[2] / tasks * us_per_cycle,
+                phase[3] / tasks * us_per_cycle, phase[3] / blocks * us_per_cycle, phase[4] / tasks * us_per_cycle,
+                100 * phase[0] / total, 100 * phase[1] / total, 100 * phase[2] / total, 100 * phase[3] / total,
+                100 * phase[4] / total);
+    if (max_blocks > 1000) std::printf(", consumer span %.1f us a CTA", span / x::kTimelineCtas * us_per_cycle);
+    std::printf(", write-out = stage %.3f + fence/release %.3f + rest", phase[5] / tasks * us_per_cycle,
+                phase[6] / tasks * us_per_cycle);
+    std::printf("\n");
+  }
+}
+#endif
+
 // split > 0 overrides the backend's rule (to measure what the split costs a long prefill).
 void run_case(const Case& c, int iters, int num_sms, int l2_bytes, int32_t split_override,
               const std::vector<Variant>& variants) {
@@ -144,7 +201,7 @@ void run_case(const Case& c, int iters, int num_sms, int l2_bytes, int32_t split
   int32_t num_blocks = 0;
   const meta::StepPlan plan = make_plan(c.seqs, rng, num_blocks);
   const int32_t m = plan.num_rows();
-  const size_t kv_elems = size_t(num_blocks) * kBlockSize * kKvHeads * kHeadDim;
+  const size_t kv_elems = size_t(num_blocks) * g_block_size * kKvHeads * kHeadDim;
   DeviceBuffer<bf16> q(size_t(m) * kHeads * kHeadDim), k(kv_elems), v(kv_elems), out(q.size());
   fill_random<<<1024, 256>>>(q.get(), q.size(), 1);
   fill_random<<<1024, 256>>>(k.get(), k.size(), 2);
@@ -169,7 +226,7 @@ void run_case(const Case& c, int iters, int num_sms, int l2_bytes, int32_t split
     const int32_t split =
         split_override > 0           ? split_override
         : var.kernel == AttentionKernel::kDecode
-            ? xy::cuda::decode_kv_split(plan, var.tile_rows / (kHeads / kKvHeads), {kKvHeads, kBlockSize, 0, num_sms})
+            ? xy::cuda::decode_kv_split(plan, var.tile_rows / (kHeads / kKvHeads), {kKvHeads, g_block_size, 0, num_sms})
             : choose_split(c.seqs, num_sms, var.tile_rows);
     meta::WorkListOptions options{var.tile_rows, split};
     if (var.l2_sections && var.kernel != AttentionKernel::kDecode)
@@ -195,7 +252,7 @@ void run_case(const Case& c, int iters, int num_sms, int l2_bytes, int32_t split
     aa.num_q_rows = m;
     aa.k_cache = k.get();
     aa.v_cache = v.get();
-    aa.block_size = kBlockSize;
+    aa.block_size = g_block_size;
     aa.num_kv_heads = kKvHeads;
     aa.head_dim = kHeadDim;
     aa.group = kHeads / kKvHeads;
@@ -220,7 +277,7 @@ void run_case(const Case& c, int iters, int num_sms, int l2_bytes, int32_t split
       }
       if (var.merge) xy::cuda::launch_attention_merge(aa, view.attention[0].merges, view.attention[0].num_merges, nullptr);
     };
-    for (int i = 0; i < 3; ++i) once();
+    for (int i = 0; i < 10; ++i) once();  // warm-up: clocks, L2, the first launch's set-up
     XY_CUDA_CHECK(cudaEventRecord(e0));
     for (int i = 0; i < iters; ++i) once();
     XY_CUDA_CHECK(cudaEventRecord(e1));
@@ -232,6 +289,13 @@ void run_case(const Case& c, int iters, int num_sms, int l2_bytes, int32_t split
                 split, sec * 1e6, flops / sec / 1e12);
     if (c.report_kv) std::printf("  %5.2f TB/s KV", kv_bytes / sec / 1e12);
     std::printf("\n");
+#if XY_ATTENTION_TIMELINE
+    if (var.kernel == AttentionKernel::kWgmma && var.deal != Deal::kTwoLaunches) {
+      xy::cuda::take_attention_timeline();  // clears it
+      xy::cuda::launch_attention(aa, nullptr, var.kernel);
+      print_timeline(xy::cuda::take_attention_timeline());
+    }
+#endif
     std::fflush(stdout);
   }
   XY_CUDA_CHECK(cudaEventDestroy(e0));
@@ -246,6 +310,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--iters") && i + 1 < argc) iters = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+    else if (!std::strcmp(argv[i], "--block-size") && i + 1 < argc) g_block_size = std::atoi(argv[++i]);
   }
   int num_sms = 0;
   XY_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0));
@@ -271,7 +336,7 @@ int main(int argc, char** argv) {
     cases.push_back(mix);
   }
   std::printf("attention_bench: %d query heads, %d KV heads, head_dim %d, block %d, %d SMs, L2 %d MB, %d iters\n",
-              kHeads, kKvHeads, kHeadDim, kBlockSize, num_sms, l2_bytes >> 20, iters);
+              kHeads, kKvHeads, kHeadDim, g_block_size, num_sms, l2_bytes >> 20, iters);
   const Variant wgmma{"wgmma", AttentionKernel::kWgmma, 128};
   const Variant wgmma_flat{"wgmma-cost", AttentionKernel::kWgmma, 128, Deal::kEager, false};
   const Variant wgmma_rr{"wgmma-rr", AttentionKernel::kWgmma, 128, Deal::kGraph};
@@ -297,7 +362,7 @@ int main(int argc, char** argv) {
       decode_no_merge.name = "decode-nomerge";
       decode_no_merge.merge = false;
       run_case(c, iters, num_sms, l2_bytes, 0, {decode, decode_no_merge});
-      for (int32_t split : {1024, 4096, 16384, 32768}) run_case(c, iters, num_sms, l2_bytes, split, {decode});
+      for (int32_t split : {1024, 2048, 4096, 8192, 16384}) run_case(c, iters, num_sms, l2_bytes, split, {decode, decode_no_merge});
     }
     std::vector<Variant> variants{wgmma, wgmma_flat};
     if (c.mixed) variants.insert(variants.end(), {wgmma_mix, wgmma_rr, wgmma_mix_rr, wgmma_2x});

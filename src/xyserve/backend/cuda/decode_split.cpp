@@ -41,7 +41,7 @@
 //   1 x 4k: 8 tasks -> 4112 whole; split 256: 128 tasks of 272 -> 272 + 96 = 368.
 //   1 x 512: 528 whole; split 256: 16 tasks -> 272 + 96 = 368 -> 256 (a tiny step either way).
 // The constants are estimates from the kernel's design; the bench's decode lines (the rule's split,
-// then 1024/4096/16384/32768) show whether the rule still picks the best split.
+// then 1024 to 16384, with and without the merge) show whether the rule still picks the best split.
 #include "xyserve/backend/cuda/decode_split.h"
 
 #include <algorithm>

@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "xyserve/backend/cuda/cuda_check.h"
+#include "xyserve/backend/cuda/kernels/launch.cuh"
 #include "xyserve/backend/cuda/kernels/attention_mask.cuh"
 #include "xyserve/backend/cuda/kernels/kernels.h"
 #include "xyserve/backend/cuda/kernels/reduce.cuh"
@@ -241,7 +242,8 @@ __device__ __forceinline__ void merge_group(const AttentionArgs& a, const meta::
   constexpr int kDimsPerLane = (kHeadDim + 31) / 32;
   // Partials whose loads are in flight together: a row's fold is a chain over its partials, and
   // one L2 round trip per partial made a 64-group merge of 8 splits take ~14 us (decode 8 x 32k).
-  constexpr int kBatch = 4;
+  // 8: the decode kernel's usual split of a long context (8 x 32k: 8 spans) in one round trip.
+  constexpr int kBatch = 8;
   const PlanRequest req = a.requests[mg.request];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
   const int32_t end = mg.first_partial + mg.num_partials;
@@ -290,6 +292,9 @@ template <int kHeadDim>
 __global__ void attention_merge_kernel(AttentionArgs a, const meta::MergeGroup* merges, int32_t num_merges,
                                        const int32_t* merge_count) {
   cudaTriggerProgrammaticLaunchCompletion();  // as in attention_kernel: the o GEMM may start early
+  // Launched with PDL (launch_attention_merge): the attention grid's partials are complete and
+  // visible only past this wait.
+  cudaGridDependencySynchronize();
   const int32_t n = merge_count ? min(*merge_count, num_merges) : num_merges;
   for (int32_t g = blockIdx.x; g < n; g += gridDim.x) merge_group<kHeadDim>(a, merges[g]);
 }
@@ -331,9 +336,11 @@ void launch_attention_merge(const AttentionArgs& a, const meta::MergeGroup* merg
   if (num_merges == 0) return;
   // 256 threads and no shared memory: 8 blocks fill an SM's 2048 threads.
   const int32_t grid = merge_count ? persistent_grid(num_merges, 8) : num_merges;
+  // As a programmatic dependent launch: the merge's launch and CTA start-up overlap the tail of the
+  // attention kernel (which allows it at its start), not after its last CTA.
   dispatch_head_dim(a.head_dim, [&](auto hd) {
-    attention_merge_kernel<decltype(hd)::value><<<grid, 256, 0, stream>>>(a, merges, num_merges, merge_count);
-    XY_CUDA_CHECK_LAUNCH();
+    XY_CUDA_CHECK(launch_kernel(attention_merge_kernel<decltype(hd)::value>, dim3(unsigned(grid)), dim3(256), 0,
+                                stream, true, a, merges, num_merges, merge_count));
   });
 }
 

@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <utility>
 
+#include "xyserve/backend/cuda/kernels/launch.cuh"
+
 namespace xy::cuda::gemm_detail {
 
 // Tensor map of a row-major bf16 matrix [rows, cols], boxes of [box_rows, 64] with 128-byte
@@ -36,25 +38,7 @@ inline cudaError_t allow_dynamic_smem(const void* kernel, int bytes, std::atomic
   return err;
 }
 
-// Launches `kernel` on `stream`; with `pdl`, as a programmatic dependent launch (the kernel may
-// start while the previous kernel in the stream is still running, and must griddepcontrol.wait
-// before touching what that kernel writes or reads). Inside stream capture the launch becomes a
-// programmatic edge of the graph (CUDA programming guide, "Programmatic Dependent Launch").
-template <class... Params, class... Args>
-cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
-                          cudaStream_t stream, bool pdl, Args&&... args) {
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = smem_bytes;
-  config.stream = stream;
-  config.attrs = pdl ? &attr : nullptr;
-  config.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
-}
+using xy::cuda::launch_kernel;  // kernels/launch.cuh
 
 // Weight-streaming kernel for M <= `tok` (8, 16 or 32; a larger M runs ceil(M / tok) passes
 // over W): one CTA per SM owns an even share of W's rows, whole (gemm_gemv.cu). PDL-aware

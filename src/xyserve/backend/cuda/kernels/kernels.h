@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "xyserve/meta/attention_work_list.h"
 #include "xyserve/meta/step_plan.h"
@@ -134,6 +135,21 @@ enum class AttentionKernel { kAuto, kTensorCore, kCudaCore, kWgmma, kDecode };
 void launch_attention(const AttentionArgs& args, cudaStream_t stream,
                       AttentionKernel kernel = AttentionKernel::kAuto);
 void launch_attention_wgmma(const AttentionArgs& args, cudaStream_t stream);
+
+// The wgmma kernel's timeline instrument, compiled in only with the CMake option
+// XY_ATTENTION_TIMELINE (a bench build): per CTA (the first kTimelineCtas) and task in its order
+// (the first kTimelineTasks), kTimelineFields values of consumer 0, clock64() stamps of the
+// phases below and the task's index and key blocks. take_attention_timeline() waits for the
+// device, returns [cta][task][field] and clears it (-1: no task).
+enum TimelineField : int {
+  kTaskIndex, kNumBlocks, kTaskIn, kQueryIn, kFirstKeysIn, kBlocksDone, kStaged, kReleased, kWrittenOut
+};
+inline constexpr int kTimelineFields = 9;
+inline constexpr int kTimelineCtas = 132;
+inline constexpr int kTimelineTasks = 256;
+#if XY_ATTENTION_TIMELINE
+std::vector<long long> take_attention_timeline();
+#endif
 inline constexpr int32_t kDecodeMaxRows = 16;
 // meta::WorkListOptions::l2_section_positions for a device with `l2_bytes` of L2: the KV (K and
 // V rows of one head, bf16) of a section takes half of it, leaving the rest to the queries,

@@ -71,6 +71,7 @@
 #include <map>
 #include <mutex>
 #include <utility>
+#include <vector>
 
 #include "xyserve/backend/cuda/cuda_check.h"
 #include "xyserve/backend/cuda/kernels/attention_mask.cuh"
@@ -122,6 +123,7 @@ struct WgmmaAttentionTraits {
 constexpr int kMergeFullBarrier = 2;   // consumer 1's state is in the merge buffer
 constexpr int kMergeEmptyBarrier = 3;  // consumer 0 has read it
 constexpr int kTurnBarrier = 4;        // + c: consumer c's turn to issue wgmmas (pingpong)
+constexpr int kOutBarrier = 6;         // + c: consumer c's rows are in shared memory for the TMA store
 
 // One task as every role needs it, written by the producer into a slot of a 2-deep ring.
 struct TaskInfo {
@@ -144,6 +146,17 @@ struct SharedState {
   TaskInfo task[2];
 };
 constexpr uint32_t kTaskReaders = 256 + 32;
+
+// Timeline instrument (CMake option XY_ATTENTION_TIMELINE, off in every real build): consumer 0
+// of each CTA stamps clock64() at its tasks' phases (TimelineEvent in kernels.h), for
+// bench/cuda/attention_bench to say where a tile's time goes between its blocks' wgmmas.
+#ifndef XY_ATTENTION_TIMELINE
+#define XY_ATTENTION_TIMELINE 0
+#endif
+constexpr bool kTimeline = XY_ATTENTION_TIMELINE != 0;
+#if XY_ATTENTION_TIMELINE
+__device__ long long g_timeline[kTimelineCtas][kTimelineTasks][kTimelineFields];
+#endif
 
 // Greedy dealing of eager launches: counters[0] the next task index, counters[1] the CTAs done
 // with it (the last resets both, so the next launch on the stream starts from zero). One pair
@@ -357,7 +370,7 @@ __device__ void produce_q(const AttentionArgs& a, const CUtensorMap* q_map, uint
 // against every other key block.
 template <class T, class Shared>
 __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8_t* k_s, const uint8_t* v_s,
-                        float* merge_s, Shared& sh) {
+                        float* merge_s, const CUtensorMap* o_map, Shared& sh) {
   const int ctid = threadIdx.x - 128 * (1 + c);
   const int warp = ctid / 32, lane = ctid % 32;
   const int gq = lane / 4, tq = lane % 4;  // accumulator fragment coordinates
@@ -370,10 +383,23 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
   // end, so both turn barriers end balanced.
   if (T::kPingpong && c == 1) ptx::named_barrier_arrive(kTurnBarrier + 0, 256);
 
+  // Thread 0 of a consumer that wrote its rows by TMA store releases their Q buffer only once the
+  // store has read it, and waits for that at its next task's query tile (or at the end), not
+  // right after issuing it: the wait held the consumer's first warp ~0.5 us a tile (timeline).
+  int pending_release = -1;  // Q buffer slot, or -1
+  auto release_stored = [&] {
+    if (pending_release < 0) return;
+    ptx::bulk_wait_group_read<0>();
+    ptx::mbarrier_arrive(&sh.q_empty[pending_release]);
+    pending_release = -1;
+  };
+
   uint32_t g = 0;  // blocks consumed so far, as the producer counts them
   for (uint32_t t = 0;; ++t) {
     const int slot = t % 2;
     ptx::mbarrier_wait(&sh.task_full[slot], (t / 2) & 1);
+    [[maybe_unused]] long long stamps[kTimelineFields] = {};
+    if constexpr (kTimeline) stamps[kTaskIn] = clock64();
     TaskInfo ti = sh.task[slot];
     ptx::mbarrier_arrive(&sh.task_empty[slot]);
     // Every field through a shuffle from lane 0: the compiler then knows the branches around
@@ -413,6 +439,8 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
     for (int i = 0; i < T::kScoreRegs; ++i) s[i] = 0.0f;
 
     ptx::mbarrier_wait(&sh.q_full[slot], (t / 2) & 1);
+    if constexpr (kTimeline) stamps[kQueryIn] = clock64();
+    release_stored();
     fence_proxy_async_shared();  // the tile came by cp.async (generic proxy); wgmma reads it (async)
     // Rows' visible keys by local index in a block, for the range mask of a tile without a tree:
     // slots [a_begin, a_end), clipped by position (causal) and window. Per row: [key_lo, key_hi).
@@ -616,6 +644,7 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
       for (int32_t b = c; b < num_blocks; b += 2) {
         if (b >= 1) release_other(b - 1);
         ptx::mbarrier_wait(&sh.k_full[stage_of(b)], phase_of(b));
+        if constexpr (kTimeline) if (b == c) stamps[kFirstKeysIn] = clock64();
         issue_qk(stage_of(b));
         ptx::wgmma_wait<0>();
         fence_s();
@@ -643,6 +672,7 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
       // First block: S only (O is zero, so there is no P V to overlap yet).
       int32_t b = 0;
       ptx::mbarrier_wait(&sh.k_full[stage_of(b)], phase_of(b));
+      if constexpr (kTimeline) stamps[kFirstKeysIn] = clock64();
       take_turn();
       issue_qk(stage_of(b));
       pass_turn();
@@ -687,6 +717,7 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
       release(&sh.v_empty[stage_of(prev)]);
     }
     g += num_blocks;
+    if constexpr (kTimeline) stamps[kBlocksDone] = clock64();
 
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -733,13 +764,51 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
       continue;  // consumer 0 holds the whole state of a one-block tile
     }
 
-    // Write out: normalised rows, or the partial (o, max, sum) of a split task.
+    // Write out: normalised rows, or the partial (o, max, sum) of a split task. The Q loader may
+    // refill the Q buffer (task t + 2) by TMA (the async proxy) after the epilogue's plain
+    // accesses to it: a proxy fence precedes its release. (The fence itself costs ~0.07 us: the
+    // timeline with and without it.)
     const int64_t first_row = ti.req_first_row + ti.q_begin;
-    if (ti.partial < 0) {
+    if (ti.partial < 0 && o_map != nullptr && !split && row_base + 64 <= rows) {
+      // This consumer's 64 rows are all the task's: through its rows of the Q buffer (no wgmma
+      // reads them any more) by stmatrix, then one TMA store per 64-column block, issued by one
+      // thread, which releases the buffer once the store has read it; the consumer goes on to
+      // its next task while the rows travel to memory (FA3's epilogue). Stores of 16-byte pieces
+      // kept the consumer 1.9 us a tile; this takes ~0.5 (attention_bench's timeline, H200).
+      float inv[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) inv[h] = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
+      const uint32_t tile_addr = ptx::smem_addr(q_tile);
+      const int mat = lane / 8;  // the 8x8 matrix whose row this lane addresses: rows + 8 (mat % 2), columns + 8 (mat / 2)
+      const int addr_row = row_base + warp * 16 + 8 * (mat % 2) + lane % 8;
+#pragma unroll
+      for (int jj = 0; jj < T::kHeadDim / 16; ++jj)
+        stmatrix_x4(tile_addr + sw128_offset(addr_row, 2 * jj + mat / 2, T::kRows),
+                    pack_bf16(o[8 * jj + 0] * inv[0], o[8 * jj + 1] * inv[0]),
+                    pack_bf16(o[8 * jj + 2] * inv[1], o[8 * jj + 3] * inv[1]),
+                    pack_bf16(o[8 * jj + 4] * inv[0], o[8 * jj + 5] * inv[0]),
+                    pack_bf16(o[8 * jj + 6] * inv[1], o[8 * jj + 7] * inv[1]));
+      if constexpr (kTimeline) stamps[kStaged] = clock64();
+      fence_proxy_async_shared();  // every writer, before the barrier: the TMA store reads via the async proxy
+      if (c == 0) ptx::named_barrier_sync(kOutBarrier + 0, 128);
+      else ptx::named_barrier_sync(kOutBarrier + 1, 128);
+      if (ctid == 0) {
+#pragma unroll
+        for (int p = 0; p < T::kPanels; ++p)
+          tma_store_4d(o_map, tile_addr + p * T::kRows * 128 + row_base * 128, p * 64, 0, ti.kv_head,
+                       int(first_row + row_base / a.group));
+        ptx::bulk_commit_group();
+        pending_release = slot;
+      } else {
+        ptx::mbarrier_arrive(&sh.q_empty[slot]);
+      }
+      if constexpr (kTimeline) stamps[kReleased] = clock64();
+    } else if (ti.partial < 0) {
       // Through this consumer's rows of the Q buffer (no wgmma reads them any more: this
       // consumer's are retired, and in a split tile consumer 1 has handed over or had no block):
       // each warp writes its 16 rows in the tile's swizzled layout (conflict-free: the 8 rows of
-      // a lane group hit 8 distinct 16-byte slots), then copies them out in 16-byte pieces.
+      // a lane group hit 8 distinct 16-byte slots), reads them back as 16-byte row pieces,
+      // releases the buffer, then stores the pieces.
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int r = row_base + warp * 16 + gq + 8 * h;
@@ -750,18 +819,31 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
               pack_bf16(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
       }
       __syncwarp();
+      constexpr int kPieces = 16 * T::kChunks / 32;  // 16-byte pieces of the warp's rows, per lane
+      uint4 piece[kPieces];
+#pragma unroll
+      for (int k = 0; k < kPieces; ++k) {
+        const int i = lane + 32 * k, r = row_base + warp * 16 + i / T::kChunks, ch = i % T::kChunks;
+        piece[k] = *reinterpret_cast<const uint4*>(q_tile + sw128_offset(r, ch, T::kRows));
+      }
+      if constexpr (kTimeline) stamps[kStaged] = clock64();
+      fence_proxy_async_shared();
+      ptx::mbarrier_arrive(&sh.q_empty[slot]);
+      if constexpr (kTimeline) stamps[kReleased] = clock64();
       const int64_t out_row_stride = int64_t(a.group) * a.num_kv_heads * T::kHeadDim;
 #pragma unroll
-      for (int i = lane; i < 16 * T::kChunks; i += 32) {
-        const int r = row_base + warp * 16 + i / T::kChunks, ch = i % T::kChunks;
+      for (int k = 0; k < kPieces; ++k) {
+        const int i = lane + 32 * k, r = row_base + warp * 16 + i / T::kChunks, ch = i % T::kChunks;
         if (r < rows) {
-          const uint4 v = *reinterpret_cast<const uint4*>(q_tile + sw128_offset(r, ch, T::kRows));
           bf16* out = a.out + (first_row + r / a.group) * out_row_stride +
                       int64_t(ti.kv_head * a.group + r % a.group) * T::kHeadDim + ch * 8;
-          *reinterpret_cast<uint4*>(out) = v;
+          *reinterpret_cast<uint4*>(out) = piece[k];
         }
       }
     } else {
+      // No plain access to the Q buffer in this task: released at once.
+      fence_proxy_async_shared();
+      ptx::mbarrier_arrive(&sh.q_empty[slot]);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int r = row_base + warp * 16 + gq + 8 * h;
@@ -777,11 +859,16 @@ __device__ void consume(const AttentionArgs& a, int c, uint8_t* q_s, const uint8
         }
       }
     }
-    // The Q loader may refill this buffer (task t + 2), by TMA (the async proxy) after the
-    // epilogue's plain accesses to it: ordered by a proxy fence before the release.
-    fence_proxy_async_shared();
-    ptx::mbarrier_arrive(&sh.q_empty[slot]);
+#if XY_ATTENTION_TIMELINE
+    if (c == 0 && ctid == 0 && blockIdx.x < kTimelineCtas && t < kTimelineTasks) {
+      stamps[kWrittenOut] = clock64();
+      stamps[kTaskIndex] = ti.index;
+      stamps[kNumBlocks] = num_blocks;
+      for (int i = 0; i < kTimelineFields; ++i) g_timeline[blockIdx.x][t][i] = stamps[i];
+    }
+#endif
   }
+  release_stored();  // no shared memory may still be read by a store when the CTA exits
   // Balance consumer 0's last arrive on the merge buffer and consumer 1's last pass of the turn,
   // so no barrier is left half-arrived.
   if (c == 1 && merge_written) ptx::named_barrier_sync(kMergeEmptyBarrier, 256);
@@ -792,7 +879,8 @@ template <int kHeadDim>
 __global__ void __launch_bounds__(WgmmaAttentionTraits<kHeadDim>::kThreads, 1)
     wgmma_attention_kernel(const __grid_constant__ AttentionArgs a, const __grid_constant__ CUtensorMap k_map,
                            const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap q_map,
-                           bool use_q_map, uint32_t* counters) {
+                           const __grid_constant__ CUtensorMap o_map, bool use_q_map, bool use_o_map,
+                           uint32_t* counters) {
   using T = WgmmaAttentionTraits<kHeadDim>;
   using Shared = SharedState<T::kStages, T::kRows>;
   static_assert(T::kSmemBytes + sizeof(Shared) <= 227 * 1024, "shared memory of one CTA");
@@ -809,6 +897,7 @@ __global__ void __launch_bounds__(WgmmaAttentionTraits<kHeadDim>::kThreads, 1)
     ptx::prefetch_tensor_map(&k_map);
     ptx::prefetch_tensor_map(&v_map);
     if (use_q_map) ptx::prefetch_tensor_map(&q_map);
+    if (use_o_map) ptx::prefetch_tensor_map(&o_map);
     for (int i = 0; i < 2; ++i) {
       ptx::mbarrier_init(&sh.q_full[i], 32);
       ptx::mbarrier_init(&sh.q_empty[i], 256);
@@ -836,7 +925,7 @@ __global__ void __launch_bounds__(WgmmaAttentionTraits<kHeadDim>::kThreads, 1)
     }
   } else {
     ptx::setmaxnreg_inc<T::kConsumerRegs>();
-    consume<T>(a, warpgroup - 1, q_s, k_s, v_s, merge_s, sh);
+    consume<T>(a, warpgroup - 1, q_s, k_s, v_s, merge_s, use_o_map ? &o_map : nullptr, sh);
   }
 }
 
@@ -872,14 +961,32 @@ void run_wgmma_attention(const AttentionArgs& a, cudaStream_t stream) {
       a.num_q_rows > 0 && reinterpret_cast<uintptr_t>(a.q) % 16 == 0 && a.q_row_stride % 8 == 0 &&
       encode_q_tensor_map(&q_map, a.q, a.num_q_rows, a.q_row_stride, a.num_kv_heads, a.group, kHeadDim,
                           T::kRows / a.group);
+  // Output rows by TMA store where a consumer's 64 rows are whole tokens (64 % group == 0) and
+  // the map can be made; else (and for partial tiles) by plain stores.
+  CUtensorMap o_map{};
+  const int64_t out_row_stride = int64_t(a.group) * a.num_kv_heads * kHeadDim;
+  const bool use_o_map = a.num_q_rows > 0 && 64 % a.group == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0 &&
+                         encode_q_tensor_map(&o_map, a.out, a.num_q_rows, out_row_stride, a.num_kv_heads, a.group,
+                                             kHeadDim, 64 / a.group);
   uint32_t* counters = a.task_count == nullptr ? deal_counters(stream) : nullptr;  // null: round-robin
   const int32_t grid = persistent_grid(a.num_tasks, blocks_per_sm);
-  wgmma_attention_kernel<kHeadDim>
-      <<<grid, T::kThreads, T::kSmemBytes, stream>>>(a, k_map, v_map, q_map, use_q_map, counters);
+  wgmma_attention_kernel<kHeadDim><<<grid, T::kThreads, T::kSmemBytes, stream>>>(a, k_map, v_map, q_map, o_map,
+                                                                                 use_q_map, use_o_map, counters);
   XY_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
+
+#if XY_ATTENTION_TIMELINE
+std::vector<long long> take_attention_timeline() {
+  std::vector<long long> v(size_t(kTimelineCtas) * kTimelineTasks * kTimelineFields);
+  XY_CUDA_CHECK(cudaDeviceSynchronize());
+  XY_CUDA_CHECK(cudaMemcpyFromSymbol(v.data(), g_timeline, v.size() * sizeof(long long)));
+  std::vector<long long> zero(v.size(), -1);
+  XY_CUDA_CHECK(cudaMemcpyToSymbol(g_timeline, zero.data(), zero.size() * sizeof(long long)));
+  return v;
+}
+#endif
 
 void launch_attention_wgmma(const AttentionArgs& a, cudaStream_t stream) {
   if (a.num_tasks == 0) return;

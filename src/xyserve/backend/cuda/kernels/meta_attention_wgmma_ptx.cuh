@@ -2,7 +2,8 @@
 // wrappers (gemm_ptx.cuh: mbarrier, setmaxnreg, wgmma fence/commit/wait, cp.async, griddepcontrol;
 // and gemm_wgmma_ptx.cuh: m64n128k16 with both operands in shared memory) do not cover: wgmma with
 // A in registers and B transposed (P V), shared-memory descriptors with a leading byte offset,
-// the 3-D TMA load of paged K/V, cp.async completion on an mbarrier, the proxy fence,
+// the 3-D TMA load of paged K/V, the 4-D TMA store of output rows, stmatrix, cp.async completion
+// on an mbarrier, the proxy fence,
 // ex2.approx. Also the shared-memory layout of a 128B-swizzled tile, so that the kernel and its
 // building-block test (tests/cuda/attention_wgmma_blocks_test.cu) place and fetch elements by the
 // same function (the KV cache's tensor map is host code: backend/cuda/tensor_maps.h). One
@@ -112,6 +113,28 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map
       "%6}], [%2];\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
+}
+
+// --- TMA store, 4-D tile (PTX 9.7.9.27, cp.async.bulk.tensor, .bulk_group completion) -----------
+// Stores the box of `map` at (c0 innermost, c1, c2, c3) from shared memory at `src`, in the
+// layout the same box's load writes (swizzle included). Reads shared memory through the async
+// proxy: the generic writes it reads need fence.proxy.async first. Completes through
+// bulk_commit_group / bulk_wait_group_read (gemm_ptx.cuh).
+__device__ __forceinline__ void tma_store_4d(const CUtensorMap* map, uint32_t src, int c0, int c1, int c2, int c3) {
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+               : "memory");
+}
+
+// --- stmatrix (PTX 9.7.14.5.16, stmatrix.sync.aligned.m8n8.x4.shared.b16) -----------------------
+// Four 8x8 bf16 matrices from the warp's registers into shared memory: register i of lane l holds
+// row l / 4, columns 2 (l % 4) and + 1 of matrix i (the mma accumulator fragment, packed), and
+// lanes 8 i .. 8 i + 7 give the addresses of matrix i's 8 rows (16 bytes each).
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0), "r"(r1),
+               "r"(r2), "r"(r3)
+               : "memory");
 }
 
 // --- cp.async completion on an mbarrier (PTX ISA: cp.async.mbarrier.arrive) --------------------
