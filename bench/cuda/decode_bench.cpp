@@ -6,6 +6,7 @@
 //                [--prefill 1024,4096,8192] [--steps 20] [--cuda-graphs 0|1|both]
 //                [--deterministic 0|1] [--gemm smooth|cublas|both] [--gemm-table FILE]
 //                [--attention auto|tensor-core] [--pdl 0|1]   (CudaBackendOptions::attention, pdl)
+//                [--block-size N]   (KV page size; default 64, as `xyserve serve` picks on a GPU)
 // Without --model, writes the preset's random checkpoint to /tmp/xy-<preset> (once).
 // --cuda-graphs both (the default) times the decode steps eagerly and with CUDA graphs, one
 // backend after the other (two would not fit beside each other's KV cache), side by side.
@@ -97,6 +98,7 @@ int main(int argc, char** argv) {
   bool deterministic = false;
   std::string attention = "auto";  // CudaBackendOptions::attention: auto | tensor-core
   bool pdl = true;                 // CudaBackendOptions::pdl
+  int block_size = 64;             // CudaBackendOptions::block_size
   std::vector<int> batches{1, 8, 32, 128, 256}, prefills{1024, 4096, 8192};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
@@ -112,6 +114,7 @@ int main(int argc, char** argv) {
     else if (k == "--gemm-table") gemm_table_path = v;
     else if (k == "--attention") attention = v;
     else if (k == "--pdl") pdl = v == "1";
+    else if (k == "--block-size") block_size = std::stoi(v);
     else { std::fprintf(stderr, "decode_bench: unknown flag %s\n", k.c_str()); return 2; }
   }
   std::vector<bool> modes;  // cuda_graphs of each backend, in order
@@ -155,6 +158,7 @@ int main(int argc, char** argv) {
   opt.max_logits_rows = std::max(256, *std::max_element(batches.begin(), batches.end()));
   opt.deterministic = deterministic;
   opt.pdl = pdl;
+  opt.block_size = block_size;
   if (attention != "auto" && attention != "tensor-core") {
     std::fprintf(stderr, "decode_bench: --attention takes auto or tensor-core, not %s\n", attention.c_str());
     return 2;

@@ -82,6 +82,25 @@ TEST_F(CliTest, BadFlagsAreUsageErrors) {
   EXPECT_NE(r.err.find("unknown command"), std::string::npos);
 }
 
+// --block-size: auto (16 on the CPU, 64 on a GPU), or a positive integer; the page size does not
+// change what greedy decoding writes.
+TEST_F(CliTest, BlockSizeIsAutoOrAPositiveIntegerAndDoesNotChangeGreedyText) {
+  const std::string base = "generate --model " + model() + " --prompt 'Once upon' --max-tokens 12 --ignore-eos "
+                           "--temperature 0 --device cpu --block-size ";
+  const CommandResult automatic = run_xyserve(base + "auto");
+  ASSERT_EQ(automatic.exit_code, 0) << automatic.err;
+  for (const char* size : {"16", "64", "1"}) {
+    const CommandResult r = run_xyserve(base + size);
+    ASSERT_EQ(r.exit_code, 0) << size << ": " << r.err;
+    EXPECT_EQ(r.out, automatic.out) << size;
+  }
+  for (const char* bad : {"0", "-16", "abc"}) {
+    const CommandResult r = run_xyserve(base + bad);
+    EXPECT_EQ(r.exit_code, 2) << bad;
+    EXPECT_NE(r.err.find("--block-size"), std::string::npos) << bad << ": " << r.err;
+  }
+}
+
 TEST_F(CliTest, MissingModelDirectoryIsNamedAndExitsNonZero) {
   const CommandResult r = run_xyserve("generate --model /nonexistent/model --prompt x");
   EXPECT_EQ(r.exit_code, 1) << r.err;

@@ -308,10 +308,11 @@ int run_bench(const std::vector<std::string>& args) {
   engine::EngineConfig config = engine_config_from_flags(flags, "bench", weights->config, nullptr);
   // Without --num-kv-blocks: enough for every request at once, so nothing is preempted.
   BackendRequest want;
+  const int64_t block_size = kv_block_size(flags, "bench");
   for (size_t i = 0; i < prompts.size(); ++i)
-    want.blocks_wanted += int32_t((int64_t(prompts[i].size()) + output_lens[i] +
-                                   config.scheduler.num_speculative_tokens + flags.get_int("block-size") - 1) /
-                                  flags.get_int("block-size"));
+    want.blocks_wanted += int32_t(
+        (int64_t(prompts[i].size()) + output_lens[i] + config.scheduler.num_speculative_tokens + block_size - 1) /
+        block_size);
   want.max_num_tokens = config.scheduler.max_num_batched_tokens;
   std::string device;
   auto backend = make_backend(flags, "bench", *weights, want, &device);

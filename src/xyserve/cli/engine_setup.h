@@ -22,6 +22,10 @@ namespace xy::cli {
 // --speculative-method, --num-speculative-tokens, --speculative-tree.
 void add_engine_flags(FlagSet& flags);
 
+// Tokens per KV cache block: --block-size, or for auto 64 when the backend will be CUDA (the
+// wgmma attention kernel's TMA boxes are one page each) and 16 on the CPU.
+int32_t kv_block_size(const FlagSet& flags, const std::string& command);
+
 // The scheduler, prefix caching and speculation settings of the flags; EOS ids from config.json
 // and tokenizer_config.json (tokenizer may be null). Throws InvalidArgument naming a bad flag.
 engine::EngineConfig engine_config_from_flags(const FlagSet& flags, const std::string& command,

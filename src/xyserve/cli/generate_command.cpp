@@ -83,7 +83,7 @@ int run_generate(const std::vector<std::string>& args) {
   engine::EngineConfig config = engine_config_from_flags(flags, "generate", weights->config, tokenizer.get());
   config.scheduler.max_model_len = int32_t(weights->config.max_position_embeddings);
   // One request: KV for the prompt, the output and a verify's drafts, and no more.
-  const int64_t block_size = flags.get_int("block-size");
+  const int64_t block_size = kv_block_size(flags, "generate");
   BackendRequest want;
   want.blocks_wanted = int32_t((total + config.scheduler.num_speculative_tokens + block_size) / block_size);
   want.max_num_tokens = config.scheduler.max_num_batched_tokens;

@@ -114,8 +114,8 @@ int run_serve(const std::vector<std::string>& args) {
   ec.scheduler.max_model_len = int32_t(max_model_len);
   BackendRequest want;
   // No more KV than every running request at full length could use.
-  want.blocks_useful = int64_t(ec.scheduler.max_num_seqs) *
-                       ((max_model_len + flags.get_int("block-size") - 1) / flags.get_int("block-size"));
+  const int64_t block_size = kv_block_size(flags, "serve");
+  want.blocks_useful = int64_t(ec.scheduler.max_num_seqs) * ((max_model_len + block_size - 1) / block_size);
   want.max_num_tokens = ec.scheduler.max_num_batched_tokens;
   // A node other than 0 of a multi-node group serves nothing itself: it runs node 0's steps.
   if (is_worker_node(flags)) return run_worker_node(flags, "serve", *weights, want);
