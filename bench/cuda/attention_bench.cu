@@ -1,7 +1,7 @@
 // Attention over the meta work list on the device: the Hopper wgmma kernel
 // (meta_attention_wgmma.cu, lists of 128-row tiles), the tensor-core kernel (meta_attention.cu)
 // and the first CUDA-core kernel (attention.cu), each followed by the split merge, on
-// Llama-3-8B heads (32 query, 8 KV, head_dim 128) over paged bf16 KV (block 16, blocks dealt
+// Llama-3-8B heads (32 query, 8 KV, head_dim 128) over paged bf16 KV (--block-size, 16 by default: pages dealt
 // from a shuffled pool). Prints one line per (case, kernel): time, TFLOP/s (4 * head_dim *
 // query heads * visible (query, key) pairs; a causal prefill of L counts L^2 / 2 pairs) and,
 // for decode and the hybrid mixes, TB/s of KV read (K and V of every context token, once per KV
