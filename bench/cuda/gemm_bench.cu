@@ -26,7 +26,22 @@
 // Output: tables on stdout and every measurement as CSV in the file named by --csv (default
 // gemm_bench.csv); a kernel timed with PDL appears as "<name>+pdl", an ablation configuration
 // as "<name>[<groups>x<unroll>-pf<d>]".
-// Usage: gemm_bench [--csv FILE] [--quick]   (--quick: M in {1, 8, 32, 64, 777, 4096})
+//
+// --lt-algos: instead of all the above (no timing, no CSV), one line per (shape, M) that the
+// sweep would run (all shapes; M as --quick / --ms choose), giving the configuration of the
+// algorithm that cuBLASLt's heuristic puts first, the one the sweep times as its baseline (asked
+// as xy::bench::CublasLtGemm asks: bf16 in and out, fp32 compute, 32 MiB workspace), read with
+// cublasLtMatmulAlgoConfigGetAttribute: CUBLASLT_ALGO_CONFIG_ID; TILE_ID as the enum names it
+// (CUBLASLT_MATMUL_TILE_128x64 prints 128x64: rows x columns of cuBLASLt's C, which is yᵀ, so
+// N x M in our terms: its 128x64 is our 64 x 128 tile); STAGES_ID likewise (stage size x number
+// of stages: CUBLASLT_MATMUL_STAGES_64x4 prints 64x4); SPLITK_NUM, REDUCTION_SCHEME, CTA_SWIZZLING,
+// CUSTOM_OPTION; with cuBLAS 12 or later CLUSTER_SHAPE_ID and INNER_SHAPE_ID (names from
+// bench/cuda/cublaslt_names.h; an id without a name prints as "<kind>#<id>", an attribute the
+// library refuses as "-"); then the heuristic's workspace size and waves count. What tile, ring
+// and split cuBLASLt runs where our kernels lose to it.
+// Usage: gemm_bench [--csv FILE] [--quick] [--ms M,M,...] [--lt-algos]
+//   --quick: M in {1, 8, 32, 64, 777, 4096}; --ms: the sweep at these M alone (no gemv ablation,
+//   no chain).
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -35,10 +50,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "bench/cuda/cublaslt_names.h"
 #include "bench/cuda/gemm_util.cuh"
 #include "xyserve/backend/cuda/gemm.h"
 #include "xyserve/backend/cuda/kernels/gemm_kernels.cuh"
@@ -588,15 +605,135 @@ void run_chain(cudaStream_t stream, double copy_tbps, xy::bench::CublasLtGemm& c
   }
 }
 
+// --- 4. cuBLASLt's choices (--lt-algos) -------------------------------------------------------
+
+// One attribute of an algorithm's configuration, whatever its width in this cuBLASLt (int32_t,
+// uint32_t or uint16_t: asked first with size 0); nullopt where the library refuses it.
+std::optional<int64_t> lt_config_value(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t attr) {
+  size_t size = 0;
+  if (cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, nullptr, 0, &size) != CUBLAS_STATUS_SUCCESS) {
+    return std::nullopt;
+  }
+  size_t written = 0;
+  if (size == 2) {
+    uint16_t v = 0;
+    if (cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, &v, sizeof(v), &written) == CUBLAS_STATUS_SUCCESS) return v;
+  } else if (size == 4) {  // int32_t (ID, SPLITK_NUM) or uint32_t with small values (the others)
+    int32_t v = 0;
+    if (cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, &v, sizeof(v), &written) == CUBLAS_STATUS_SUCCESS) return v;
+  } else if (size == 8) {
+    int64_t v = 0;
+    if (cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, &v, sizeof(v), &written) == CUBLAS_STATUS_SUCCESS) return v;
+  }
+  return std::nullopt;
+}
+
+std::string lt_config_text(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t attr,
+                           std::string (*name)(int64_t) = nullptr) {
+  const std::optional<int64_t> v = lt_config_value(algo, attr);
+  if (!v) return "-";
+  return name != nullptr ? name(*v) : std::to_string(*v);
+}
+
+// cuBLASLt's heuristic for y[m, n] = x[m, k] · W[n, k]ᵀ, asked exactly as xy::bench::CublasLtGemm
+// (gemm_util.cuh) asks it for the sweep's baseline: fp32 compute and scale, A = W (op T), B = x
+// (op N), bf16 C = D, at most 32 MiB of workspace, one result (its first algorithm).
+class LtHeuristic {
+ public:
+  LtHeuristic() {
+    XY_CUBLAS_CHECK(cublasLtCreate(&handle_));
+    XY_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
+    XY_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof(op_t)));
+    XY_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof(op_n)));
+    XY_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref_));
+    const size_t ws = kWorkspaceBytes;
+    XY_CUBLAS_CHECK(
+        cublasLtMatmulPreferenceSetAttribute(pref_, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  }
+  ~LtHeuristic() {
+    cublasLtMatmulPreferenceDestroy(pref_);
+    cublasLtMatmulDescDestroy(desc_);
+    cublasLtDestroy(handle_);
+  }
+  LtHeuristic(const LtHeuristic&) = delete;
+  LtHeuristic& operator=(const LtHeuristic&) = delete;
+
+  // The first result; nullopt when the heuristic has none.
+  std::optional<cublasLtMatmulHeuristicResult_t> first(int m, int n, int k) {
+    struct Layouts {
+      cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+      ~Layouts() {
+        if (a) cublasLtMatrixLayoutDestroy(a);
+        if (b) cublasLtMatrixLayoutDestroy(b);
+        if (c) cublasLtMatrixLayoutDestroy(c);
+      }
+    } l;
+    XY_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l.a, CUDA_R_16BF, k, n, k));  // W: [k, n] column-major
+    XY_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l.b, CUDA_R_16BF, k, m, k));  // x: [k, m]
+    XY_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l.c, CUDA_R_16BF, n, m, n));  // y: [n, m]
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    XY_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, desc_, l.a, l.b, l.c, l.c, pref_, 1, &result, &found));
+    if (found == 0) return std::nullopt;
+    return result;
+  }
+
+ private:
+  static constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // CublasLtGemm's
+  cublasLtHandle_t handle_{};
+  cublasLtMatmulDesc_t desc_{};
+  cublasLtMatmulPreference_t pref_{};
+};
+
+// One line per (shape, M of `ms`): the configuration of cuBLASLt's first heuristic algorithm.
+void print_lt_algos(const std::vector<int>& ms) {
+  LtHeuristic heuristic;
+  std::printf("cuBLASLt's first heuristic algorithm (the sweep's baseline); tile = rows x columns of its C = yᵀ "
+              "(N x M)\n");
+  std::printf("%-9s %-7s %5s %6s %6s | %5s %-9s %-8s %6s %-12s %7s %6s %-8s %-9s | %11s %6s\n", "model", "layer",
+              "M", "n", "k", "algo", "tile", "stages", "splitk", "reduction", "swizzle", "custom", "cluster",
+              "inner", "workspace", "waves");
+  for (const Shape& s : kShapes) {
+    for (int m : ms) {
+      const std::optional<cublasLtMatmulHeuristicResult_t> r = heuristic.first(m, s.n, s.k);
+      if (!r) {
+        std::printf("%-9s %-7s %5d %6d %6d | no algorithm\n", s.model, s.layer, m, s.n, s.k);
+        continue;
+      }
+      const cublasLtMatmulAlgo_t& a = r->algo;
+#if CUBLAS_VER_MAJOR >= 12
+      const std::string cluster =
+          lt_config_text(a, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, xy::bench::lt_cluster_shape_name);
+      const std::string inner = lt_config_text(a, CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID, xy::bench::lt_inner_shape_name);
+#else
+      const std::string cluster = "n/a", inner = "n/a";  // not in this cuBLASLt's configuration
+#endif
+      std::printf("%-9s %-7s %5d %6d %6d | %5s %-9s %-8s %6s %-12s %7s %6s %-8s %-9s | %11zu %6.2f\n", s.model, s.layer,
+                  m, s.n, s.k, lt_config_text(a, CUBLASLT_ALGO_CONFIG_ID).c_str(),
+                  lt_config_text(a, CUBLASLT_ALGO_CONFIG_TILE_ID, xy::bench::lt_tile_name).c_str(),
+                  lt_config_text(a, CUBLASLT_ALGO_CONFIG_STAGES_ID, xy::bench::lt_stages_name).c_str(),
+                  lt_config_text(a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM).c_str(),
+                  lt_config_text(a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, xy::bench::lt_reduction_scheme_name).c_str(),
+                  lt_config_text(a, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING).c_str(),
+                  lt_config_text(a, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION).c_str(), cluster.c_str(), inner.c_str(),
+                  r->workspaceSize, double(r->wavesCount));
+    }
+    std::fflush(stdout);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string csv_path = "gemm_bench.csv";
   bool quick = false;
+  bool lt_algos = false;  // --lt-algos: print cuBLASLt's choices and stop
   std::vector<int> only_ms;  // --ms M,M,...: the sweep at these M alone (no gemv ablation, no chain)
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--csv") == 0 && i + 1 < argc) csv_path = argv[++i];
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    if (std::strcmp(argv[i], "--lt-algos") == 0) lt_algos = true;
     if (std::strcmp(argv[i], "--ms") == 0 && i + 1 < argc) {
       for (const char* p = argv[++i]; *p != '\0';) {
         char* end = nullptr;
@@ -613,6 +750,10 @@ int main(int argc, char** argv) {
   std::vector<int> ms = !only_ms.empty() ? only_ms
                         : quick          ? std::vector<int>(std::begin(kQuickMs), std::end(kQuickMs))
                                          : std::vector<int>(std::begin(kMs), std::end(kMs));
+  if (lt_algos) {
+    print_lt_algos(ms);
+    return 0;
+  }
   for (int m : only_ms.empty() ? std::vector<int>(std::begin(kChainMs), std::end(kChainMs)) : std::vector<int>{}) {
     if (std::count(ms.begin(), ms.end(), m) != 1) {
       std::fprintf(stderr, "gemm_bench: chain M %d is not in the sweep's list\n", m);
