@@ -39,18 +39,47 @@
 // bench/cuda/cublaslt_names.h; an id without a name prints as "<kind>#<id>", an attribute the
 // library refuses as "-"); then the heuristic's workspace size and waves count. What tile, ring
 // and split cuBLASLt runs where our kernels lose to it.
-// Usage: gemm_bench [--csv FILE] [--quick] [--ms M,M,...] [--lt-algos]
+//
+// --timeline KERNEL (a build with the CMake option XY_GEMM_TIMELINE, or -DXY_GEMM_TIMELINE=1 on
+// nvcc's line for gemm_wgmma_sk.cu and this file; KERNEL a stream-K kernel as the sweep names it,
+// e.g. wgmma_sk_128x256): instead of all the above (no CSV), where that kernel's CTAs spend their
+// time. Per (shape, M) of the sweep's list (all shapes; M as --quick / --ms choose): one warm-up
+// launch, then one launch outside CUDA graphs on another buffer set (cold W, as in the sweep),
+// whose timeline (gemm_kernels.cuh: SkSegmentField, SkCtaField) prints as
+//   line 1: CTAs, SMs, tiles x K blocks, K blocks a CTA; the span (last CTA exit - first CTA entry,
+//           %globaltimer) and the share of (SMs x span) during which an SM held a running CTA;
+//           the SM clock the conversions use (cudaDevAttrClockRate) and the one measured
+//           (clock64 over globaltimer, consumer entry to exit);
+//   line 2: CTA entry and exit times, min/median/max after the first entry (idle SMs at the
+//           start, the tail at the end; globaltimer's step depends on the GPU); medians
+//           over CTAs, from the consumer's entry (its SM's clock): the producer's first and last
+//           TMA load, the consumer's first full barrier, the end of its last main loop, its exit;
+//   lines 3-4: whole and split segments (a segment: one CTA's run of K blocks of one tile), mean
+//           us per segment: wait for the first full barrier (from the segment's start), main loop
+//           (first full barrier to the last wgmma wait; also per K block), fix-up (split only;
+//           also by outcome: added its part and left / added, was last and stored / read the
+//           others' parts back without adding), epilogue (to the stores' issue);
+//   line 5: the consumer's busy time (entry to exit, mean a CTA) and each phase's share of it:
+//           setup (entry to its first segment), the four phases, rest (the final store wait,
+//           segments past the recorded 16).
+// The instrument costs the timed kernel a few stores per segment (and a few spilled registers
+// outside the main loop, ptxas: 128 x 256 and 128 x 128 at two CTAs per SM); it is off in
+// every real build, where the kernel compiles to the same code.
+// Usage: gemm_bench [--csv FILE] [--quick] [--ms M,M,...] [--lt-algos] [--timeline KERNEL]
 //   --quick: M in {1, 8, 32, 64, 777, 4096}; --ms: the sweep at these M alone (no gemv ablation,
 //   no chain).
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <numeric>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -723,17 +752,204 @@ void print_lt_algos(const std::vector<int>& ms) {
   }
 }
 
+// --- 5. the stream-K kernel's timeline (--timeline) ----------------------------------------------
+
+#if XY_GEMM_TIMELINE
+double median_of(std::vector<double> v) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Sums over one kind of segment (whole or split), in cycles.
+struct SegmentSums {
+  int64_t count = 0;
+  double k_blocks = 0, wait = 0, loop = 0, fixup = 0, epilogue = 0;
+  int64_t outcomes[3] = {};   // kSegCompleted: 0 added and left, 1 added and stored, 2 read back
+  double outcome_fixup[3] = {};
+};
+
+// Where the CTAs of one launch spend their time: the lines of the header comment.
+void print_sk_timeline(const xy::cuda::gemm_detail::SkTimeline& t, int num_sms, int khz) {
+  namespace gd = xy::cuda::gemm_detail;
+  const double us = 1e3 / double(khz);  // a cycle
+  auto cta_row = [&](int c) { return t.ctas.data() + size_t(c) * gd::kSkCtaFields; };
+  auto seg_row = [&](int c, int i) {
+    return t.segments.data() + (size_t(c) * gd::kSkTimelineSegments + i) * gd::kSkSegmentFields;
+  };
+  long long first_entry = LLONG_MAX, last_exit = LLONG_MIN;
+  int num_ctas = 0;
+  for (int c = 0; c < gd::kSkTimelineCtas; ++c) {
+    const long long* r = cta_row(c);
+    if (r[gd::kCtaEntryNs] < 0 || r[gd::kCtaExitNs] < 0) continue;
+    first_entry = std::min(first_entry, r[gd::kCtaEntryNs]);
+    last_exit = std::max(last_exit, r[gd::kCtaExitNs]);
+    ++num_ctas;
+  }
+  if (num_ctas == 0) {
+    std::printf("  no timeline recorded\n");
+    return;
+  }
+  const double span_ns = double(last_exit - first_entry);
+  std::map<long long, std::pair<long long, long long>> sm_busy;  // SM -> (first entry, last exit)
+  std::vector<double> entries, exits, first_loads, last_loads, first_fulls, last_mains, outs, k_blocks;
+  std::set<long long> tiles;
+  long long k_iters = 0, unrecorded = 0;
+  double ns = 0, busy = 0, setup = 0;  // consumer entry to exit: globaltimer, cycles
+  SegmentSums sums[2];  // [split]
+  for (int c = 0; c < gd::kSkTimelineCtas; ++c) {
+    const long long* r = cta_row(c);
+    if (r[gd::kCtaEntryNs] < 0 || r[gd::kCtaExitNs] < 0) continue;
+    const long long in = r[gd::kCtaConsumerIn];
+    entries.push_back(1e-3 * double(r[gd::kCtaEntryNs] - first_entry));
+    exits.push_back(1e-3 * double(r[gd::kCtaExitNs] - first_entry));
+    auto [it, fresh] = sm_busy.try_emplace(r[gd::kCtaSm], r[gd::kCtaEntryNs], r[gd::kCtaExitNs]);
+    if (!fresh) {
+      it->second.first = std::min(it->second.first, r[gd::kCtaEntryNs]);
+      it->second.second = std::max(it->second.second, r[gd::kCtaExitNs]);
+    }
+    ns += double(r[gd::kCtaExitNs] - r[gd::kCtaEntryNs]);
+    busy += double(r[gd::kCtaConsumerOut] - in);
+    if (r[gd::kCtaFirstLoad] >= 0) first_loads.push_back(double(r[gd::kCtaFirstLoad] - in) * us);
+    if (r[gd::kCtaLastLoad] >= 0) last_loads.push_back(double(r[gd::kCtaLastLoad] - in) * us);
+    outs.push_back(double(r[gd::kCtaConsumerOut] - in) * us);
+    const int recorded = int(std::min<long long>(r[gd::kCtaNumSegments], gd::kSkTimelineSegments));
+    unrecorded += r[gd::kCtaNumSegments] - recorded;
+    double cta_k_blocks = 0;
+    for (int i = 0; i < recorded; ++i) {
+      const long long* e = seg_row(c, i);
+      if (e[gd::kSegStart] < 0 || e[gd::kSegEpilogueDone] < 0) continue;
+      const bool split = e[gd::kSegSplit] != 0;
+      const long long blocks = e[gd::kSegKbEnd] - e[gd::kSegKbBegin];
+      const long long fixed = split ? e[gd::kSegFixupDone] : e[gd::kSegMainDone];
+      SegmentSums& m = sums[split];
+      ++m.count;
+      m.k_blocks += double(blocks);
+      m.wait += double(e[gd::kSegFirstFull] - e[gd::kSegStart]);
+      m.loop += double(e[gd::kSegMainDone] - e[gd::kSegFirstFull]);
+      m.fixup += double(fixed - e[gd::kSegMainDone]);
+      m.epilogue += double(e[gd::kSegEpilogueDone] - fixed);
+      const long long outcome = std::clamp<long long>(e[gd::kSegCompleted], 0, 2);
+      ++m.outcomes[outcome];
+      m.outcome_fixup[outcome] += double(fixed - e[gd::kSegMainDone]);
+      if (i == 0) {
+        setup += double(e[gd::kSegStart] - in);
+        first_fulls.push_back(double(e[gd::kSegFirstFull] - in) * us);
+      }
+      if (i == recorded - 1) last_mains.push_back(double(e[gd::kSegMainDone] - in) * us);
+      cta_k_blocks += double(blocks);
+      tiles.insert(e[gd::kSegTile]);
+      k_iters = std::max(k_iters, e[gd::kSegKbEnd]);
+    }
+    k_blocks.push_back(cta_k_blocks);
+  }
+  double sm_ns = 0;
+  for (const auto& [sm, iv] : sm_busy) sm_ns += double(iv.second - iv.first);
+  const double mean_k_blocks = std::accumulate(k_blocks.begin(), k_blocks.end(), 0.0) / double(k_blocks.size());
+  std::printf("  %d CTAs on %zu SMs, %zu tiles x %lld K blocks, %.1f K blocks a CTA (%.0f-%.0f); span %.1f us, "
+              "SMs busy %.0f%% of SMs x span; clock %d MHz (measured %.0f)\n",
+              num_ctas, sm_busy.size(), tiles.size(), k_iters, mean_k_blocks,
+              *std::min_element(k_blocks.begin(), k_blocks.end()), *std::max_element(k_blocks.begin(), k_blocks.end()),
+              1e-3 * span_ns, 100 * sm_ns / (double(num_sms) * span_ns), khz / 1000, 1e3 * busy / ns);
+  std::sort(entries.begin(), entries.end());
+  std::sort(exits.begin(), exits.end());
+  std::printf("  entry +%.2f/%.2f/%.2f us, exit +%.2f/%.2f/%.2f us (min/median/max after the first entry); from the "
+              "consumer's entry (medians): producer's first TMA load +%.2f, last +%.2f; first full barrier +%.2f, "
+              "last main loop done +%.2f, exit +%.2f us\n",
+              entries.front(), median_of(entries), entries.back(), exits.front(), median_of(exits), exits.back(),
+              median_of(first_loads), median_of(last_loads), median_of(first_fulls), median_of(last_mains),
+              median_of(outs));
+  for (const bool split : {false, true}) {
+    const SegmentSums& m = sums[split];
+    if (m.count == 0) {
+      std::printf("  %-5s   0 segments\n", split ? "split" : "whole");
+      continue;
+    }
+    const double n = double(m.count);
+    std::printf("  %-5s %3lld segments, %5.1f K blocks: wait first full %.2f, main %.2f (%.3f a K block), "
+                "fix-up %.2f, epilogue %.2f us",
+                split ? "split" : "whole", (long long)m.count, m.k_blocks / n, m.wait / n * us, m.loop / n * us,
+                m.loop / m.k_blocks * us, m.fixup / n * us, m.epilogue / n * us);
+    if (split) {
+      auto mean_fixup = [&](int o) { return m.outcomes[o] ? m.outcome_fixup[o] / double(m.outcomes[o]) * us : 0.0; };
+      std::printf("; fix-up by outcome: added and left %lld (%.2f us), added and stored %lld (%.2f), read back "
+                  "and stored %lld (%.2f)",
+                  (long long)m.outcomes[0], mean_fixup(0), (long long)m.outcomes[1], mean_fixup(1),
+                  (long long)m.outcomes[2], mean_fixup(2));
+    }
+    std::printf("\n");
+  }
+  const double wait = sums[0].wait + sums[1].wait, loop = sums[0].loop + sums[1].loop;
+  const double fixup = sums[0].fixup + sums[1].fixup, epilogue = sums[0].epilogue + sums[1].epilogue;
+  const double rest = busy - setup - wait - loop - fixup - epilogue;
+  std::printf("  consumer busy %.2f us a CTA: setup %.0f%%, wait first full %.0f%%, main loop %.0f%%, fix-up %.0f%%, "
+              "epilogue %.0f%%, rest %.0f%%",
+              busy / num_ctas * us, 100 * setup / busy, 100 * wait / busy, 100 * loop / busy, 100 * fixup / busy,
+              100 * epilogue / busy, 100 * rest / busy);
+  if (unrecorded > 0) std::printf(" (%lld segments past the first %d of their CTA not recorded)", unrecorded,
+                                  gd::kSkTimelineSegments);
+  std::printf("\n");
+}
+
+// Per (shape, M of `ms`): one warm-up launch of `kernel`, then one on another buffer set, whose
+// timeline prints.
+void run_timeline(GemmKernel kernel, const std::vector<int>& ms, cudaStream_t stream, int num_sms) {
+  namespace gd = xy::cuda::gemm_detail;
+  int khz = 0;
+  XY_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0));
+  const char* name = xy::cuda::gemm_kernel_name(kernel);
+  std::printf("timeline of %s: one launch outside graphs after a warm-up, cold W; us at %d MHz unless said\n", name,
+              khz / 1000);
+  const int max_m = *std::max_element(ms.begin(), ms.end());
+  uint64_t seed = 100;
+  for (const Shape& s : kShapes) {
+    Buffers b = make_buffers(s, max_m, seed);
+    seed += 1000;
+    size_t bytes = 256;
+    for (int m : ms) bytes = std::max(bytes, xy::cuda::gemm_workspace_bytes(kernel, m, s.n, s.k));
+    DeviceBuffer ws(bytes);
+    XY_CUDA_CHECK(cudaMemset(ws.as<void>(), 0, bytes));  // the stream-K kernels leave it zeroed
+    XY_CUDA_CHECK(cudaDeviceSynchronize());
+    for (int m : ms) {
+      std::printf("%s %s M=%d (n %d, k %d) %s\n", s.model, s.layer, m, s.n, s.k, name);
+      if (const char* why = xy::cuda::gemm_unsupported_reason(kernel, m, s.n, s.k); *why != '\0') {
+        std::printf("  not run: %s\n", why);
+        continue;
+      }
+      auto launch = [&](int set) {
+        const xy::cuda::GemmArgs args{b.x[set].as<bf16>(), b.w[set].as<bf16>(), b.y[set].as<bf16>(), m, s.n, s.k,
+                                      ws.as<void>(), ws.bytes()};
+        xy::cuda::gemm_launch(kernel, args, stream);
+      };
+      launch(0);               // module load, attributes, plans; warms the clocks
+      gd::take_sk_timeline();  // waits for it; clears
+      launch(1 % b.sets);
+      print_sk_timeline(gd::take_sk_timeline(), num_sms, khz);
+      std::fflush(stdout);
+    }
+  }
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string csv_path = "gemm_bench.csv";
   bool quick = false;
   bool lt_algos = false;  // --lt-algos: print cuBLASLt's choices and stop
+  const char* timeline = nullptr;  // --timeline KERNEL: print that kernel's timeline and stop
   std::vector<int> only_ms;  // --ms M,M,...: the sweep at these M alone (no gemv ablation, no chain)
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--csv") == 0 && i + 1 < argc) csv_path = argv[++i];
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
     if (std::strcmp(argv[i], "--lt-algos") == 0) lt_algos = true;
+    if (std::strcmp(argv[i], "--timeline") == 0) {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "gemm_bench: --timeline wants a kernel name (wgmma_sk_128x256, ...)\n");
+        return 2;
+      }
+      timeline = argv[++i];
+    }
     if (std::strcmp(argv[i], "--ms") == 0 && i + 1 < argc) {
       for (const char* p = argv[++i]; *p != '\0';) {
         char* end = nullptr;
@@ -753,6 +969,34 @@ int main(int argc, char** argv) {
   if (lt_algos) {
     print_lt_algos(ms);
     return 0;
+  }
+  if (timeline != nullptr) {
+#if XY_GEMM_TIMELINE
+    const auto kernels = xy::cuda::all_gemm_kernels();
+    const auto it = std::find_if(kernels.begin(), kernels.end(), [&](GemmKernel k) {
+      return std::strcmp(xy::cuda::gemm_kernel_name(k), timeline) == 0;
+    });
+    if (it == kernels.end() || std::strncmp(timeline, "wgmma_sk_", 9) != 0) {
+      std::string names;
+      for (GemmKernel k : kernels) {
+        const char* n = xy::cuda::gemm_kernel_name(k);
+        if (std::strncmp(n, "wgmma_sk_", 9) == 0) names += xy::cat(names.empty() ? "" : ", ", n);
+      }
+      std::fprintf(stderr, "gemm_bench: --timeline: no stream-K kernel named '%s' (%s)\n", timeline, names.c_str());
+      return 2;
+    }
+    cudaDeviceProp prop{};
+    XY_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    cudaStream_t stream;
+    XY_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    run_timeline(*it, ms, stream, prop.multiProcessorCount);
+    XY_CUDA_CHECK(cudaStreamDestroy(stream));
+    return 0;
+#else
+    std::fprintf(stderr, "gemm_bench: --timeline %s needs a build with XY_GEMM_TIMELINE (CMake "
+                 "-DXY_GEMM_TIMELINE=ON, or -DXY_GEMM_TIMELINE=1 on nvcc's line)\n", timeline);
+    return 2;
+#endif
   }
   for (int m : only_ms.empty() ? std::vector<int>(std::begin(kChainMs), std::end(kChainMs)) : std::vector<int>{}) {
     if (std::count(ms.begin(), ms.end(), m) != 1) {

@@ -11,6 +11,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <utility>
+#if XY_GEMM_TIMELINE
+#include <vector>
+#endif
 
 #include "xyserve/backend/cuda/kernels/launch.cuh"
 
@@ -89,5 +92,51 @@ cudaError_t launch_wgmma(int bn, const __nv_bfloat16* x, const __nv_bfloat16* w,
 size_t wgmma_sk_workspace_bytes(int bm, int bn, int ctas_per_sm, int m, int n, int k);
 cudaError_t launch_wgmma_sk(int bm, int bn, int ctas_per_sm, const __nv_bfloat16* x, const __nv_bfloat16* w,
                             __nv_bfloat16* y, int m, int n, int k, void* workspace, bool pdl, cudaStream_t stream);
+
+// The stream-K kernel's timeline instrument, compiled in only with the CMake option
+// XY_GEMM_TIMELINE (a bench build; gemm_bench --timeline prints it). Thread 0 of consumer 0 of
+// each CTA (the first kSkTimelineCtas: every CTA of a grid of up to 2 per SM on 132 SMs) records
+// its segments (runs of K blocks of one tile, in its order; the first kSkTimelineSegments) and the
+// CTA's own stamps. Clock stamps are clock64() (cycles of the CTA's SM, comparable only within a
+// CTA); the *Ns fields are %globaltimer (ns, comparable across CTAs).
+enum SkSegmentField : int {
+  kSegTile,          // tile index in the schedule's order (m-major at mid M)
+  kSegKbBegin,       // K blocks [kb_begin, kb_end) of the tile
+  kSegKbEnd,
+  kSegSplit,         // 1: part of a tile shared with other CTAs (fix-up through the workspace)
+  kSegCompleted,     // 0: added its part and left; 1: stored the tile (whole, or last to add);
+                     // 2: stored it without adding (every other part was in: read back only)
+  kSegStart,         // clock: the consumer starts the segment
+  kSegFirstFull,     // clock: its first K block's full barrier passed
+  kSegMainDone,      // clock: after the last wgmma wait
+  kSegFixupDone,     // clock: after the reduction / read-back (split segments; -1 otherwise)
+  kSegEpilogueDone,  // clock: the segment's end (the next one's start): its stores issued, or
+                     // its part added when another CTA stores the tile (= kSegFixupDone then)
+};
+inline constexpr int kSkSegmentFields = 10;
+enum SkCtaField : int {
+  kCtaConsumerIn,   // clock: the consumer's kernel entry
+  kCtaConsumerOut,  // clock: its exit (after its last store has read shared memory)
+  kCtaFirstLoad,    // clock: the producer issued its first TMA load (-1: none)
+  kCtaLastLoad,     // clock: ... its last
+  kCtaEntryNs,      // globaltimer at the consumer's entry
+  kCtaExitNs,       // ... and exit
+  kCtaSm,           // %smid
+  kCtaNumSegments,  // the CTA's segments, recorded or not
+};
+inline constexpr int kSkCtaFields = 8;
+// (Named apart from the attention instrument's kTimelineCtas in xy::cuda, which is 132.)
+inline constexpr int kSkTimelineCtas = 2 * 132;
+inline constexpr int kSkTimelineSegments = 16;
+#if XY_GEMM_TIMELINE
+struct SkTimeline {
+  std::vector<long long> segments;  // [kSkTimelineCtas][kSkTimelineSegments][kSkSegmentFields]
+  std::vector<long long> ctas;      // [kSkTimelineCtas][kSkCtaFields]
+};
+// Waits for the device, returns what the launches since the last call recorded and clears it
+// (-1: no CTA, no segment, no stamp). Call it once before the launch to look at (the arrays start
+// at zero) and let only that launch run in between: every launch writes the same places.
+SkTimeline take_sk_timeline();
+#endif
 
 }  // namespace xy::cuda::gemm_detail

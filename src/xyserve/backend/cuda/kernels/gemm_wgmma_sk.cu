@@ -48,6 +48,11 @@
 // Programmatic dependent launch: the producer requests the first kStages blocks of W (and the
 // next kWPrefetch into L2) before griddepcontrol.wait (no kernel writes W), x only after it; the
 // consumers wait before they touch y or the workspace.
+//
+// Timeline instrument (CMake option XY_GEMM_TIMELINE, bench builds only): thread 0 of consumer 0
+// stamps each segment's phases and the CTA's entry and exit, the producer its first and last TMA
+// load (SkSegmentField, SkCtaField in gemm_kernels.cuh); gemm_bench --timeline prints where a
+// CTA's time goes. Off, every stamp is behind `if constexpr (kTimeline)`: the same code.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -56,6 +61,11 @@
 #include <atomic>
 #include <climits>
 #include <cstdint>
+#if XY_GEMM_TIMELINE
+#include <vector>
+
+#include "xyserve/backend/cuda/cuda_check.h"
+#endif
 
 #include "xyserve/backend/cuda/kernels/gemm_kernels.cuh"
 #include "xyserve/backend/cuda/kernels/gemm_ptx.cuh"
@@ -69,6 +79,42 @@ constexpr int kMaxAlignedMTiles = 8;
 constexpr int kRasterGroupM = 8;
 constexpr int kMaxSmemBytes = 227 * 1024;  // per block, sm_90
 constexpr int kSmPerSmBytes = 228 * 1024;  // per SM, of which 1 KB per resident block is the driver's
+
+#ifndef XY_GEMM_TIMELINE
+#define XY_GEMM_TIMELINE 0
+#endif
+constexpr bool kTimeline = XY_GEMM_TIMELINE != 0;
+#if XY_GEMM_TIMELINE
+__device__ long long g_sk_timeline[kSkTimelineCtas][kSkTimelineSegments][kSkSegmentFields];
+__device__ long long g_sk_timeline_cta[kSkTimelineCtas][kSkCtaFields];
+#endif
+
+// The instrument's accessors, defined in every build (the kernel names them in discarded
+// `if constexpr` branches), empty without it.
+__device__ __forceinline__ long long global_ns() {  // %globaltimer: ns, one clock for all SMs
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return static_cast<long long>(t);
+}
+__device__ __forceinline__ long long sm_id() {
+  uint32_t id;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+  return id;
+}
+// Each stamp goes straight to global memory (a store in flight costs the recorder nothing; a
+// stamp kept in registers through the main loop made the consumers spill).
+__device__ __forceinline__ void timeline_put_segment(int i, int field, long long v) {
+#if XY_GEMM_TIMELINE
+  if (blockIdx.x < kSkTimelineCtas && static_cast<unsigned>(i) < kSkTimelineSegments) {
+    g_sk_timeline[blockIdx.x][i][field] = v;
+  }
+#endif
+}
+__device__ __forceinline__ void timeline_put_cta(int field, long long v) {
+#if XY_GEMM_TIMELINE
+  if (blockIdx.x < kSkTimelineCtas) g_sk_timeline_cta[blockIdx.x][field] = v;
+#endif
+}
 
 template <int kBM_, int kBN_, int kCtasPerSm_>
 struct SkTraits {
@@ -219,6 +265,12 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
                     const __grid_constant__ CUtensorMap map_y, __nv_bfloat16* __restrict__ y,
                     const SkSchedule sched, uint32_t* __restrict__ counters, float* __restrict__ partials) {
   using T = SkTraits<kBM, kBN, kCtasPerSm>;
+  if constexpr (kTimeline) {
+    if (threadIdx.x == T::kConsumerThread0) {  // the consumer thread that records the timeline
+      timeline_put_cta(kCtaConsumerIn, clock64());
+      timeline_put_cta(kCtaEntryNs, global_ns());
+    }
+  }
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t full_bar[T::kStages];
   __shared__ __align__(8) uint64_t empty_bar[T::kStages];
@@ -255,6 +307,7 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
         if (g < T::kStages) {
           ptx::mbarrier_arrive_expect_tx(&full_bar[g], T::kStageBytes);
           ptx::tma_load_2d(b_tiles + g * T::kBTileBytes, &map_w, &full_bar[g], kb * T::kBK, n_tile * T::kBN);
+          if constexpr (kTimeline) if (g == 0) timeline_put_cta(kCtaFirstLoad, clock64());
         } else {
           ptx::tma_prefetch_l2_2d(&map_w, kb * T::kBK, n_tile * T::kBN);
         }
@@ -289,6 +342,7 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
         ptx::tma_load_2d(a_tiles + s * T::kATileBytes, &map_x, &full_bar[s], kb * T::kBK, m_tile * T::kBM);
       }
     }
+    if constexpr (kTimeline) timeline_put_cta(kCtaLastLoad, clock64());
     // Every load is issued: the next kernel may start on the SMs that this grid frees (a hint;
     // it still waits for this grid's completion). The consumers issue it too, at their last
     // segment, whether the hardware counts a CTA's first thread or all of them.
@@ -311,6 +365,14 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
   int fixups = 0;
 
   for (int i = 0; i < work.num_segments; ++i) {
+    // Timeline: every field of segment i is written in each launch (none left from an earlier one).
+    if constexpr (kTimeline) {
+      if (ct == 0) {  // segment i - 1 ended where segment i starts
+        const long long now = clock64();
+        timeline_put_segment(i, kSegStart, now);
+        if (i > 0) timeline_put_segment(i - 1, kSegEpilogueDone, now);
+      }
+    }
     if (i == work.num_segments - 1) ptx::griddep_launch_dependents();
     // Only the count of K blocks is live through the main loop; the rest is recomputed after it.
     const int num_iters = [&] {
@@ -323,6 +385,15 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
     float d[T::kAcc];
 #pragma unroll
     for (int j = 0; j < T::kAcc; ++j) d[j] = 0.f;
+    if constexpr (kTimeline) {
+      // The first block's wait, ahead of the loop (a stamp inside it kept an address live through
+      // the main loop): the loop's own wait then passes at once, as stage g % kStages cannot
+      // complete another phase before this consumer releases it.
+      if (num_iters > 0) {
+        ptx::mbarrier_wait(&full_bar[g % T::kStages], (g / T::kStages) & 1);
+        if (ct == 0) timeline_put_segment(i, kSegFirstFull, clock64());
+      }
+    }
     for (int it = 0; it < num_iters; ++it, ++g) {
       const int s = g % T::kStages;
       ptx::mbarrier_wait(&full_bar[s], (g / T::kStages) & 1);
@@ -350,6 +421,17 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
     uint32_t seen = 0;
     if (split && ct == 0) seen = ptx::ld_relaxed_gpu(&counters[slot]);
     ptx::wgmma_wait<0>();
+    if constexpr (kTimeline) {
+      if (ct == 0) {
+        timeline_put_segment(i, kSegMainDone, clock64());
+        timeline_put_segment(i, kSegTile, seg.tile);
+        timeline_put_segment(i, kSegKbBegin, seg.kb_begin);
+        timeline_put_segment(i, kSegKbEnd, seg.kb_end);
+        timeline_put_segment(i, kSegSplit, split);
+        timeline_put_segment(i, kSegCompleted, 1);
+        timeline_put_segment(i, kSegFixupDone, -1);
+      }
+    }
     if (num_iters > 0 && leader) ptx::mbarrier_arrive(&empty_bar[(g - 1) % T::kStages]);
     int m_tile, n_tile;
     tile_coords(sched, seg.tile, m_tile, n_tile);
@@ -383,6 +465,7 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
         flags[0] = all_in;
       }
       ptx::named_barrier_sync(1, 256);
+      if constexpr (kTimeline) if (ct == 0 && flags[0]) timeline_put_segment(i, kSegCompleted, 2);
       bool own_in_slot = false;
       if (!flags[0]) {
         if (rows_live) {
@@ -399,7 +482,15 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
           flags[1] = last;
         }
         ptx::named_barrier_sync(1, 256);
-        if (!flags[1]) continue;  // another CTA completes the tile
+        if (!flags[1]) {  // another CTA completes the tile
+          if constexpr (kTimeline) {
+            if (ct == 0) {
+              timeline_put_segment(i, kSegFixupDone, clock64());
+              timeline_put_segment(i, kSegCompleted, 0);
+            }
+          }
+          continue;
+        }
         own_in_slot = true;
       }
       if (rows_live) {
@@ -417,12 +508,14 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
         }
       }
       if (ct == 0) counters[slot] = 0;  // the next launch (stream-ordered) starts from zero
+      if constexpr (kTimeline) if (ct == 0) timeline_put_segment(i, kSegFixupDone, clock64());
     }
 
     // Store: 64 x 64 slabs through shared memory, one TMA store each. Fragment order of
     // m64nNk16 (PTX 9.7.15.5.1.1): d[4j + r] is at row warp*16 + lane/4 (+8 for r >= 2), column
     // 8j + 2*(lane%4) (+1 for odd r). In the slab, 16-byte chunk c of row r sits at chunk
     // c ^ (r % 8) (128-byte swizzle): the 8 rows a warp writes at once hit 32 different banks.
+    // (Never consumer 0, the timeline's recorder: its rows start the tile, which has some below M.)
     if (m_tile * T::kBM + row_base >= sched.m) continue;  // all of this consumer's rows past M
     if constexpr (!T::kStagedOut) {
       // No staging (two CTAs per SM): each thread stores its bf16 pairs, rows past M skipped.
@@ -461,7 +554,16 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
       }
     }
   }
+  if constexpr (kTimeline) if (ct == 0) timeline_put_segment(work.num_segments - 1, kSegEpilogueDone, clock64());
   if (T::kStagedOut && leader) ptx::bulk_wait_group<0>();  // shared memory must outlive the stores
+  if constexpr (kTimeline) {
+    if (ct == 0) {
+      timeline_put_cta(kCtaConsumerOut, clock64());
+      timeline_put_cta(kCtaExitNs, global_ns());
+      timeline_put_cta(kCtaSm, sm_id());
+      timeline_put_cta(kCtaNumSegments, work.num_segments);
+    }
+  }
 }
 
 size_t counters_bytes(int slots) { return (size_t(slots) * 4 + 255) / 256 * 256; }
@@ -550,6 +652,24 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
 }
 
 }  // namespace
+
+#if XY_GEMM_TIMELINE
+SkTimeline take_sk_timeline() {
+  SkTimeline t;
+  t.segments.resize(size_t(kSkTimelineCtas) * kSkTimelineSegments * kSkSegmentFields);
+  t.ctas.resize(size_t(kSkTimelineCtas) * kSkCtaFields);
+  XY_CUDA_CHECK(cudaDeviceSynchronize());
+  XY_CUDA_CHECK(cudaMemcpyFromSymbol(t.segments.data(), g_sk_timeline, t.segments.size() * sizeof(long long)));
+  XY_CUDA_CHECK(cudaMemcpyFromSymbol(t.ctas.data(), g_sk_timeline_cta, t.ctas.size() * sizeof(long long)));
+  const std::vector<long long> empty(t.segments.size(), -1);
+  XY_CUDA_CHECK(cudaMemcpyToSymbol(g_sk_timeline, empty.data(), t.segments.size() * sizeof(long long)));
+  XY_CUDA_CHECK(cudaMemcpyToSymbol(g_sk_timeline_cta, empty.data(), t.ctas.size() * sizeof(long long)));
+  // A copy from pageable memory may return before it lands; a launch on a non-blocking stream
+  // must not race it.
+  XY_CUDA_CHECK(cudaDeviceSynchronize());
+  return t;
+}
+#endif
 
 size_t wgmma_sk_workspace_bytes(int bm, int bn, int ctas_per_sm, int m, int n, int k) {
   const SkPlan plan = make_plan(bm, bn, ctas_per_sm, m, n, k);
