@@ -5,7 +5,9 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "xyserve/backend/cuda/cuda_check.h"
@@ -114,6 +116,27 @@ TEST(NcclCommunicatorTest, OneRankIsTheIdentity) {
 TEST(NcclCommunicatorTest, EveryGpuARank) {
   if (num_gpus() < 2) GTEST_SKIP() << "one GPU: no multi-rank NCCL run";
   run_ranks(num_gpus());
+}
+
+// Rank 0 of a 2-rank group whose rank 1 never comes: what node 0 meets when node 1 joined the
+// rendezvous and died before NCCL's set-up. One GPU is enough: the group never forms. The set-up
+// thread stays blocked in NCCL; the process goes on (and a new group works).
+TEST(NcclCommunicatorTest, APeerThatNeverJoinsTimesOutInsteadOfHanging) {
+  ASSERT_GT(num_gpus(), 0) << "no CUDA device: run the gpu label on the device machine";
+  const ncclUniqueId id = NcclCommunicator::make_unique_id();
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    make_nccl_group(id, /*first_rank=*/0, /*size=*/2, {0}, std::chrono::seconds(2));
+    FAIL() << "a 2-rank group formed with one rank";
+  } catch (const NcclTimeout& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("ranks 0..0 of 2"), std::string::npos) << what;
+    EXPECT_NE(what.find("2 s (--dist-timeout)"), std::string::npos) << what;
+  }
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_GE(elapsed, 1.9);
+  EXPECT_LT(elapsed, 5.0);
+  run_ranks(1);
 }
 
 }  // namespace

@@ -72,7 +72,9 @@ parallel::NodeRanks join_tensor_parallel_cuda_nodes(const model::ModelWeights& w
         std::memcpy(&id, group_id.data(), sizeof id);
         XY_CHECK(num_ranks == int32_t(devices.size()), num_ranks, " ranks for ", devices.size(), " devices");
         return make_tensor_parallel_cuda_backend(weights, options,
-                                                 parallel::make_nccl_group(id, first_rank, size, devices), devices,
+                                                 parallel::make_nccl_group(id, first_rank, size, devices,
+                                                                           nodes.rendezvous.timeout),
+                                                 devices,
                                                  [](parallel::Communicator& comm, cudaStream_t stream) {
                                                    static_cast<parallel::NcclCommunicator&>(comm).set_stream(stream);
                                                  });

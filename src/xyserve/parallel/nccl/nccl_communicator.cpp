@@ -1,5 +1,10 @@
 #include "xyserve/parallel/nccl/nccl_communicator.h"
 
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <thread>
+
 #include "xyserve/common/check.h"
 
 namespace xy::parallel {
@@ -90,15 +95,13 @@ std::vector<std::unique_ptr<Communicator>> make_nccl_group(const std::vector<int
   return ranks;
 }
 
-std::vector<std::unique_ptr<Communicator>> make_nccl_group(const ncclUniqueId& id, int32_t first_rank, int32_t size,
-                                                           const std::vector<int>& devices) {
-  XY_CHECK(!devices.empty() && first_rank >= 0 && first_rank + int32_t(devices.size()) <= size, "ranks [",
-           first_rank, ", +", devices.size(), ") of ", size);
-  int previous_device = 0;
-  cudaGetDevice(&previous_device);
+namespace {
+
+// This process's ranks of group `id`, blocking: ncclCommInitRank for each, in one NCCL group
+// call, each with its device current (NCCL requires both when one thread joins several ranks).
+std::vector<ncclComm_t> init_ranks(const ncclUniqueId& id, int32_t first_rank, int32_t size,
+                                   const std::vector<int>& devices) {
   std::vector<ncclComm_t> comms(devices.size());
-  // Several ranks of one process join from one thread: NCCL requires a group call around their
-  // ncclCommInitRank, each with its device current.
   XY_NCCL_CHECK(nullptr, ncclGroupStart());
   for (size_t i = 0; i < devices.size(); ++i) {
     const cudaError_t err = cudaSetDevice(devices[i]);
@@ -110,9 +113,48 @@ std::vector<std::unique_ptr<Communicator>> make_nccl_group(const ncclUniqueId& i
     XY_NCCL_CHECK(nullptr, ncclCommInitRank(&comms[i], size, id, first_rank + int32_t(i)));
   }
   XY_NCCL_CHECK(nullptr, ncclGroupEnd());
-  cudaSetDevice(previous_device);
+  return comms;
+}
+
+}  // namespace
+
+std::vector<std::unique_ptr<Communicator>> make_nccl_group(const ncclUniqueId& id, int32_t first_rank, int32_t size,
+                                                           const std::vector<int>& devices,
+                                                           std::chrono::milliseconds timeout) {
+  XY_CHECK(!devices.empty() && first_rank >= 0 && first_rank + int32_t(devices.size()) <= size, "ranks [",
+           first_rank, ", +", devices.size(), ") of ", size);
+  XY_CHECK(timeout.count() > 0, "timeout ", timeout.count(), " ms");
+  // The set-up's state is shared with its thread, which may outlive this call (timeout).
+  struct Setup {
+    std::mutex mutex;
+    std::condition_variable finished;
+    bool done = false;
+    std::vector<ncclComm_t> comms;
+    std::exception_ptr error;
+  };
+  auto setup = std::make_shared<Setup>();
+  std::thread([setup, id, first_rank, size, devices] {
+    std::vector<ncclComm_t> comms;
+    std::exception_ptr error;
+    try {
+      comms = init_ranks(id, first_rank, size, devices);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    std::lock_guard lock(setup->mutex);
+    setup->comms = std::move(comms);
+    setup->error = error;
+    setup->done = true;
+    setup->finished.notify_all();
+  }).detach();
+  std::unique_lock lock(setup->mutex);
+  if (!setup->finished.wait_for(lock, timeout, [&] { return setup->done; }))
+    throw NcclTimeout(cat("tensor parallel: NCCL ranks ", first_rank, "..", first_rank + int32_t(devices.size()) - 1,
+                          " of ", size, " not joined after ", double(timeout.count()) / 1000.0,
+                          " s (--dist-timeout): a peer did not join NCCL's set-up, or NCCL cannot reach it"));
+  if (setup->error) std::rethrow_exception(setup->error);
   std::vector<std::unique_ptr<Communicator>> ranks;
-  for (ncclComm_t c : comms) ranks.push_back(std::make_unique<NcclCommunicator>(c));
+  for (ncclComm_t c : setup->comms) ranks.push_back(std::make_unique<NcclCommunicator>(c));
   return ranks;
 }
 

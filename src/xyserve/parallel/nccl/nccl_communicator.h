@@ -15,6 +15,7 @@
 #include <nccl.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -28,6 +29,16 @@ class NcclError : public Error {
  public:
   using Error::Error;
 };
+
+// A group's ranks did not all join within the timeout (a peer process died or hangs after the
+// rendezvous, before or inside NCCL's own set-up).
+class NcclTimeout : public NcclError {
+ public:
+  using NcclError::NcclError;
+};
+
+// How long make_nccl_group waits by default for the other ranks: --dist-timeout's default.
+inline constexpr std::chrono::milliseconds kDefaultNcclTimeout{300'000};
 
 class NcclCommunicator : public Communicator {
  public:
@@ -80,8 +91,12 @@ std::vector<std::unique_ptr<Communicator>> make_nccl_group(const std::vector<int
 // names, rank first_rank + i on CUDA device devices[i]: the part of one node when the group
 // spans processes (parallel/node_group.h; the id comes from node 0 through the rendezvous).
 // Returns once every rank of every process has joined (ncclCommInitRank, in one NCCL group
-// call for this process's ranks).
+// call for this process's ranks). NCCL's set-up waits for the peers without a limit, so it runs
+// on a thread of its own: when the ranks have not all joined within `timeout`, this throws
+// NcclTimeout and leaves that thread blocked inside NCCL (NCCL cannot abort a communicator it has
+// not handed out yet): the caller is expected to end the process, which cannot serve anyway.
 std::vector<std::unique_ptr<Communicator>> make_nccl_group(const ncclUniqueId& id, int32_t first_rank, int32_t size,
-                                                           const std::vector<int>& devices);
+                                                           const std::vector<int>& devices,
+                                                           std::chrono::milliseconds timeout = kDefaultNcclTimeout);
 
 }  // namespace xy::parallel
