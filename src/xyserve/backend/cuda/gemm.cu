@@ -17,12 +17,16 @@ constexpr GemmKernel kAllKernels[] = {
     GemmKernel::kStreamT16N64, GemmKernel::kStreamT32N64, GemmKernel::kStreamT64N64,
     GemmKernel::kStreamT16N32, GemmKernel::kWgmma128x256, GemmKernel::kWgmma128x128,
     GemmKernel::kWgmmaSk128x256, GemmKernel::kWgmmaSk128x128, GemmKernel::kWgmmaSk64x256,
-    GemmKernel::kWgmmaSk128x128x2};
+    GemmKernel::kWgmmaSk128x128x2,
+    GemmKernel::kWgmmaDp64x64,   GemmKernel::kWgmmaDp64x96,   GemmKernel::kWgmmaDp64x128,
+    GemmKernel::kWgmmaDp64x192,  GemmKernel::kWgmmaDp128x96,  GemmKernel::kWgmmaDp128x128,
+    GemmKernel::kWgmmaDp128x144, GemmKernel::kWgmmaDp128x192, GemmKernel::kWgmmaDp128x224};
 
-enum class Family { kGemv, kStream, kWgmma, kWgmmaSk };
+enum class Family { kGemv, kStream, kWgmma, kWgmmaSk, kWgmmaDp };
 
 // The compiled tile of each kernel: tokens per tile (rows of x; 0 for the split-K wgmma kernels,
-// whose tile is 128), rows of W per tile (1 for the gemv kernels: any n), columns of K per block,
+// whose tile is 128), rows of W per tile (1 for the gemv kernels: any n; for the data-parallel
+// wgmma kernels not a divisor of n, which they pad virtually), columns of K per block,
 // CTAs per SM (the stream-K wgmma kernels' persistent grid).
 struct Tile {
   Family family;
@@ -48,6 +52,15 @@ Tile tile_of(GemmKernel kernel) {
     case GemmKernel::kWgmmaSk128x128: return {Family::kWgmmaSk, 128, 128, 64};
     case GemmKernel::kWgmmaSk64x256: return {Family::kWgmmaSk, 64, 256, 64};
     case GemmKernel::kWgmmaSk128x128x2: return {Family::kWgmmaSk, 128, 128, 64, 2};
+    case GemmKernel::kWgmmaDp64x64: return {Family::kWgmmaDp, 64, 64, 64};
+    case GemmKernel::kWgmmaDp64x96: return {Family::kWgmmaDp, 64, 96, 64};
+    case GemmKernel::kWgmmaDp64x128: return {Family::kWgmmaDp, 64, 128, 64};
+    case GemmKernel::kWgmmaDp64x192: return {Family::kWgmmaDp, 64, 192, 64};
+    case GemmKernel::kWgmmaDp128x96: return {Family::kWgmmaDp, 128, 96, 64};
+    case GemmKernel::kWgmmaDp128x128: return {Family::kWgmmaDp, 128, 128, 64};
+    case GemmKernel::kWgmmaDp128x144: return {Family::kWgmmaDp, 128, 144, 64};
+    case GemmKernel::kWgmmaDp128x192: return {Family::kWgmmaDp, 128, 192, 64};
+    case GemmKernel::kWgmmaDp128x224: return {Family::kWgmmaDp, 128, 224, 64};
   }
   return {Family::kWgmma, 0, 0, 0};
 }
@@ -74,6 +87,15 @@ const char* gemm_kernel_name(GemmKernel kernel) {
     case GemmKernel::kWgmmaSk128x128: return "wgmma_sk_128x128";
     case GemmKernel::kWgmmaSk64x256: return "wgmma_sk_64x256";
     case GemmKernel::kWgmmaSk128x128x2: return "wgmma_sk_128x128_x2";
+    case GemmKernel::kWgmmaDp64x64: return "wgmma_dp_64x64";
+    case GemmKernel::kWgmmaDp64x96: return "wgmma_dp_64x96";
+    case GemmKernel::kWgmmaDp64x128: return "wgmma_dp_64x128";
+    case GemmKernel::kWgmmaDp64x192: return "wgmma_dp_64x192";
+    case GemmKernel::kWgmmaDp128x96: return "wgmma_dp_128x96";
+    case GemmKernel::kWgmmaDp128x128: return "wgmma_dp_128x128";
+    case GemmKernel::kWgmmaDp128x144: return "wgmma_dp_128x144";
+    case GemmKernel::kWgmmaDp128x192: return "wgmma_dp_128x192";
+    case GemmKernel::kWgmmaDp128x224: return "wgmma_dp_128x224";
   }
   return "unknown";
 }
@@ -90,7 +112,17 @@ const char* gemm_unsupported_reason(GemmKernel kernel, int m, int n, int k) {
   static constexpr const char* kColsReason[] = {"k must be a multiple of 32", "k must be a multiple of 64",
                                                 "k must be a multiple of 128", "k must be a multiple of 256",
                                                 "k must be a multiple of 512"};
-  if (tile.rows > 1 && n % tile.rows != 0) return kRowsReason[std::countr_zero(unsigned(tile.rows)) - 4];
+  if (tile.family == Family::kWgmmaDp) {
+    // Tiles past N are zero-filled on load and skipped on store (virtual padding of N); the
+    // fragments store column pairs within 8-column groups, which 16 keeps whole (and N = 200,
+    // gemm_check's bad shape for every tiled kernel, refused).
+    if (n % 16 != 0) return "n must be a multiple of 16";
+    // Tiles are numbered with 32-bit integers.
+    if ((int64_t{m} + tile.tokens - 1) / tile.tokens * ((int64_t{n} + tile.rows - 1) / tile.rows) > INT32_MAX)
+      return "m and n give more than 2^31 - 1 output tiles";
+  } else if (tile.rows > 1 && n % tile.rows != 0) {
+    return kRowsReason[std::countr_zero(unsigned(tile.rows)) - 4];
+  }
   if (k % tile.cols != 0) return kColsReason[std::countr_zero(unsigned(tile.cols)) - 5];
   // The gemv kernels run a token tile per gridDim.y (at most 65535).
   if (tile.family == Family::kGemv && (int64_t{m} + tile.tokens - 1) / tile.tokens > 65535)
@@ -110,6 +142,7 @@ size_t gemm_workspace_bytes(GemmKernel kernel, int m, int n, int k) {
     case Family::kWgmma: return gemm_detail::wgmma_workspace_bytes(tile.rows, m, n, k);
     case Family::kWgmmaSk:
       return gemm_detail::wgmma_sk_workspace_bytes(tile.tokens, tile.rows, tile.ctas_per_sm, m, n, k);
+    case Family::kWgmmaDp: return 0;
   }
   return 0;
 }
@@ -149,6 +182,9 @@ void gemm_launch(GemmKernel kernel, const GemmArgs& a, cudaStream_t stream) {
     case Family::kWgmmaSk:
       XY_CUDA_CHECK(gemm_detail::launch_wgmma_sk(tile.tokens, tile.rows, tile.ctas_per_sm, a.x, a.w, a.y, a.m,
                                                  a.n, a.k, a.workspace, a.pdl, stream));
+      break;
+    case Family::kWgmmaDp:
+      XY_CUDA_CHECK(gemm_detail::launch_wgmma_dp(tile.tokens, tile.rows, a.x, a.w, a.y, a.m, a.n, a.k, a.pdl, stream));
       break;
   }
 }

@@ -51,6 +51,21 @@ enum class GemmKernel {
   // fragments): while one CTA waits on its ring or its fix-up, the other's MMAs can run; for
   // small and mid M.
   kWgmmaSk128x128x2,
+  // TMA + wgmma data-parallel: one whole bm x bn tile per CTA step on a persistent grid of one CTA
+  // per SM, m-tiles varying fastest; no split of K, no workspace, no fix-up. The widths are not
+  // powers of two so that some tile count falls just under a wave of 132 SMs at mid M (as
+  // cuBLASLt's choices do, gemm_bench --lt-algos): e.g. qkv (N = 6144) at M = 128 on 64 x 96 is
+  // 128 tiles, at M = 384 on 128 x 144 129. N need not be a multiple of bn (a multiple of 16).
+  // PDL-aware.
+  kWgmmaDp64x64,
+  kWgmmaDp64x96,
+  kWgmmaDp64x128,
+  kWgmmaDp64x192,
+  kWgmmaDp128x96,
+  kWgmmaDp128x128,
+  kWgmmaDp128x144,
+  kWgmmaDp128x192,
+  kWgmmaDp128x224,
 };
 
 // Every kernel of the family, in the order above (for benchmarks and tests).

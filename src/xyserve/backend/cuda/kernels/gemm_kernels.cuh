@@ -93,6 +93,14 @@ size_t wgmma_sk_workspace_bytes(int bm, int bn, int ctas_per_sm, int m, int n, i
 cudaError_t launch_wgmma_sk(int bm, int bn, int ctas_per_sm, const __nv_bfloat16* x, const __nv_bfloat16* w,
                             __nv_bfloat16* y, int m, int n, int k, void* workspace, bool pdl, cudaStream_t stream);
 
+// Data-parallel TMA + wgmma kernel (gemm_wgmma_dp.cu), bm x bn output tile with bm = 64 and
+// bn in {64, 96, 128, 192}, or bm = 128 and bn in {96, 128, 144, 192, 224}: a persistent grid of
+// one CTA per SM runs whole tiles, m-tiles varying fastest; no split of K, no workspace.
+// Preconditions: n % 16 == 0 (not of bn: columns past n are not stored), k % 64 == 0, pointers
+// 16-byte aligned. PDL-aware (`pdl`).
+cudaError_t launch_wgmma_dp(int bm, int bn, const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
+                            int m, int n, int k, bool pdl, cudaStream_t stream);
+
 // The stream-K kernel's timeline instrument, compiled in only with the CMake option
 // XY_GEMM_TIMELINE (a bench build; gemm_bench --timeline prints it). Thread 0 of consumer 0 of
 // each CTA (the first kSkTimelineCtas: every CTA of a grid of up to 2 per SM on 132 SMs) records
