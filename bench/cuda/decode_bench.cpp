@@ -14,8 +14,9 @@
 // before the flag existed) runs cuBLASLt alone; smooth runs the SmoothGEMM table of the model
 // directory (or --gemm-table; written by `xyserve tune --model DIR`, which must have run first:
 // without a table it stops rather than measure cuBLASLt twice); both measures the two, one
-// backend after the other, and prints the speedup of SmoothGEMM (cuBLASLt's step time over
-// SmoothGEMM's, each in its fastest graph mode).
+// backend after the other in the order cublas, smooth, smooth, cublas (each time the mean of its
+// two runs), and prints the speedup of SmoothGEMM (cuBLASLt's step time over SmoothGEMM's, each
+// in its fastest graph mode).
 //
 // Decode steps are B requests with `context` tokens already in the KV cache and one new row
 // each, built as StepPlans directly (no scheduler). The KV cache is zero-filled, not
@@ -170,7 +171,17 @@ int main(int argc, char** argv) {
   std::map<std::pair<std::string, int>, double> prefill_ms;
   size_t weight_bytes = 0, kv_bytes_per_token = 0;
   bool printed_header = false;
-  for (const std::string& g : gemms) {
+  // With both GEMM paths, each is measured twice in the order cublas, smooth, smooth, cublas and
+  // the two times averaged, so that a drift over the run (the H200's clock moved between 1.5 and
+  // 1.98 GHz in one GEMM timeline) weighs on both alike. It does not remove the run-to-run
+  // spread: with a table that routes every decode GEMM to cuBLASLt, as the cublas path does,
+  // "smooth" still measured 0.978-0.983x in some runs (H200, 2026-11-25): read differences
+  // under ~2% as noise.
+  std::vector<std::string> run_order = gemms;
+  if (gemms.size() == 2) run_order = {gemms[0], gemms[1], gemms[1], gemms[0]};
+  std::map<std::tuple<std::string, bool, int>, int> decode_runs;
+  std::map<std::pair<std::string, int>, int> prefill_runs;
+  for (const std::string& g : run_order) {
     opt.gemm_table = g == "smooth" ? smooth_table : meta::GemmTable();
     for (size_t m = 0; m < modes.size(); ++m) {
       opt.cuda_graphs = modes[m];
@@ -192,7 +203,8 @@ int main(int argc, char** argv) {
       for (int b : batches) {
         const int blocks_per = (context + 1 + bs - 1) / bs;
         if (int64_t(b) * blocks_per > be.num_kv_blocks()) continue;
-        decode_ms[{g, modes[m], b}] = time_step(be, decode_plan(b, context, bs, c.vocab_size), steps);
+        decode_ms[{g, modes[m], b}] += time_step(be, decode_plan(b, context, bs, c.vocab_size), steps);
+        ++decode_runs[{g, modes[m], b}];
       }
       if (modes[m]) {
         std::printf("--gemm %s, graphs: %lld replays, %lld captures\n", g.c_str(), (long long)be.cuda_graph_replays(),
@@ -211,10 +223,14 @@ int main(int argc, char** argv) {
           plan.positions.push_back(i);
         }
         plan.requests.push_back(req);
-        prefill_ms[{g, t}] = time_step(be, plan, std::max(3, steps / 4));
+        prefill_ms[{g, t}] += time_step(be, plan, std::max(3, steps / 4));
+        ++prefill_runs[{g, t}];
       }
     }
   }
+
+  for (auto& [key, ms] : decode_ms) ms /= decode_runs[key];
+  for (auto& [key, ms] : prefill_ms) ms /= prefill_runs[key];
 
   const model::ModelConfig& c = weights->config;
   // Parameters that every token multiplies (all but the embedding table): 2 FLOP each.
