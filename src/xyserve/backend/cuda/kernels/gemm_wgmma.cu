@@ -152,18 +152,7 @@ __global__ void __launch_bounds__(WgmmaTraits<kBN>::kThreads, 1)
         const uint64_t desc_a =
             ptx::wgmma_desc_sw128(a_tiles + s * T::kATileBytes + consumer * 64 * 128);
         const uint64_t desc_b = ptx::wgmma_desc_sw128(b_tiles + s * T::kBTileBytes);
-        ptx::wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < T::kBK / 16; ++ks) {
-          // Moving 16 columns along K inside the 128-byte swizzled row is +32 bytes, i.e. +2
-          // in the descriptor's address field (which counts 16-byte units).
-          if constexpr (kBN == 256) {
-            ptx::wgmma_m64n256k16_bf16(d, desc_a + 2 * ks, desc_b + 2 * ks, 1);
-          } else {
-            ptx::wgmma_m64n128k16_bf16(d, desc_a + 2 * ks, desc_b + 2 * ks, 1);
-          }
-        }
-        ptx::wgmma_commit();
+        ptx::wgmma_k_block<kBN, T::kBK>(d, desc_a, desc_b);
         // Keep this block's wgmmas in flight; the previous block's are done, so its stage can
         // go back to the producer.
         ptx::wgmma_wait<1>();

@@ -175,13 +175,7 @@ __global__ void __launch_bounds__(DpTraits<kBM, kBN>::kThreads, 1)
       ptx::mbarrier_wait(&full_bar[s], (g / T::kStages) & 1);
       const uint64_t desc_a = ptx::wgmma_desc_sw128(a_tiles + s * T::kATileBytes + row_base * 128);
       const uint64_t desc_b = ptx::wgmma_desc_sw128(b_tiles + s * T::kBTileBytes + col_base * 128);
-      ptx::wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < T::kBK / 16; ++ks) {
-        // 16 columns along K inside the 128-byte swizzled row: +32 bytes, +2 in the descriptor.
-        ptx::wgmma_bf16_ss<T::kConsumerN>(d, desc_a + 2 * ks, desc_b + 2 * ks, 1);
-      }
-      ptx::wgmma_commit();
+      ptx::wgmma_k_block<T::kConsumerN, T::kBK>(d, desc_a, desc_b);
       // This block's wgmmas stay in flight; the previous block's are done: release its stage.
       ptx::wgmma_wait<1>();
       if (it > 0 && leader) ptx::mbarrier_arrive(&empty_bar[(g - 1) % T::kStages]);
