@@ -150,6 +150,7 @@ void print_timeline(const std::vector<long long>& v) {
   const double us_per_cycle = 1e3 / double(khz);
   for (const int max_blocks : {1 << 30, 2}) {
     double phase[7] = {}, blocks = 0, span = 0;
+    int64_t staged_tasks = 0;  // tasks whose rows were written out (not partials): phases 5 and 6
     int64_t tasks = 0;
     for (int cta = 0; cta < x::kTimelineCtas; ++cta) {
       const long long* row = v.data() + size_t(cta) * x::kTimelineTasks * x::kTimelineFields;
@@ -169,6 +170,7 @@ void print_timeline(const std::vector<long long>& v) {
           if (e[x::kStaged] > 0) {  // rows written out (not a partial): its three parts
             phase[5] += double(e[x::kStaged] - e[x::kBlocksDone]);
             phase[6] += double(e[x::kReleased] - e[x::kStaged]);
+            ++staged_tasks;
           }
           blocks += double(e[x::kNumBlocks]);
           ++tasks;
@@ -187,8 +189,9 @@ void print_timeline(const std::vector<long long>& v) {
                 100 * phase[0] / total, 100 * phase[1] / total, 100 * phase[2] / total, 100 * phase[3] / total,
                 100 * phase[4] / total);
     if (max_blocks > 1000) std::printf(", consumer span %.1f us a CTA", span / x::kTimelineCtas * us_per_cycle);
-    std::printf(", write-out = stage %.3f + fence/release %.3f + rest", phase[5] / tasks * us_per_cycle,
-                phase[6] / tasks * us_per_cycle);
+    if (staged_tasks > 0)
+      std::printf(", rows' write-out = stage %.3f + fence/release %.3f + rest", phase[5] / staged_tasks * us_per_cycle,
+                  phase[6] / staged_tasks * us_per_cycle);
     std::printf("\n");
   }
 }
