@@ -26,7 +26,8 @@
 // stays in L2).
 //
 // Virtual padding both ways: x's and W's tensor maps are exactly [M, K] and [N, K], so TMA
-// zero-fills rows past M and W rows past N; y is stored only where row < M and column < N. N need
+// zero-fills rows past M and W rows past N (with one m-tile, x's box stops at M rounded up to 8
+// rows: the launcher says why); y is stored only where row < M and column < N. N need
 // not be a multiple of kBN, only of 16 (wgmma's n is a multiple of 8; 16 also keeps gemm_check's
 // N = 200 refused), and K a multiple of 64.
 //
@@ -93,7 +94,7 @@ struct DpTraits {
 template <int kBM, int kBN>
 __global__ void __launch_bounds__(DpTraits<kBM, kBN>::kThreads, 1)
     wgmma_dp_kernel(const __grid_constant__ CUtensorMap map_x, const __grid_constant__ CUtensorMap map_w,
-                    __nv_bfloat16* __restrict__ y, int m, int n, int k) {
+                    __nv_bfloat16* __restrict__ y, int m, int n, int k, int stage_tx_bytes) {
   using T = DpTraits<kBM, kBN>;
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t full_bar[T::kStages];
@@ -122,7 +123,7 @@ __global__ void __launch_bounds__(DpTraits<kBM, kBN>::kThreads, 1)
     for (int tile = blockIdx.x; tile < num_tiles && g < T::kStages; tile += gridDim.x) {
       const int n_tile = tile / num_m_tiles;
       for (int kb = 0; kb < k_iters && g < T::kStages; ++kb, ++g) {
-        ptx::mbarrier_arrive_expect_tx(&full_bar[g], T::kStageBytes);
+        ptx::mbarrier_arrive_expect_tx(&full_bar[g], stage_tx_bytes);
         ptx::tma_load_2d(b_tiles + g * T::kBTileBytes, &map_w, &full_bar[g], kb * T::kBK, n_tile * kBN);
       }
     }
@@ -142,7 +143,7 @@ __global__ void __launch_bounds__(DpTraits<kBM, kBN>::kThreads, 1)
         const int s = g % T::kStages;
         if (g >= T::kStages) {  // stage s is refilled once both consumers released it
           ptx::mbarrier_wait(&empty_bar[s], ((g / T::kStages) - 1) & 1);
-          ptx::mbarrier_arrive_expect_tx(&full_bar[s], T::kStageBytes);
+          ptx::mbarrier_arrive_expect_tx(&full_bar[s], stage_tx_bytes);
           ptx::tma_load_2d(b_tiles + s * T::kBTileBytes, &map_w, &full_bar[s], kb * T::kBK, n_tile * kBN);
         }
         ptx::tma_load_2d(a_tiles + s * T::kATileBytes, &map_x, &full_bar[s], kb * T::kBK, m_tile * kBM);
@@ -214,7 +215,13 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
   using T = DpTraits<kBM, kBN>;
   const void* kernel = reinterpret_cast<const void*>(wgmma_dp_kernel<kBM, kBN>);
   CUtensorMap map_x, map_w;
-  if (!make_map(&map_x, x, m, k, kBM) || !make_map(&map_w, w, n, k, kBN)) return cudaErrorInvalidValue;
+  // With one m-tile (M < kBM) x's box is only M rounded up to 8 rows (a whole swizzle atom): TMA
+  // spends time on every row of a box, zero-filled or not, and at small M the kBM-row box of x cost
+  // as many rows per stage as W's. The tile's rows past the box keep stale shared memory; each
+  // output row depends on its own row of x only, and rows past M are never stored.
+  const int x_box_rows = m < kBM ? (m + 7) / 8 * 8 : kBM;
+  if (!make_map(&map_x, x, m, k, x_box_rows) || !make_map(&map_w, w, n, k, kBN)) return cudaErrorInvalidValue;
+  const int stage_tx_bytes = T::kBTileBytes + x_box_rows * T::kBK * 2;
   static std::atomic<uint64_t> smem_allowed{0};
   if (const cudaError_t err = allow_dynamic_smem(kernel, T::kSmemBytes, smem_allowed); err != cudaSuccess) {
     return err;
@@ -222,7 +229,7 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
   const int64_t tiles = int64_t{(m + kBM - 1) / kBM} * ((n + kBN - 1) / kBN);
   const int grid = static_cast<int>(std::min<int64_t>(tiles, num_sms()));  // 1 CTA per SM (shared memory)
   return launch_kernel(wgmma_dp_kernel<kBM, kBN>, dim3(static_cast<unsigned>(grid)), dim3(T::kThreads),
-                       T::kSmemBytes, stream, pdl, map_x, map_w, y, m, n, k);
+                       T::kSmemBytes, stream, pdl, map_x, map_w, y, m, n, k, stage_tx_bytes);
 }
 
 }  // namespace

@@ -263,7 +263,8 @@ template <int kBM, int kBN, int kCtasPerSm>
 __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCtasPerSm)
     wgmma_sk_kernel(const __grid_constant__ CUtensorMap map_x, const __grid_constant__ CUtensorMap map_w,
                     const __grid_constant__ CUtensorMap map_y, __nv_bfloat16* __restrict__ y,
-                    const SkSchedule sched, uint32_t* __restrict__ counters, float* __restrict__ partials) {
+                    const SkSchedule sched, uint32_t* __restrict__ counters, float* __restrict__ partials,
+                    int stage_tx_bytes) {
   using T = SkTraits<kBM, kBN, kCtasPerSm>;
   if constexpr (kTimeline) {
     if (threadIdx.x == T::kConsumerThread0) {  // the consumer thread that records the timeline
@@ -305,7 +306,7 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
       tile_coords(sched, seg.tile, m_tile, n_tile);
       for (int kb = seg.kb_begin; kb < seg.kb_end && g < T::kStages + T::kWPrefetch; ++kb, ++g) {
         if (g < T::kStages) {
-          ptx::mbarrier_arrive_expect_tx(&full_bar[g], T::kStageBytes);
+          ptx::mbarrier_arrive_expect_tx(&full_bar[g], stage_tx_bytes);
           ptx::tma_load_2d(b_tiles + g * T::kBTileBytes, &map_w, &full_bar[g], kb * T::kBK, n_tile * T::kBN);
           if constexpr (kTimeline) if (g == 0) timeline_put_cta(kCtaFirstLoad, clock64());
         } else {
@@ -336,7 +337,7 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
             ptx::tma_prefetch_l2_2d(&map_w, (kb + T::kWPrefetch) * T::kBK, n_tile * T::kBN);
           }
           ptx::mbarrier_wait(&empty_bar[s], ((g / T::kStages) - 1) & 1);
-          ptx::mbarrier_arrive_expect_tx(&full_bar[s], T::kStageBytes);
+          ptx::mbarrier_arrive_expect_tx(&full_bar[s], stage_tx_bytes);
           ptx::tma_load_2d(b_tiles + s * T::kBTileBytes, &map_w, &full_bar[s], kb * T::kBK, n_tile * T::kBN);
         }
         ptx::tma_load_2d(a_tiles + s * T::kATileBytes, &map_x, &full_bar[s], kb * T::kBK, m_tile * T::kBM);
@@ -608,7 +609,12 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
   using T = SkTraits<kBM, kBN, kCtasPerSm>;
   const void* kernel = reinterpret_cast<const void*>(wgmma_sk_kernel<kBM, kBN, kCtasPerSm>);
   CUtensorMap map_x, map_w, map_y;
-  if (!make_map(&map_x, x, m, k, T::kBM) || !make_map(&map_w, w, n, k, T::kBN) ||
+  // With one m-tile (M < kBM), x's box is M rounded up to 8 rows, as in gemm_wgmma_dp.cu (TMA
+  // spends time on every row of a box, zero-filled or not). The tile's rows past it keep stale
+  // shared memory: they reach only rows of y past M, which the TMA store drops, and workspace
+  // fragments that the completing CTA re-zeroes with the rest of its live warps' parts.
+  const int x_box_rows = m < T::kBM ? (m + 7) / 8 * 8 : T::kBM;
+  if (!make_map(&map_x, x, m, k, x_box_rows) || !make_map(&map_w, w, n, k, T::kBN) ||
       !make_map(&map_y, y, m, n, 64)) {
     return cudaErrorInvalidValue;
   }
@@ -638,7 +644,7 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
   auto* partials = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) + counters_bytes(plan.grid));
   return launch_kernel(wgmma_sk_kernel<kBM, kBN, kCtasPerSm>, dim3(static_cast<unsigned>(plan.grid)),
                        dim3(T::kThreads), T::kSmemBytes, stream, pdl, map_x, map_w, map_y, y, plan.sched, counters,
-                       partials);
+                       partials, T::kBTileBytes + x_box_rows * 64 * 2);
 }
 
 }  // namespace
