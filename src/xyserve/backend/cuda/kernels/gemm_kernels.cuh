@@ -23,6 +23,12 @@ namespace xy::cuda::gemm_detail {
 // swizzle (the wgmma kernels' operand and output tiles); loads past `rows` return zeros, stores
 // past it are dropped.
 bool make_map(CUtensorMap* map, const __nv_bfloat16* base, int rows, int cols, int box_rows);
+// Rows of x's box for a kernel whose tiles hold `tile_rows` rows of x: M rounded up to 8 (a whole
+// swizzle atom) when one m-tile holds all of M, else the tile's rows. TMA spends time on every row
+// of a box, zero-filled or not: at small M a tile-high x box cost as many rows per K block as W's
+// (docs/PERFORMANCE.md, seventh session). The tile's rows past the box keep stale shared memory;
+// each output row depends on its own row of x only, and rows of y past M are never stored.
+inline int x_box_rows(int m, int tile_rows) { return m < tile_rows ? (m + 7) / 8 * 8 : tile_rows; }
 // SMs of the current device, for the persistent grids (not cached: the devices of one process may
 // differ; the query is a lookup in the runtime's device properties). Defined in gemm_wgmma.cu.
 int num_sms();

@@ -30,6 +30,7 @@
 
 #include "xyserve/backend/cuda/kernels/gemm_kernels.cuh"
 #include "xyserve/backend/cuda/kernels/gemm_ptx.cuh"
+#include "xyserve/backend/cuda/kernels/gemm_wgmma_consumer.cuh"
 #include "xyserve/backend/cuda/kernels/gemm_wgmma_ptx.cuh"
 #include "xyserve/backend/cuda/tensor_maps.h"
 
@@ -146,18 +147,8 @@ __global__ void __launch_bounds__(WgmmaTraits<kBN>::kThreads, 1)
       float d[kBN / 2];  // acc[64 rows of this warpgroup][kBN columns], wgmma fragment order
 #pragma unroll
       for (int i = 0; i < kBN / 2; ++i) d[i] = 0.f;
-      for (int it = 0; it < w.k_iters; ++it, ++g) {
-        const int s = g % T::kStages;
-        ptx::mbarrier_wait(&full_bar[s], (g / T::kStages) & 1);
-        const uint64_t desc_a =
-            ptx::wgmma_desc_sw128(a_tiles + s * T::kATileBytes + consumer * 64 * 128);
-        const uint64_t desc_b = ptx::wgmma_desc_sw128(b_tiles + s * T::kBTileBytes);
-        ptx::wgmma_k_block<kBN, T::kBK>(d, desc_a, desc_b);
-        // Keep this block's wgmmas in flight; the previous block's are done, so its stage can
-        // go back to the producer.
-        ptx::wgmma_wait<1>();
-        if (it > 0 && leader) ptx::mbarrier_arrive(&empty_bar[(g - 1) % T::kStages]);
-      }
+      ptx::wgmma_ring_k_blocks<kBN, T::kBK, T::kStages, T::kATileBytes, T::kBTileBytes>(
+          d, a_tiles, b_tiles, consumer * 64, 0, full_bar, empty_bar, g, w.k_iters, leader);
       ptx::wgmma_wait<0>();
       if (w.k_iters > 0 && leader) ptx::mbarrier_arrive(&empty_bar[(g - 1) % T::kStages]);
 

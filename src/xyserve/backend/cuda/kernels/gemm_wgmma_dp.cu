@@ -27,7 +27,7 @@
 //
 // Virtual padding both ways: x's and W's tensor maps are exactly [M, K] and [N, K], so TMA
 // zero-fills rows past M and W rows past N (with one m-tile, x's box stops at M rounded up to 8
-// rows: the launcher says why); y is stored only where row < M and column < N. N need
+// rows: x_box_rows, gemm_kernels.cuh); y is stored only where row < M and column < N. N need
 // not be a multiple of kBN, only of 16 (wgmma's n is a multiple of 8; 16 also keeps gemm_check's
 // N = 200 refused), and K a multiple of 64.
 //
@@ -51,6 +51,7 @@
 
 #include "xyserve/backend/cuda/kernels/gemm_kernels.cuh"
 #include "xyserve/backend/cuda/kernels/gemm_ptx.cuh"
+#include "xyserve/backend/cuda/kernels/gemm_wgmma_consumer.cuh"
 #include "xyserve/backend/cuda/kernels/gemm_wgmma_ptx.cuh"
 
 namespace xy::cuda::gemm_detail {
@@ -171,16 +172,8 @@ __global__ void __launch_bounds__(DpTraits<kBM, kBN>::kThreads, 1)
     float d[T::kAcc];
 #pragma unroll
     for (int j = 0; j < T::kAcc; ++j) d[j] = 0.f;
-    for (int it = 0; it < k_iters; ++it, ++g) {
-      const int s = g % T::kStages;
-      ptx::mbarrier_wait(&full_bar[s], (g / T::kStages) & 1);
-      const uint64_t desc_a = ptx::wgmma_desc_sw128(a_tiles + s * T::kATileBytes + row_base * 128);
-      const uint64_t desc_b = ptx::wgmma_desc_sw128(b_tiles + s * T::kBTileBytes + col_base * 128);
-      ptx::wgmma_k_block<T::kConsumerN, T::kBK>(d, desc_a, desc_b);
-      // This block's wgmmas stay in flight; the previous block's are done: release its stage.
-      ptx::wgmma_wait<1>();
-      if (it > 0 && leader) ptx::mbarrier_arrive(&empty_bar[(g - 1) % T::kStages]);
-    }
+    ptx::wgmma_ring_k_blocks<T::kConsumerN, T::kBK, T::kStages, T::kATileBytes, T::kBTileBytes>(
+        d, a_tiles, b_tiles, row_base, col_base, full_bar, empty_bar, g, k_iters, leader);
     ptx::wgmma_wait<0>();
     if (k_iters > 0 && leader) ptx::mbarrier_arrive(&empty_bar[(g - 1) % T::kStages]);
 
@@ -215,13 +208,9 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
   using T = DpTraits<kBM, kBN>;
   const void* kernel = reinterpret_cast<const void*>(wgmma_dp_kernel<kBM, kBN>);
   CUtensorMap map_x, map_w;
-  // With one m-tile (M < kBM) x's box is only M rounded up to 8 rows (a whole swizzle atom): TMA
-  // spends time on every row of a box, zero-filled or not, and at small M the kBM-row box of x cost
-  // as many rows per stage as W's. The tile's rows past the box keep stale shared memory; each
-  // output row depends on its own row of x only, and rows past M are never stored.
-  const int x_box_rows = m < kBM ? (m + 7) / 8 * 8 : kBM;
-  if (!make_map(&map_x, x, m, k, x_box_rows) || !make_map(&map_w, w, n, k, kBN)) return cudaErrorInvalidValue;
-  const int stage_tx_bytes = T::kBTileBytes + x_box_rows * T::kBK * 2;
+  const int x_rows = x_box_rows(m, kBM);
+  if (!make_map(&map_x, x, m, k, x_rows) || !make_map(&map_w, w, n, k, kBN)) return cudaErrorInvalidValue;
+  const int stage_tx_bytes = T::kBTileBytes + x_rows * T::kBK * 2;
   static std::atomic<uint64_t> smem_allowed{0};
   if (const cudaError_t err = allow_dynamic_smem(kernel, T::kSmemBytes, smem_allowed); err != cudaSuccess) {
     return err;

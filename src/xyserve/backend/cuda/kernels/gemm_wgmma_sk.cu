@@ -69,6 +69,7 @@
 
 #include "xyserve/backend/cuda/kernels/gemm_kernels.cuh"
 #include "xyserve/backend/cuda/kernels/gemm_ptx.cuh"
+#include "xyserve/backend/cuda/kernels/gemm_wgmma_consumer.cuh"
 #include "xyserve/backend/cuda/kernels/gemm_wgmma_ptx.cuh"
 #include "xyserve/backend/cuda/tensor_maps.h"
 
@@ -395,16 +396,8 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
         if (ct == 0) timeline_put_segment(i, kSegFirstFull, clock64());
       }
     }
-    for (int it = 0; it < num_iters; ++it, ++g) {
-      const int s = g % T::kStages;
-      ptx::mbarrier_wait(&full_bar[s], (g / T::kStages) & 1);
-      const uint64_t desc_a = ptx::wgmma_desc_sw128(a_tiles + s * T::kATileBytes + row_base * 128);
-      const uint64_t desc_b = ptx::wgmma_desc_sw128(b_tiles + s * T::kBTileBytes + col_base * 128);
-      ptx::wgmma_k_block<T::kConsumerN, T::kBK>(d, desc_a, desc_b);
-      // This block's wgmmas stay in flight; the previous block's are done: release its stage.
-      ptx::wgmma_wait<1>();
-      if (it > 0 && leader) ptx::mbarrier_arrive(&empty_bar[(g - 1) % T::kStages]);
-    }
+    ptx::wgmma_ring_k_blocks<T::kConsumerN, T::kBK, T::kStages, T::kATileBytes, T::kBTileBytes>(
+        d, a_tiles, b_tiles, row_base, col_base, full_bar, empty_bar, g, num_iters, leader);
     const Segment seg = segment_of(sched, work, i);
     const bool split = seg.kb_begin != 0 || seg.kb_end != sched.k_iters;
     const int slot = split ? slot_of(sched, seg.tile) : 0;
@@ -609,12 +602,10 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
   using T = SkTraits<kBM, kBN, kCtasPerSm>;
   const void* kernel = reinterpret_cast<const void*>(wgmma_sk_kernel<kBM, kBN, kCtasPerSm>);
   CUtensorMap map_x, map_w, map_y;
-  // With one m-tile (M < kBM), x's box is M rounded up to 8 rows, as in gemm_wgmma_dp.cu (TMA
-  // spends time on every row of a box, zero-filled or not). The tile's rows past it keep stale
-  // shared memory: they reach only rows of y past M, which the TMA store drops, and workspace
-  // fragments that the completing CTA re-zeroes with the rest of its live warps' parts.
-  const int x_box_rows = m < T::kBM ? (m + 7) / 8 * 8 : T::kBM;
-  if (!make_map(&map_x, x, m, k, x_box_rows) || !make_map(&map_w, w, n, k, T::kBN) ||
+  // x's box: x_box_rows. Its stale rows also reach workspace fragments, which the completing CTA
+  // re-zeroes with the rest of its live warps' parts.
+  const int x_rows = x_box_rows(m, T::kBM);
+  if (!make_map(&map_x, x, m, k, x_rows) || !make_map(&map_w, w, n, k, T::kBN) ||
       !make_map(&map_y, y, m, n, 64)) {
     return cudaErrorInvalidValue;
   }
@@ -644,7 +635,7 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
   auto* partials = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) + counters_bytes(plan.grid));
   return launch_kernel(wgmma_sk_kernel<kBM, kBN, kCtasPerSm>, dim3(static_cast<unsigned>(plan.grid)),
                        dim3(T::kThreads), T::kSmemBytes, stream, pdl, map_x, map_w, map_y, y, plan.sched, counters,
-                       partials, T::kBTileBytes + x_box_rows * 64 * 2);
+                       partials, T::kBTileBytes + x_rows * T::kBK * 2);
 }
 
 }  // namespace

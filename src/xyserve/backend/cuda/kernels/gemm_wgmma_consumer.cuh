@@ -1,0 +1,37 @@
+// The consumer warpgroup's main loop shared by the TMA + wgmma GEMM kernels (gemm_wgmma.cu,
+// gemm_wgmma_sk.cu, gemm_wgmma_dp.cu): K blocks taken from a ring of shared-memory stages that a
+// producer fills by TMA, completing on "full" mbarriers and released on "empty" ones.
+#pragma once
+
+#include <cstdint>
+
+#include "xyserve/backend/cuda/kernels/gemm_ptx.cuh"
+#include "xyserve/backend/cuda/kernels/gemm_wgmma_ptx.cuh"
+
+namespace xy::cuda::ptx {
+
+// Adds `iters` K blocks into d: ring position g (stage g % kStages, phase g / kStages; g counts on
+// across the CTA's tiles and is advanced here) holds x rows at a_tiles + stage * kATileBytes and W
+// rows at b_tiles + stage * kBTileBytes; this consumer's operands start a_row and b_row rows
+// (128-byte, swizzled) into them. Each block's wgmmas stay in flight while the next block's are
+// issued, and a stage goes back to the producer (the leader's arrival) once its wgmmas are done.
+// The last block's wgmmas are left in flight and its stage held: the caller waits (wgmma_wait<0>)
+// and then, when iters > 0, releases stage (g - 1) % kStages, with other work in between if it
+// likes (the stream-K fix-up reads its counter there).
+template <int kN, int kBK, int kStages, int kATileBytes, int kBTileBytes>
+__device__ __forceinline__ void wgmma_ring_k_blocks(float (&d)[kN / 2], const unsigned char* a_tiles,
+                                                    const unsigned char* b_tiles, int a_row, int b_row,
+                                                    uint64_t* full_bar, uint64_t* empty_bar, uint32_t& g, int iters,
+                                                    bool leader) {
+  for (int it = 0; it < iters; ++it, ++g) {
+    const int s = g % kStages;
+    mbarrier_wait(&full_bar[s], (g / kStages) & 1);
+    const uint64_t desc_a = wgmma_desc_sw128(a_tiles + s * kATileBytes + a_row * 128);
+    const uint64_t desc_b = wgmma_desc_sw128(b_tiles + s * kBTileBytes + b_row * 128);
+    wgmma_k_block<kN, kBK>(d, desc_a, desc_b);
+    wgmma_wait<1>();
+    if (it > 0 && leader) mbarrier_arrive(&empty_bar[(g - 1) % kStages]);
+  }
+}
+
+}  // namespace xy::cuda::ptx
