@@ -126,10 +126,11 @@ constexpr size_t kRotateBytes = size_t{200} << 20;  // > 3x the 60 MB L2
 constexpr int kPdlMaxM = 64;                         // M up to which the PDL column is measured
 
 // Past these M the weight-streaming kernels re-read W once per tile of tokens and are not
-// contenders: stream-K tiles hold 16-64 tokens, gemv tiles 8-32.
+// contenders: stream-K tiles hold 16-64 tokens, gemv tiles 8-32, the swapped wgmma tiles 32-128.
 int max_m_for(GemmKernel kernel) {
   const char* name = xy::cuda::gemm_kernel_name(kernel);
   if (std::strncmp(name, "stream", 6) == 0) return 512;
+  if (std::strncmp(name, "wgmma_swap", 10) == 0) return 256;
   if (std::strncmp(name, "gemv", 4) == 0) return 64;
   return kMaxM;
 }
@@ -273,7 +274,7 @@ struct SweepBest {
 
 void run_sweep(const std::vector<int>& ms, cudaStream_t stream, double copy_tbps, FILE* csv,
                xy::bench::CublasLtGemm& cublas, std::map<std::pair<int, int>, SweepBest>& best_of) {
-  std::printf("%-9s %-7s %5s | %-14s %9s %6s %5s %7s | %9s %6s | %7s | %-14s %9s %7s\n", "model", "layer", "M",
+  std::printf("%-9s %-7s %5s | %-20s %9s %6s %5s %7s | %9s %6s | %7s | %-20s %9s %7s\n", "model", "layer", "M",
               "best", "us", "TB/s", "%bw", "TFLOP/s", "cublas us", "TB/s", "speedup", "best pdl-aware", "+pdl us",
               "speedup");
   const int max_m = *std::max_element(ms.begin(), ms.end());
@@ -371,11 +372,11 @@ void run_sweep(const std::vector<int>& ms, cudaStream_t stream, double copy_tbps
         }
       }
       const char* best_name = best.found ? xy::cuda::gemm_kernel_name(best.kernel) : "-";
-      std::printf("%-9s %-7s %5d | %-14s %9.2f %6.2f %4.0f%% %7.1f | %9.2f %6.2f | %6.2fx", s.model, s.layer, m,
+      std::printf("%-9s %-7s %5d | %-20s %9.2f %6.2f %4.0f%% %7.1f | %9.2f %6.2f | %6.2fx", s.model, s.layer, m,
                   best_name, best.us, bytes / best.us * 1e-6, 100 * bytes / best.us * 1e-6 / copy_tbps,
                   flops / best.us * 1e-6, cublas_us, bytes / cublas_us * 1e-6, cublas_us / best.us);
       if (std::isfinite(pdl_us)) {
-        std::printf(" | %-14s %9.2f %6.2fx\n", xy::cuda::gemm_kernel_name(best_pdl_kernel), pdl_us,
+        std::printf(" | %-20s %9.2f %6.2fx\n", xy::cuda::gemm_kernel_name(best_pdl_kernel), pdl_us,
                     cublas_us / pdl_us);
       } else {
         std::printf(" |\n");

@@ -228,7 +228,7 @@ int check_pdl_ordering(GemmKernel kernel, cudaStream_t stream, uint64_t& seed) {
         const Result r = compare(y_host, ref_host, ch.m, n);
         if (!r.ok) {
           ++failed;
-          std::printf("FAIL %-14s PDL chain m=%d n1=%d k1=%d n2=%d, %s, GEMM %d: %s\n", name, ch.m, ch.n1, ch.k1,
+          std::printf("FAIL %-20s PDL chain m=%d n1=%d k1=%d n2=%d, %s, GEMM %d: %s\n", name, ch.m, ch.n1, ch.k1,
                       ch.n2, how, which, r.first_failure.c_str());
         }
       }
@@ -300,7 +300,7 @@ int main(int argc, char** argv) {
         if (!r.ok) {
           ++num_failed;
           all_ok = false;
-          std::printf("FAIL %-14s m=%-5d n=%-6d k=%-6d run %d%s: %s\n", name, c.m, c.n, c.k, rep,
+          std::printf("FAIL %-20s m=%-5d n=%-6d k=%-6d run %d%s: %s\n", name, c.m, c.n, c.k, rep,
                       rep == 1 ? " (pdl)" : "", r.first_failure.c_str());
         }
       }
@@ -308,7 +308,7 @@ int main(int argc, char** argv) {
     const int pdl_failed = check_pdl_ordering(kernel, stream, seed);
     num_failed += pdl_failed;
     all_ok = all_ok && pdl_failed == 0;
-    std::printf("%-14s %4d runs, worst |err|/(|ref|+1) = %.2e, worst rel. Frobenius = %.2e; PDL chains %s\n",
+    std::printf("%-20s %4d runs, worst |err|/(|ref|+1) = %.2e, worst rel. Frobenius = %.2e; PDL chains %s\n",
                 name, kernel_runs, worst_scaled, worst_fro, pdl_failed == 0 ? "pass" : "FAIL");
   }
   XY_CUDA_CHECK(cudaStreamDestroy(stream));

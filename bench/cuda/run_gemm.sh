@@ -14,7 +14,7 @@ mkdir -p "$OUT" "$BUILD"
 FLAGS=(-gencode=arch=compute_90a,code=sm_90a -O3 -std=c++20 -I. -Isrc)
 K=src/xyserve/backend/cuda/kernels
 LIB_SRCS=(src/xyserve/backend/cuda/gemm.cu src/xyserve/backend/cuda/tensor_maps.cpp $K/gemm_gemv.cu $K/gemm_stream.cu
-          $K/gemm_wgmma.cu $K/gemm_wgmma_sk.cu)
+          $K/gemm_wgmma.cu $K/gemm_wgmma_sk.cu $K/gemm_wgmma_dp.cu $K/gemm_wgmma_swap.cu)
 # The decode-layer chain of gemm_bench runs the backend's norm and SiLU kernels.
 CHAIN_SRCS=($K/rms_norm.cu $K/silu_mul.cu)
 
@@ -29,7 +29,8 @@ fail=0
 for pid in "${pids[@]}"; do wait "$pid" || fail=1; done
 cat "$BUILD"/*.log >"$OUT/ptxas.txt"
 if [ "$fail" != 0 ]; then cat "$OUT/ptxas.txt"; echo "BUILD FAILED"; exit 1; fi
-LIB_OBJS=("$BUILD/gemm.o" "$BUILD/tensor_maps.o" "$BUILD/gemm_gemv.o" "$BUILD/gemm_stream.o" "$BUILD/gemm_wgmma.o" "$BUILD/gemm_wgmma_sk.o")
+LIB_OBJS=("$BUILD/gemm.o" "$BUILD/tensor_maps.o" "$BUILD/gemm_gemv.o" "$BUILD/gemm_stream.o" "$BUILD/gemm_wgmma.o" "$BUILD/gemm_wgmma_sk.o"
+          "$BUILD/gemm_wgmma_dp.o" "$BUILD/gemm_wgmma_swap.o")
 nvcc "${FLAGS[@]}" -o "$BUILD/gemm_check" "$BUILD/gemm_check.o" "${LIB_OBJS[@]}" -lcublasLt -lcublas || exit 1
 nvcc "${FLAGS[@]}" -o "$BUILD/gemm_bench" "$BUILD/gemm_bench.o" "${LIB_OBJS[@]}" "$BUILD/rms_norm.o" \
   "$BUILD/silu_mul.o" -lcublasLt -lcublas || exit 1

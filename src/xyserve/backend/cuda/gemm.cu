@@ -20,19 +20,27 @@ constexpr GemmKernel kAllKernels[] = {
     GemmKernel::kWgmmaSk128x128x2,
     GemmKernel::kWgmmaDp64x64,   GemmKernel::kWgmmaDp64x96,   GemmKernel::kWgmmaDp64x128,
     GemmKernel::kWgmmaDp64x192,  GemmKernel::kWgmmaDp128x96,  GemmKernel::kWgmmaDp128x128,
-    GemmKernel::kWgmmaDp128x144, GemmKernel::kWgmmaDp128x192, GemmKernel::kWgmmaDp128x224};
+    GemmKernel::kWgmmaDp128x144, GemmKernel::kWgmmaDp128x192, GemmKernel::kWgmmaDp128x224,
+    GemmKernel::kWgmmaSwap32x64N4, GemmKernel::kWgmmaSwap32x128N2, GemmKernel::kWgmmaSwap64x128N2,
+    GemmKernel::kWgmmaSwap32x64M2, GemmKernel::kWgmmaSwap32x64K2,  GemmKernel::kWgmmaSwap64x64K2};
 
-enum class Family { kGemv, kStream, kWgmma, kWgmmaSk, kWgmmaDp };
+enum class Family { kGemv, kStream, kWgmma, kWgmmaSk, kWgmmaDp, kWgmmaSwap };
 
 // The compiled tile of each kernel: tokens per tile (rows of x; 0 for the split-K wgmma kernels,
 // whose tile is 128), rows of W per tile (1 for the gemv kernels: any n; for the data-parallel
 // wgmma kernels not a divisor of n, which they pad virtually), columns of K per block,
-// CTAs per SM (the stream-K wgmma kernels' persistent grid).
+// CTAs per SM (the stream-K wgmma kernels' persistent grid), CTAs per cluster and what they share
+// (the swapped kernels).
 struct Tile {
   Family family;
   int tokens, rows, cols;
   int ctas_per_sm = 1;
+  int cluster = 1;
+  gemm_detail::SwapCluster shares = gemm_detail::SwapCluster::kShareX;
 };
+constexpr auto kShareX = gemm_detail::SwapCluster::kShareX;
+constexpr auto kShareW = gemm_detail::SwapCluster::kShareW;
+constexpr auto kSplitK = gemm_detail::SwapCluster::kSplitK;
 
 Tile tile_of(GemmKernel kernel) {
   switch (kernel) {
@@ -61,6 +69,12 @@ Tile tile_of(GemmKernel kernel) {
     case GemmKernel::kWgmmaDp128x144: return {Family::kWgmmaDp, 128, 144, 64};
     case GemmKernel::kWgmmaDp128x192: return {Family::kWgmmaDp, 128, 192, 64};
     case GemmKernel::kWgmmaDp128x224: return {Family::kWgmmaDp, 128, 224, 64};
+    case GemmKernel::kWgmmaSwap32x64N4: return {Family::kWgmmaSwap, 32, 64, 64, 1, 4, kShareX};
+    case GemmKernel::kWgmmaSwap32x128N2: return {Family::kWgmmaSwap, 32, 128, 64, 1, 2, kShareX};
+    case GemmKernel::kWgmmaSwap64x128N2: return {Family::kWgmmaSwap, 64, 128, 64, 1, 2, kShareX};
+    case GemmKernel::kWgmmaSwap32x64M2: return {Family::kWgmmaSwap, 32, 64, 64, 1, 2, kShareW};
+    case GemmKernel::kWgmmaSwap32x64K2: return {Family::kWgmmaSwap, 32, 64, 64, 1, 2, kSplitK};
+    case GemmKernel::kWgmmaSwap64x64K2: return {Family::kWgmmaSwap, 64, 64, 64, 1, 2, kSplitK};
   }
   return {Family::kWgmma, 0, 0, 0};
 }
@@ -96,6 +110,12 @@ const char* gemm_kernel_name(GemmKernel kernel) {
     case GemmKernel::kWgmmaDp128x144: return "wgmma_dp_128x144";
     case GemmKernel::kWgmmaDp128x192: return "wgmma_dp_128x192";
     case GemmKernel::kWgmmaDp128x224: return "wgmma_dp_128x224";
+    case GemmKernel::kWgmmaSwap32x64N4: return "wgmma_swap_32x64_n4";
+    case GemmKernel::kWgmmaSwap32x128N2: return "wgmma_swap_32x128_n2";
+    case GemmKernel::kWgmmaSwap64x128N2: return "wgmma_swap_64x128_n2";
+    case GemmKernel::kWgmmaSwap32x64M2: return "wgmma_swap_32x64_m2";
+    case GemmKernel::kWgmmaSwap32x64K2: return "wgmma_swap_32x64_k2";
+    case GemmKernel::kWgmmaSwap64x64K2: return "wgmma_swap_64x64_k2";
   }
   return "unknown";
 }
@@ -112,7 +132,7 @@ const char* gemm_unsupported_reason(GemmKernel kernel, int m, int n, int k) {
   static constexpr const char* kColsReason[] = {"k must be a multiple of 32", "k must be a multiple of 64",
                                                 "k must be a multiple of 128", "k must be a multiple of 256",
                                                 "k must be a multiple of 512"};
-  if (tile.family == Family::kWgmmaDp) {
+  if (tile.family == Family::kWgmmaDp || tile.family == Family::kWgmmaSwap) {
     // Tiles past N are zero-filled on load and skipped on store (virtual padding of N); the
     // fragments store column pairs within 8-column groups, which 16 keeps whole (and N = 200,
     // gemm_check's bad shape for every tiled kernel, refused).
@@ -143,6 +163,7 @@ size_t gemm_workspace_bytes(GemmKernel kernel, int m, int n, int k) {
     case Family::kWgmmaSk:
       return gemm_detail::wgmma_sk_workspace_bytes(tile.tokens, tile.rows, tile.ctas_per_sm, m, n, k);
     case Family::kWgmmaDp: return 0;
+    case Family::kWgmmaSwap: return 0;
   }
   return 0;
 }
@@ -185,6 +206,10 @@ void gemm_launch(GemmKernel kernel, const GemmArgs& a, cudaStream_t stream) {
       break;
     case Family::kWgmmaDp:
       XY_CUDA_CHECK(gemm_detail::launch_wgmma_dp(tile.tokens, tile.rows, a.x, a.w, a.y, a.m, a.n, a.k, a.pdl, stream));
+      break;
+    case Family::kWgmmaSwap:
+      XY_CUDA_CHECK(gemm_detail::launch_wgmma_swap(tile.tokens, tile.rows, tile.cluster, tile.shares, a.x, a.w, a.y,
+                                                   a.m, a.n, a.k, a.pdl, stream));
       break;
   }
 }

@@ -66,6 +66,22 @@ enum class GemmKernel {
   kWgmmaDp128x144,
   kWgmmaDp128x192,
   kWgmmaDp128x224,
+  // TMA + wgmma for small M with the operands swapped (W rows as wgmma's m, x rows as its n: a
+  // tile of bx tokens x bw W rows costs the tensor cores n = bx) in clusters of c CTAs:
+  // kWgmmaSwap<bx>x<bw>N<c>: c neighbouring W tiles share x's box, loaded once by TMA multicast;
+  // kWgmmaSwap<bx>x<bw>M<c>: c neighbouring x tiles share W's box likewise;
+  // kWgmmaSwap<bx>x<bw>K<c>: c CTAs split the tile's K blocks and add up in distributed shared
+  // memory (split-K without workspace), which puts o and down (N = 4096) on 2 x 64 CTAs.
+  // N need not be a multiple of bw (a multiple of 16). PDL-aware. Measured (H200, 2026-11-25):
+  // the K-split tiles win o and down at M <= 64; the sharing ones, correct, run 20-40% behind
+  // the unclustered tiles at the same CTA count (docs/PERFORMANCE.md, eighth session) and are
+  // kept, one or two tiles each, as the vehicle for finding why.
+  kWgmmaSwap32x64N4,
+  kWgmmaSwap32x128N2,
+  kWgmmaSwap64x128N2,
+  kWgmmaSwap32x64M2,
+  kWgmmaSwap32x64K2,
+  kWgmmaSwap64x64K2,
 };
 
 // Every kernel of the family, in the order above (for benchmarks and tests).

@@ -107,6 +107,18 @@ cudaError_t launch_wgmma_sk(int bm, int bn, int ctas_per_sm, const __nv_bfloat16
 cudaError_t launch_wgmma_dp(int bm, int bn, const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
                             int m, int n, int k, bool pdl, cudaStream_t stream);
 
+// Swapped TMA + wgmma kernel for small M (gemm_wgmma_swap.cu): tiles of bx rows of x by bw rows of
+// W computed as W · xᵀ (W rows as wgmma's m), in clusters of `cluster` CTAs that share x's box by
+// multicast (kShareX: neighbouring W tiles), share W's (kShareW: neighbouring x tiles), or split
+// the tile's K blocks and add up in distributed shared memory (kSplitK). (bx, bw, cluster, mode)
+// in {(32, 64, 4, kShareX), (32, 128, 2, kShareX), (64, 128, 2, kShareX), (32, 64, 2, kShareW),
+// (32, 64, 2, kSplitK), (64, 64, 2, kSplitK)}. Preconditions as launch_wgmma_dp's. PDL-aware
+// (`pdl`).
+enum class SwapCluster { kShareX, kShareW, kSplitK };
+cudaError_t launch_wgmma_swap(int bx, int bw, int cluster, SwapCluster mode, const __nv_bfloat16* x,
+                              const __nv_bfloat16* w, __nv_bfloat16* y, int m, int n, int k, bool pdl,
+                              cudaStream_t stream);
+
 // The stream-K kernel's timeline instrument, compiled in only with the CMake option
 // XY_GEMM_TIMELINE (a bench build; gemm_bench --timeline prints it). Thread 0 of consumer 0 of
 // each CTA (the first kSkTimelineCtas: every CTA of a grid of up to 2 per SM on 132 SMs) records

@@ -1,7 +1,8 @@
 // Thin inline-PTX wrappers used by the GEMM kernels: cp.async, cache-hinted loads and L2
 // prefetch, griddepcontrol (programmatic dependent launch, sm_90), ldmatrix, mma.sync (sm_80+),
-// mbarrier, TMA loads and stores (cp.async.bulk.tensor, sm_90) and wgmma (sm_90a). Each wrapper
-// is one instruction; the PTX ISA section or instruction it implements is named beside it.
+// mbarrier, clusters (ranks, barrier, remote arrivals and stores), TMA loads (multicast too) and
+// stores (cp.async.bulk.tensor, sm_90) and wgmma (sm_90a). Each wrapper is one instruction; the
+// PTX ISA section or instruction it implements is named beside it.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -161,6 +162,64 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
       : "memory");
 }
 
+// --- clusters (PTX 9.7.13.4, 9.7.9.21 mapa; sm_90) ---------------------------------------------
+// This CTA's rank in its cluster, the cluster's index in the grid and the grid's clusters (x).
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t cluster_id_x() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%clusterid.x;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t num_clusters_x() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
+  return r;
+}
+// Every thread of every CTA of the cluster: what each wrote before (barrier inits included) is
+// visible to all after. A grid launched without clusters is a cluster of one.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// The shared::cluster address of the variable at this CTA's shared address `addr` in the CTA of
+// rank `rank` (the same offset in its shared memory).
+__device__ __forceinline__ uint32_t map_to_rank(uint32_t addr, uint32_t rank) {
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
+  return r;
+}
+// Arrival on an mbarrier anywhere in the cluster (an address from map_to_rank), releasing this
+// thread's prior writes and reads at cluster scope.
+__device__ __forceinline__ void mbarrier_arrive_cluster(uint32_t cluster_addr) {
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_addr) : "memory");
+}
+// The same with the default (CTA-scope) release: an arrival that publishes no writes, e.g. "done
+// reading this stage" (CUTLASS's cluster pipelines arrive so).
+__device__ __forceinline__ void mbarrier_arrive_remote(uint32_t cluster_addr) {
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_addr) : "memory");
+}
+// mbarrier_wait for a barrier that other CTAs of the cluster arrive on: acquires at cluster scope.
+__device__ __forceinline__ void mbarrier_wait_cluster(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "wait_loop:\n"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_loop;\n"
+      "}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+// Four floats into shared memory anywhere in the cluster (an address from map_to_rank).
+__device__ __forceinline__ void st_shared_cluster_v4(uint32_t cluster_addr, float a, float b, float c, float d) {
+  asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(cluster_addr), "f"(a), "f"(b), "f"(c),
+               "f"(d)
+               : "memory");
+}
+
 // --- TMA (PTX 9.7.9.27) -----------------------------------------------------------------------
 // Loads the box at (c0 = innermost coordinate, c1 = row) of `map` into shared memory; the
 // bytes count towards `bar`'s transaction count. Elements outside the tensor are zero-filled.
@@ -170,6 +229,16 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, u
       "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
       "[%0], [%1, {%3, %4}], [%2];\n" ::"r"(smem_addr(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
+      : "memory");
+}
+// tma_load_2d into the same shared-memory offset of every CTA of the cluster whose rank has its
+// bit set in `cta_mask`; each of them counts the bytes on its own mbarrier at `bar`'s offset.
+__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorMap* map, uint64_t* bar, int c0,
+                                                      int c1, uint16_t cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster "
+      "[%0], [%1, {%4, %5}], [%2], %3;\n" ::"r"(smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "h"(cta_mask), "r"(c0), "r"(c1)
       : "memory");
 }
 // Stores the box at (c0, c1) of `map` from shared memory (the layout tma_load_2d writes, swizzle

@@ -14,14 +14,15 @@ namespace xy::cuda::ptx {
 // across the CTA's tiles and is advanced here) holds x rows at a_tiles + stage * kATileBytes and W
 // rows at b_tiles + stage * kBTileBytes; this consumer's operands start a_row and b_row rows
 // (128-byte, swizzled) into them. Each block's wgmmas stay in flight while the next block's are
-// issued, and a stage goes back to the producer (the leader's arrival) once its wgmmas are done.
-// The last block's wgmmas are left in flight and its stage held: the caller waits (wgmma_wait<0>)
-// and then, when iters > 0, releases stage (g - 1) % kStages, with other work in between if it
-// likes (the stream-K fix-up reads its counter there).
-template <int kN, int kBK, int kStages, int kATileBytes, int kBTileBytes>
+// issued, and a stage goes back to the producer (release(stage) by the leader; by default its
+// arrival on empty_bar[stage]) once its wgmmas are done. The last block's wgmmas are left in flight
+// and its stage held: the caller waits (wgmma_wait<0>) and then, when iters > 0, releases stage
+// (g - 1) % kStages, with other work in between if it likes (the stream-K fix-up reads its counter
+// there). (The swapped kernel, gemm_wgmma_swap.cu, passes W as a and x as b.)
+template <int kN, int kBK, int kStages, int kATileBytes, int kBTileBytes, class Release>
 __device__ __forceinline__ void wgmma_ring_k_blocks(float (&d)[kN / 2], const unsigned char* a_tiles,
                                                     const unsigned char* b_tiles, int a_row, int b_row,
-                                                    uint64_t* full_bar, uint64_t* empty_bar, uint32_t& g, int iters,
+                                                    uint64_t* full_bar, Release&& release, uint32_t& g, int iters,
                                                     bool leader) {
   for (int it = 0; it < iters; ++it, ++g) {
     const int s = g % kStages;
@@ -30,8 +31,17 @@ __device__ __forceinline__ void wgmma_ring_k_blocks(float (&d)[kN / 2], const un
     const uint64_t desc_b = wgmma_desc_sw128(b_tiles + s * kBTileBytes + b_row * 128);
     wgmma_k_block<kN, kBK>(d, desc_a, desc_b);
     wgmma_wait<1>();
-    if (it > 0 && leader) mbarrier_arrive(&empty_bar[(g - 1) % kStages]);
+    if (it > 0 && leader) release(int((g - 1) % kStages));
   }
+}
+template <int kN, int kBK, int kStages, int kATileBytes, int kBTileBytes>
+__device__ __forceinline__ void wgmma_ring_k_blocks(float (&d)[kN / 2], const unsigned char* a_tiles,
+                                                    const unsigned char* b_tiles, int a_row, int b_row,
+                                                    uint64_t* full_bar, uint64_t* empty_bar, uint32_t& g, int iters,
+                                                    bool leader) {
+  wgmma_ring_k_blocks<kN, kBK, kStages, kATileBytes, kBTileBytes>(
+      d, a_tiles, b_tiles, a_row, b_row, full_bar, [empty_bar](int s) { mbarrier_arrive(&empty_bar[s]); }, g, iters,
+      leader);
 }
 
 }  // namespace xy::cuda::ptx

@@ -1,0 +1,380 @@
+// Small-M GEMM for Hopper with the operands swapped and CTAs in clusters: yᵀ tiles = W · xᵀ by
+// TMA and wgmma (sm_90a), W rows as wgmma's m (64 per consumer warpgroup) and x rows as its n
+// (kBX: 32 or 64), so a tile of M <= 64 tokens costs the tensor cores n = kBX, not m = 64 rows of
+// mostly zeros.
+//
+// Why: at M <= 128 the data-parallel kernel (gemm_wgmma_dp.cu) puts x in wgmma's m64 and spends one
+// CTA per 64 or 128 W rows, so o and down (N = 4096) run on 64 of 132 SMs, and every CTA loads its
+// own copy of x's box each K block (TMA time goes per box row: docs/PERFORMANCE.md, seventh
+// session). cuBLASLt's choices there (gemm_bench --lt-algos, log 2026-11-25_h200_s7_cublaslt_algos_
+// small_m.txt) are this kernel's three cluster modes (SwapCluster, gemm_kernels.cuh):
+//  - kShareX: a cluster of kCluster CTAs takes kCluster neighbouring W tiles of one x tile, and x's
+//    box is loaded once for all of them: each CTA loads a slice of its rows and multicasts it to
+//    the cluster, or, when the slices would be under 8 rows (M <= 8 x kCluster), rank 0 loads it
+//    whole. (cuBLASLt, qkv: 64 x M tiles in clusters of 4.)
+//  - kShareW: a cluster takes kCluster neighbouring x tiles of one W tile, each CTA loading a slice
+//    of W's box for all. (cuBLASLt, o at M = 64-100: 64 x 32 tiles in clusters of 2 along M.)
+//  - kSplitK: a cluster splits one tile's K blocks, and ranks 1.. add their fp32 accumulators into
+//    rank 0's through distributed shared memory, which stores the tile: split-K with no workspace
+//    and no second kernel, so o and down run on 2 x 64 CTAs. (cuBLASLt: split-K 2 for o, 3-4 for
+//    down.)
+//
+// Roles as in gemm_wgmma_dp.cu: warpgroup 0's thread 0 is the producer (TMA loads into a kStages
+// ring of W and x blocks, 64 columns of K, 128-byte swizzle, completing on "full" mbarriers by
+// transaction count); warpgroups 1.. (kBW / 64 of them) are consumers, each 64 W rows x kBX x rows.
+// Persistent grid of min(groups, co-resident clusters) clusters; cluster c runs groups c, c +
+// clusters, ...; a group is kCluster tiles (sharing modes) or one tile (kSplitK), x tiles varying
+// fastest.
+//
+// Ring across the cluster (sharing modes): a stage of CTA r holds rows that other CTAs wrote, so
+// it is refilled only when every consumer of the cluster has released it: each consumer's leader
+// arrives on the stage's "empty" barrier of every CTA (count consumers x kCluster), and each
+// producer waits on its own. Before exiting, the producer waits for the last round of arrivals on
+// its barriers (none may land in a CTA that has left). A group's tile past the last W or x tile
+// still loads its slice and a box of the last real tile (a box wholly outside the tensor faults)
+// and stores nothing.
+//
+// Reduction (kSplitK): rank r > 0 writes its accumulators into slot r - 1 of rank 0's reduction
+// buffer (st.shared::cluster, fragment order) and arrives on rank 0's "reduce full" barrier; rank
+// 0 waits, adds, arrives on each rank's "reduce empty" barrier (not after its last group: the
+// rank may have left) and stores. Rank r takes K blocks [r * blocks / kCluster, (r + 1) * ...).
+//
+// Virtual padding: the maps are exactly [N, K] and [M, K]; x's box stops at M rounded up to 8 rows
+// when one tile holds all of M (x_box_rows, gemm_kernels.cuh), and the tile's rows past it keep
+// stale shared memory, which reaches only columns of yᵀ (rows of y) past M, never stored; W rows
+// past N are zero-filled. y is stored where row < M and column < N, as bf16 pairs along N after
+// one shuffle (a thread's fragment holds two rows of y per column). N a multiple of 16, K of 64.
+//
+// Programmatic dependent launch: the producer loads the first kStages W blocks before
+// griddepcontrol.wait (no kernel writes W), x only after; the consumers wait before writing y.
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+
+#include "xyserve/backend/cuda/kernels/gemm_kernels.cuh"
+#include "xyserve/backend/cuda/kernels/gemm_ptx.cuh"
+#include "xyserve/backend/cuda/kernels/gemm_wgmma_consumer.cuh"
+#include "xyserve/backend/cuda/kernels/gemm_wgmma_ptx.cuh"
+
+namespace xy::cuda::gemm_detail {
+namespace {
+
+constexpr int kMaxSmemBytes = 227 * 1024;  // per block, sm_90
+
+template <int kBW_, int kBX_, int kCluster_, SwapCluster kMode_>
+struct SwapTraits {
+  static constexpr int kBW = kBW_;  // W rows per tile: wgmma m, 64 per consumer
+  static constexpr int kBX = kBX_;  // x rows per tile: wgmma n
+  static constexpr int kCluster = kCluster_;
+  static constexpr SwapCluster kMode = kMode_;
+  static constexpr bool kShareX = kMode == SwapCluster::kShareX && kCluster > 1;
+  static constexpr bool kShareW = kMode == SwapCluster::kShareW && kCluster > 1;
+  static constexpr bool kSplitK = kMode == SwapCluster::kSplitK && kCluster > 1;
+  static constexpr bool kShared = kShareX || kShareW;  // stages written by other CTAs' multicasts
+  static constexpr int kBK = 64;  // 128 bytes: one swizzle row
+  static constexpr int kConsumers = kBW / 64;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kAcc = kBX / 2;  // fp32 accumulators per consumer thread
+  static constexpr int kWTileBytes = kBW * kBK * 2;
+  static constexpr int kXTileBytes = kBX * kBK * 2;
+  static constexpr int kStageBytes = kWTileBytes + kXTileBytes;
+  // Rank 0's buffer for the other ranks' accumulators (kSplitK), every consumer thread's kAcc floats.
+  static constexpr int kReduceBytes = kSplitK ? (kCluster - 1) * kConsumers * 128 * kAcc * 4 : 0;
+  // As many stages as fit (+1024 to align to the swizzle atom, +1024 for the static barriers), at most 8.
+  static constexpr int kStages = std::min(8, (kMaxSmemBytes - 2048 - kReduceBytes) / kStageBytes);
+  static constexpr int kSmemBytes = kStages * kStageBytes + kReduceBytes + 1024;
+  static_assert(kBW == 64 || kBW == 128, "64 W rows per consumer warpgroup");
+  static_assert(kBX % 8 == 0 && kBX <= 256 && kAcc % 4 == 0, "wgmma n: whole swizzle atoms, float4 reduction");
+  static_assert(kCluster == 1 || kCluster == 2 || kCluster == 4, "cluster of 1, 2 or 4 CTAs");
+  static_assert(kBW % (8 * kCluster) == 0, "W slices of whole swizzle atoms");
+  static_assert(kStages >= 3, "pipeline depth");
+  static_assert(kSmemBytes + 1024 <= kMaxSmemBytes, "shared memory per block");
+};
+
+template <int kBW, int kBX, int kCluster, SwapCluster kMode>
+__global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThreads, 1)
+    wgmma_swap_kernel(const __grid_constant__ CUtensorMap map_w, const __grid_constant__ CUtensorMap map_x,
+                      __nv_bfloat16* __restrict__ y, int m, int n, int k, int x_slice_rows, int x_slicers,
+                      int stage_tx_bytes) {
+  using T = SwapTraits<kBW, kBX, kCluster, kMode>;
+  extern __shared__ unsigned char smem_raw[];
+  __shared__ __align__(8) uint64_t full_bar[T::kStages];
+  __shared__ __align__(8) uint64_t empty_bar[T::kStages];
+  __shared__ __align__(8) uint64_t reduce_full_bar;   // rank 0 (kSplitK)
+  __shared__ __align__(8) uint64_t reduce_empty_bar;  // ranks 1.. (kSplitK)
+  unsigned char* smem = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  unsigned char* w_tiles = smem;                                // [stage][kBW rows][64] of W
+  unsigned char* x_tiles = smem + T::kStages * T::kWTileBytes;  // [stage][kBX rows][64] of x
+  float* reduce_buf = reinterpret_cast<float*>(x_tiles + T::kStages * T::kXTileBytes);
+
+  const int rank = kCluster > 1 ? static_cast<int>(ptx::cluster_ctarank()) : 0;
+  const int cluster = kCluster > 1 ? static_cast<int>(ptx::cluster_id_x()) : static_cast<int>(blockIdx.x);
+  const int clusters = kCluster > 1 ? static_cast<int>(ptx::num_clusters_x()) : static_cast<int>(gridDim.x);
+  const int x_tiles_m = (m + kBX - 1) / kBX;
+  const int w_tiles_n = (n + kBW - 1) / kBW;
+  // Groups: x tiles (or clusters of them, kShareW) fastest, then W tiles (or clusters of them, kShareX).
+  const int x_groups = T::kShareW ? (x_tiles_m + kCluster - 1) / kCluster : x_tiles_m;
+  const int w_groups = T::kShareX ? (w_tiles_n + kCluster - 1) / kCluster : w_tiles_n;
+  const int groups = x_groups * w_groups;
+  const int k_blocks = k / T::kBK;
+  // This CTA's K blocks of every tile.
+  const int kb_begin = T::kSplitK ? rank * k_blocks / kCluster : 0;
+  const int kb_end = T::kSplitK ? (rank + 1) * k_blocks / kCluster : k_blocks;
+  // This CTA's tiles of group `grp`; past the last one in a cluster that shares an operand (no
+  // stores then: its rows or columns are past M or N).
+  auto w_tile_of = [&](int grp) { return T::kShareX ? (grp / x_groups) * kCluster + rank : grp / x_groups; };
+  auto x_tile_of = [&](int grp) { return T::kShareW ? (grp % x_groups) * kCluster + rank : grp % x_groups; };
+  // Their first rows as loaded: a box wholly outside its tensor faults, so a tile past the last
+  // loads the last one (unused).
+  auto w_row_of = [&](int grp) { return std::min(w_tile_of(grp), w_tiles_n - 1) * kBW; };
+  auto x_row_of = [&](int grp) { return std::min(x_tile_of(grp), x_tiles_m - 1) * kBX; };
+  // W blocks: the CTA's own box, or (kShareW) its slice of the cluster's, multicast.
+  auto load_w = [&](int s, int grp, int kb) {
+    if constexpr (T::kShareW) {
+      constexpr int kSlice = kBW / kCluster;
+      ptx::tma_load_2d_multicast(w_tiles + s * T::kWTileBytes + rank * kSlice * 128, &map_w, &full_bar[s],
+                                 kb * T::kBK, w_row_of(grp) + rank * kSlice, uint16_t((1u << kCluster) - 1));
+    } else {
+      ptx::tma_load_2d(w_tiles + s * T::kWTileBytes, &map_w, &full_bar[s], kb * T::kBK, w_row_of(grp));
+    }
+  };
+
+  if (threadIdx.x == 0) {
+    ptx::prefetch_tensor_map(&map_w);
+    for (int s = 0; s < T::kStages; ++s) {
+      ptx::mbarrier_init(&full_bar[s], 1);
+      ptx::mbarrier_init(&empty_bar[s], T::kConsumers * (T::kShared ? kCluster : 1));
+    }
+    ptx::mbarrier_init(&reduce_full_bar, (kCluster - 1) * T::kConsumers * 128);
+    ptx::mbarrier_init(&reduce_empty_bar, T::kConsumers * 128);
+    ptx::fence_mbarrier_init();
+    ptx::prefetch_tensor_map(&map_x);
+  }
+  // Barriers initialised in every CTA before any CTA multicasts into or arrives on another's.
+  if constexpr (kCluster > 1) {
+    ptx::cluster_sync();
+  } else {
+    __syncthreads();
+  }
+
+  if (threadIdx.x < 128) {
+    if (threadIdx.x != 0) return;
+    // First fill, W only: before griddepcontrol.wait (no kernel writes W).
+    uint32_t g = 0;
+    for (int grp = cluster; grp < groups && g < T::kStages; grp += clusters) {
+      for (int kb = kb_begin; kb < kb_end && g < T::kStages; ++kb, ++g) {
+        ptx::mbarrier_arrive_expect_tx(&full_bar[g], stage_tx_bytes);
+        load_w(g, grp, kb);
+      }
+    }
+    ptx::griddep_wait();  // x from here on
+    g = 0;
+    for (int grp = cluster; grp < groups; grp += clusters) {
+      const int x_row = x_row_of(grp);
+      for (int kb = kb_begin; kb < kb_end; ++kb, ++g) {
+        const int s = g % T::kStages;
+        if (g >= T::kStages) {  // stage s is refilled once every consumer it serves released it
+          ptx::mbarrier_wait(&empty_bar[s], ((g / T::kStages) - 1) & 1);
+          ptx::mbarrier_arrive_expect_tx(&full_bar[s], stage_tx_bytes);
+          load_w(s, grp, kb);
+        }
+        unsigned char* x_dst = x_tiles + s * T::kXTileBytes;
+        if constexpr (T::kShareX) {
+          if (rank < x_slicers) {
+            ptx::tma_load_2d_multicast(x_dst + rank * x_slice_rows * 128, &map_x, &full_bar[s], kb * T::kBK,
+                                       x_row + rank * x_slice_rows, uint16_t((1u << kCluster) - 1));
+          }
+        } else {
+          ptx::tma_load_2d(x_dst, &map_x, &full_bar[s], kb * T::kBK, x_row);
+        }
+      }
+    }
+    ptx::griddep_launch_dependents();
+    if constexpr (T::kShared) {
+      // The other CTAs' last arrivals on this CTA's barriers, before it may exit.
+      for (uint32_t last = g - std::min<uint32_t>(g, T::kStages); last < g; ++last) {
+        ptx::mbarrier_wait(&empty_bar[last % T::kStages], (last / T::kStages) & 1);
+      }
+    }
+    return;
+  }
+
+  ptx::griddep_wait();  // y from here on
+  const int consumer = threadIdx.x / 128 - 1;
+  const int t = threadIdx.x % 128;  // thread within this consumer
+  const bool leader = t == 0;
+  const int warp = t / 32, lane = t % 32;
+  uint32_t empty_addr[kCluster];  // the stage-0 "empty" barrier of every CTA this consumer releases
+#pragma unroll
+  for (int r = 0; r < kCluster; ++r) {
+    empty_addr[r] = T::kShared ? ptx::map_to_rank(ptx::smem_addr(&empty_bar[0]), r) : ptx::smem_addr(&empty_bar[0]);
+  }
+  // A stage goes back to every producer that writes it, by CTA-scope arrivals as CUTLASS's cluster
+  // pipelines make them: the stage's reads are done (wgmma wait) and nothing written needs
+  // publishing. (A first version released at cluster scope and waited with cluster-scope acquire:
+  // ~1 us per K block, qkv at M = 1 on 32 x 64 in clusters of 2 65 us against 19.5 after.)
+  auto release = [&](int s) {
+    if constexpr (T::kShared) {
+#pragma unroll
+      for (int r = 0; r < kCluster; ++r) ptx::mbarrier_arrive_remote(empty_addr[r] + 8 * s);
+    } else {
+      ptx::mbarrier_arrive(&empty_bar[s]);
+    }
+  };
+  uint32_t g = 0;
+  uint32_t round = 0;  // this CTA's groups so far: the reduction barriers' phase
+  for (int grp = cluster; grp < groups; grp += clusters, ++round) {
+    const bool last_group = grp + clusters >= groups;
+    if (last_group) ptx::griddep_launch_dependents();
+    // acc[64 W rows][kBX x rows] of this consumer, in wgmma fragment order.
+    float d[T::kAcc];
+#pragma unroll
+    for (int j = 0; j < T::kAcc; ++j) d[j] = 0.f;
+    const int iters = kb_end - kb_begin;
+    ptx::wgmma_ring_k_blocks<kBX, T::kBK, T::kStages, T::kWTileBytes, T::kXTileBytes>(
+        d, w_tiles, x_tiles, consumer * 64, 0, full_bar, release, g, iters, leader);
+    ptx::wgmma_wait<0>();
+    if (iters > 0 && leader) release(int((g - 1) % T::kStages));
+
+    if constexpr (T::kSplitK) {
+      // Slot (rank - 1, consumer), float4 j4 of thread t at ((slot * kAcc / 4 + j4) * 128 + t) * 4.
+      if (rank > 0) {
+        if (round > 0) ptx::mbarrier_wait_cluster(&reduce_empty_bar, (round - 1) & 1);
+        const int slot = (rank - 1) * T::kConsumers + consumer;
+        const uint32_t base = ptx::map_to_rank(ptx::smem_addr(reduce_buf), 0);
+#pragma unroll
+        for (int j4 = 0; j4 < T::kAcc / 4; ++j4) {
+          ptx::st_shared_cluster_v4(base + ((slot * (T::kAcc / 4) + j4) * 128 + t) * 16, d[4 * j4], d[4 * j4 + 1],
+                                    d[4 * j4 + 2], d[4 * j4 + 3]);
+        }
+        ptx::mbarrier_arrive_cluster(ptx::map_to_rank(ptx::smem_addr(&reduce_full_bar), 0));
+        continue;
+      }
+      ptx::mbarrier_wait_cluster(&reduce_full_bar, round & 1);
+#pragma unroll
+      for (int r = 1; r < kCluster; ++r) {
+        const int slot = (r - 1) * T::kConsumers + consumer;
+#pragma unroll
+        for (int j4 = 0; j4 < T::kAcc / 4; ++j4) {
+          const float4 v = reinterpret_cast<const float4*>(reduce_buf)[(slot * (T::kAcc / 4) + j4) * 128 + t];
+          d[4 * j4] += v.x;
+          d[4 * j4 + 1] += v.y;
+          d[4 * j4 + 2] += v.z;
+          d[4 * j4 + 3] += v.w;
+        }
+      }
+      if (!last_group) {
+#pragma unroll
+        for (int r = 1; r < kCluster; ++r) {
+          ptx::mbarrier_arrive_cluster(ptx::map_to_rank(ptx::smem_addr(&reduce_empty_bar), r));
+        }
+      }
+    }
+
+    // Epilogue. Fragment of m64nkBXk16 (PTX 9.7.15.5.1.1): d[4j + q] is yᵀ at row (W row)
+    // warp*16 + lane/4 (+8 for q >= 2), column (x row) 8j + 2*(lane%4) (+1 for odd q). Lanes l and
+    // l ^ 4 hold W rows c and c + 1 (c even) for the same two x rows: they swap one value each so
+    // that one stores y[x row][c, c + 1] and the other y[x row + 1][c, c + 1], 4 bytes apiece.
+    const bool odd = (lane >> 2) & 1;
+    const int col = w_tile_of(grp) * kBW + consumer * 64 + warp * 16 + ((lane >> 2) & ~1);  // the pair's first
+    const int row0 = x_tile_of(grp) * kBX + 2 * (lane & 3) + (odd ? 1 : 0);
+#pragma unroll
+    for (int j = 0; j < kBX / 8; ++j) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float v0 = d[4 * j + 2 * h], v1 = d[4 * j + 2 * h + 1];
+        const float other = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
+        const int row = row0 + 8 * j;
+        const int c = col + 8 * h;
+        if (row < m && c < n) {
+          *reinterpret_cast<__nv_bfloat162*>(y + int64_t{row} * n + c) =
+              odd ? __floats2bfloat162_rn(other, v1) : __floats2bfloat162_rn(v0, other);
+        }
+      }
+    }
+  }
+}
+
+// Clusters that can be resident at once, per device (0: not asked yet).
+template <class Kernel>
+int resident_clusters(Kernel kernel, int cluster, int threads, int smem_bytes, std::atomic<int> (&cache)[64]) {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  if (device < 64) {
+    if (const int known = cache[device].load(std::memory_order_relaxed); known > 0) return known;
+  }
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim = {static_cast<unsigned>(cluster), 1, 1};
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(cluster));
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
+  config.attrs = &attr;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess || clusters < 1) {
+    (void)cudaGetLastError();
+    clusters = std::max(1, num_sms() / cluster);
+  }
+  if (device < 64) cache[device].store(clusters, std::memory_order_relaxed);
+  return clusters;
+}
+
+template <int kBW, int kBX, int kCluster, SwapCluster kMode>
+cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, int m, int n, int k, bool pdl,
+                   cudaStream_t stream) {
+  using T = SwapTraits<kBW, kBX, kCluster, kMode>;
+  auto* kernel = wgmma_swap_kernel<kBW, kBX, kCluster, kMode>;
+  const int x_rows = x_box_rows(m, kBX);
+  // kShareX: each rank loads a slice of whole swizzle atoms, or rank 0 the whole box.
+  const bool sliced = T::kShareX && x_rows % (8 * kCluster) == 0;
+  const int x_slice_rows = sliced ? x_rows / kCluster : x_rows;
+  const int x_slicers = sliced ? kCluster : 1;
+  CUtensorMap map_w, map_x;
+  if (!make_map(&map_w, w, n, k, T::kShareW ? kBW / kCluster : kBW) || !make_map(&map_x, x, m, k, x_slice_rows)) {
+    return cudaErrorInvalidValue;
+  }
+  const int stage_tx_bytes = (kBW + x_rows) * T::kBK * 2;
+  static std::atomic<uint64_t> smem_allowed{0};
+  if (const cudaError_t err = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), T::kSmemBytes, smem_allowed);
+      err != cudaSuccess) {
+    return err;
+  }
+  static std::atomic<int> resident[64] = {};
+  const int x_tiles_m = (m + kBX - 1) / kBX, w_tiles_n = (n + kBW - 1) / kBW;
+  const int64_t groups = int64_t{T::kShareW ? (x_tiles_m + kCluster - 1) / kCluster : x_tiles_m} *
+                         (T::kShareX ? (w_tiles_n + kCluster - 1) / kCluster : w_tiles_n);
+  const int clusters = static_cast<int>(
+      std::min<int64_t>(groups, resident_clusters(kernel, kCluster, T::kThreads, T::kSmemBytes, resident)));
+  return launch_kernel_in_clusters(kernel, dim3(static_cast<unsigned>(clusters * kCluster)), dim3(T::kThreads),
+                                   T::kSmemBytes, stream, pdl, static_cast<unsigned>(kCluster), map_w, map_x, y, m, n,
+                                   k, x_slice_rows, x_slicers, stage_tx_bytes);
+}
+
+}  // namespace
+
+cudaError_t launch_wgmma_swap(int bx, int bw, int cluster, SwapCluster mode, const __nv_bfloat16* x,
+                              const __nv_bfloat16* w, __nv_bfloat16* y, int m, int n, int k, bool pdl,
+                              cudaStream_t stream) {
+  constexpr SwapCluster kX = SwapCluster::kShareX, kW = SwapCluster::kShareW, kK = SwapCluster::kSplitK;
+#define XY_SWAP_CASE(BX, BW, C, MODE)                              \
+  if (bx == BX && bw == BW && cluster == C && mode == MODE) {      \
+    return launch<BW, BX, C, MODE>(x, w, y, m, n, k, pdl, stream); \
+  }
+  XY_SWAP_CASE(32, 64, 4, kX)
+  XY_SWAP_CASE(32, 128, 2, kX)
+  XY_SWAP_CASE(64, 128, 2, kX)
+  XY_SWAP_CASE(32, 64, 2, kW)
+  XY_SWAP_CASE(32, 64, 2, kK)
+  XY_SWAP_CASE(64, 64, 2, kK)
+#undef XY_SWAP_CASE
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace xy::cuda::gemm_detail
