@@ -131,8 +131,8 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
   auto x_tile_of = [&](int grp) { return T::kShareW ? (grp % x_groups) * kCluster + rank : grp % x_groups; };
   // Their first rows as loaded: a box wholly outside its tensor faults, so a tile past the last
   // loads the last one (unused).
-  auto w_row_of = [&](int grp) { return std::min(w_tile_of(grp), w_tiles_n - 1) * kBW; };
-  auto x_row_of = [&](int grp) { return std::min(x_tile_of(grp), x_tiles_m - 1) * kBX; };
+  auto w_row_of = [&](int grp) { return (w_tile_of(grp) < w_tiles_n ? w_tile_of(grp) : w_tiles_n - 1) * kBW; };
+  auto x_row_of = [&](int grp) { return (x_tile_of(grp) < x_tiles_m ? x_tile_of(grp) : x_tiles_m - 1) * kBX; };
   // W blocks: the CTA's own box, or (kShareW) its slice of the cluster's, multicast.
   auto load_w = [&](int s, int grp, int kb) {
     if constexpr (T::kShareW) {
@@ -197,7 +197,7 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
     ptx::griddep_launch_dependents();
     if constexpr (T::kShared) {
       // The other CTAs' last arrivals on this CTA's barriers, before it may exit.
-      for (uint32_t last = g - std::min<uint32_t>(g, T::kStages); last < g; ++last) {
+      for (uint32_t last = g > uint32_t{T::kStages} ? g - T::kStages : 0; last < g; ++last) {
         ptx::mbarrier_wait(&empty_bar[last % T::kStages], (last / T::kStages) & 1);
       }
     }
