@@ -282,12 +282,13 @@ def gemm_table(args):
         x, shape, m = fn(xs, key=lambda t: t[0])
         return f"{x:.2f} ({_where(shape, m)})"
 
+    every = lambda shape, m: True  # noqa: E731
     small_qkv_o = lambda shape, m: m <= PDL_MAX_M and shape[1] in ("qkv", "o")  # noqa: E731
-    rows = [("points", lambda s: str(len(s(lambda *_: True))))]
-    rows += [("geomean", lambda s: gm(s(lambda *_: True))),
-             ("min", lambda s: extreme(s(lambda *_: True), min)),
-             ("max", lambda s: extreme(s(lambda *_: True), max)),
-             ("points below 0.97x", lambda s: str(sum(x < 0.97 for x, *_ in s(lambda *_: True))))]
+    rows = [("points", lambda s: str(len(s(every)))),
+            ("geomean", lambda s: gm(s(every))),
+            ("min", lambda s: extreme(s(every), min)),
+            ("max", lambda s: extreme(s(every), max)),
+            ("points below 0.97x", lambda s: str(sum(x < 0.97 for x, *_ in s(every))))]
     for lo, hi in M_RANGES:
         rows.append((f"geomean, M {lo}-{hi}", lambda s, lo=lo, hi=hi: gm(s(lambda shape, m: lo <= m <= hi))))
     rows += [(f"qkv, o at M <= {PDL_MAX_M}: min (target 1.30)", lambda s: extreme(s(small_qkv_o), min)),

@@ -15,8 +15,7 @@ at::matmul(x, w.t()) (aten/src/ATen/native/Linear.cpp), which for two 2-D operan
 same call (addmm_out_cuda_impl -> at::cuda::blas::gemm -> cuBLAS, w.t() passed as a transpose
 flag, no copy); out= lets every launch write its own rotating output, with no allocation during
 graph capture. Each (shape, M) checks once that F.linear(x, w) equals that mm bit for bit (column
-"=lin"), and with --direct also times F.linear itself inside the graph ("torch_linear_direct":
-its output comes from the graph's private pool, so it does not rotate).
+"=lin"; "NO" there would mean the timed call is not F.linear's).
 
 Method (gemm_bench's): per shape, S = max(2, ceil(200 MiB / weight bytes)) buffer sets of x
 [maxM, K], w [N, K], y [maxM, N], so that no launch finds its operands in the 60 MB L2 from the
@@ -34,7 +33,7 @@ Output: a table on stdout as it goes; a CSV (--csv) with gemm_bench's header, ke
 
 Run (GPU machine, repo root):
   python3 tools/torch_linear_bench.py [--ms 1,8,64,4096] [--models llama3-8b] [--csv torch_linear.csv]
-      [--copy-tbps 3.91] [--direct]
+      [--copy-tbps 3.91]
 """
 import argparse
 import math
@@ -125,7 +124,6 @@ def main():
     p.add_argument("--models", default="llama3-8b,qwen3-8b")
     p.add_argument("--csv", default="torch_linear.csv")
     p.add_argument("--copy-tbps", type=float, help="copy bandwidth to use (e.g. gemm_bench's); default: measure")
-    p.add_argument("--direct", action="store_true", help="also time F.linear itself in the graph (torch_linear_direct)")
     args = p.parse_args()
     ms = sorted({int(v) for v in args.ms.split(",") if v.strip()})
     models = set(args.models.split(","))
@@ -154,7 +152,7 @@ def main():
     out = open(args.csv, "w")
     out.write(HEADER + "\n")
     print(f"{'model':9} {'layer':7} {'M':>5} | {'us':>9} {'TB/s':>6} {'%bw':>5} {'TFLOP/s':>7} | {'iters':>5} "
-          f"{'sets':>4} | {'diff fp64':>9} {'=lin':>4}" + (f" | {'direct us':>9}" if args.direct else ""))
+          f"{'sets':>4} | {'diff fp64':>9} {'=lin':>4}")
     for model, layer, n, k in shapes:
         sets = max(2, -(-ROTATE_BYTES // (2 * n * k)))
         xs = [torch.empty(max_m, k, dtype=torch.bfloat16, device="cuda").uniform_(-1, 1) for _ in range(sets)]
@@ -179,17 +177,11 @@ def main():
             line = (f"{model:9} {layer:7} {m:5d} | {us:9.2f} {nbytes / us * 1e-6:6.2f} "
                     f"{100 * nbytes / us * 1e-6 / copy_tbps:4.0f}% {flops / us * 1e-6:7.1f} | {iters:5d} {sets:4d} | "
                     f"{diff:9.2e} {'yes' if same else 'NO':>4}")
-            rows = [("torch_linear", us)]
-            if args.direct:
-                direct_us, _ = time_us(stream, sets, lambda s: F.linear(xs[s][:m], ws[s]))
-                rows.append(("torch_linear_direct", direct_us))
-                line += f" | {direct_us:9.2f}"
             if not diff <= AGREE_BOUND:
                 line += "  MISMATCH"
             print(line, flush=True)
-            for name, t in rows:
-                out.write(f"{model},{layer},{m},{n},{k},{name},{t:.3f},{nbytes / t * 1e-6:.4f},"
-                          f"{nbytes / t * 1e-6 / copy_tbps:.4f},{flops / t * 1e-6:.2f},nan,nan,nan\n")
+            out.write(f"{model},{layer},{m},{n},{k},torch_linear,{us:.3f},{nbytes / us * 1e-6:.4f},"
+                      f"{nbytes / us * 1e-6 / copy_tbps:.4f},{flops / us * 1e-6:.2f},nan,nan,nan\n")
             out.flush()
         del xs, ws, ys
         torch.cuda.empty_cache()

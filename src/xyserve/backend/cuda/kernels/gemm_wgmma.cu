@@ -110,10 +110,7 @@ __global__ void __launch_bounds__(WgmmaTraits<kBN>::kThreads, 1)
   if (threadIdx.x == 0) {
     ptx::prefetch_tensor_map(&map_x);
     ptx::prefetch_tensor_map(&map_w);
-    for (int s = 0; s < T::kStages; ++s) {
-      ptx::mbarrier_init(&full_bar[s], 1);
-      ptx::mbarrier_init(&empty_bar[s], T::kConsumers);
-    }
+    ptx::init_ring_barriers<T::kStages>(full_bar, empty_bar, T::kConsumers);
     ptx::fence_mbarrier_init();
   }
   __syncthreads();

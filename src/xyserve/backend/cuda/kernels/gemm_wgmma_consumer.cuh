@@ -1,6 +1,7 @@
-// The consumer warpgroup's main loop shared by the TMA + wgmma GEMM kernels (gemm_wgmma.cu,
-// gemm_wgmma_sk.cu, gemm_wgmma_dp.cu): K blocks taken from a ring of shared-memory stages that a
-// producer fills by TMA, completing on "full" mbarriers and released on "empty" ones.
+// The ring of shared-memory stages shared by the TMA + wgmma GEMM kernels (gemm_wgmma.cu,
+// gemm_wgmma_sk.cu, gemm_wgmma_dp.cu, gemm_wgmma_swap.cu): a producer fills stages by TMA,
+// completing on "full" mbarriers, and consumers release them on "empty" ones. Here: the barriers'
+// initialisation and the consumer warpgroup's main loop.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +10,17 @@
 #include "xyserve/backend/cuda/kernels/gemm_wgmma_ptx.cuh"
 
 namespace xy::cuda::ptx {
+
+// One thread, before any use: each stage's "full" barrier completes on the producer's one arrival
+// (with its transaction bytes), its "empty" barrier on `empty_arrivals` consumer releases. The
+// caller fences (fence_mbarrier_init) once it has initialised any barriers of its own too.
+template <int kStages>
+__device__ __forceinline__ void init_ring_barriers(uint64_t* full_bar, uint64_t* empty_bar, uint32_t empty_arrivals) {
+  for (int s = 0; s < kStages; ++s) {
+    mbarrier_init(&full_bar[s], 1);
+    mbarrier_init(&empty_bar[s], empty_arrivals);
+  }
+}
 
 // Adds `iters` K blocks into d: ring position g (stage g % kStages, phase g / kStages; g counts on
 // across the CTA's tiles and is advanced here) holds x rows at a_tiles + stage * kATileBytes and W

@@ -115,10 +115,7 @@ __global__ void __launch_bounds__(DpTraits<kBM, kBN>::kThreads, 1)
     // At mid M a CTA runs one or two tiles of 64-224 K blocks; the first fill is started first
     // thing, with W only: it may be requested before griddepcontrol.wait (no kernel writes W).
     ptx::prefetch_tensor_map(&map_w);
-    for (int s = 0; s < T::kStages; ++s) {
-      ptx::mbarrier_init(&full_bar[s], 1);
-      ptx::mbarrier_init(&empty_bar[s], T::kConsumers);
-    }
+    ptx::init_ring_barriers<T::kStages>(full_bar, empty_bar, T::kConsumers);
     ptx::fence_mbarrier_init();
     uint32_t g = 0;
     for (int tile = blockIdx.x; tile < num_tiles && g < T::kStages; tile += gridDim.x) {

@@ -295,10 +295,7 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
     // W of the first kStages blocks goes into the ring and the next kWPrefetch blocks into L2,
     // all before griddepcontrol.wait (no kernel writes W); x waits for it below.
     ptx::prefetch_tensor_map(&map_w);
-    for (int s = 0; s < T::kStages; ++s) {
-      ptx::mbarrier_init(&full_bar[s], 1);
-      ptx::mbarrier_init(&empty_bar[s], T::kConsumers);
-    }
+    ptx::init_ring_barriers<T::kStages>(full_bar, empty_bar, T::kConsumers);
     ptx::fence_mbarrier_init();
     uint32_t g = 0;
     for (int i = 0; i < work.num_segments && g < T::kStages + T::kWPrefetch; ++i) {

@@ -87,6 +87,14 @@ struct SwapTraits {
   // As many stages as fit (+1024 to align to the swizzle atom, +1024 for the static barriers), at most 8.
   static constexpr int kStages = std::min(8, (kMaxSmemBytes - 2048 - kReduceBytes) / kStageBytes);
   static constexpr int kSmemBytes = kStages * kStageBytes + kReduceBytes + 1024;
+  // Groups of x tiles (x tiles, or clusters of them with kShareW; the fastest-varying) and of W
+  // tiles (clusters of them with kShareX): a group is what one cluster runs at a time.
+  static __host__ __device__ int x_groups(int x_tiles) {
+    return kShareW ? (x_tiles + kCluster - 1) / kCluster : x_tiles;
+  }
+  static __host__ __device__ int w_groups(int w_tiles) {
+    return kShareX ? (w_tiles + kCluster - 1) / kCluster : w_tiles;
+  }
   static_assert(kBW == 64 || kBW == 128, "64 W rows per consumer warpgroup");
   static_assert(kBX % 8 == 0 && kBX <= 256 && kAcc % 4 == 0, "wgmma n: whole swizzle atoms, float4 reduction");
   static_assert(kCluster == 1 || kCluster == 2 || kCluster == 4, "cluster of 1, 2 or 4 CTAs");
@@ -117,10 +125,8 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
   const int clusters = kCluster > 1 ? static_cast<int>(ptx::num_clusters_x()) : static_cast<int>(gridDim.x);
   const int x_tiles_m = (m + kBX - 1) / kBX;
   const int w_tiles_n = (n + kBW - 1) / kBW;
-  // Groups: x tiles (or clusters of them, kShareW) fastest, then W tiles (or clusters of them, kShareX).
-  const int x_groups = T::kShareW ? (x_tiles_m + kCluster - 1) / kCluster : x_tiles_m;
-  const int w_groups = T::kShareX ? (w_tiles_n + kCluster - 1) / kCluster : w_tiles_n;
-  const int groups = x_groups * w_groups;
+  const int x_groups = T::x_groups(x_tiles_m);
+  const int groups = x_groups * T::w_groups(w_tiles_n);
   const int k_blocks = k / T::kBK;
   // This CTA's K blocks of every tile.
   const int kb_begin = T::kSplitK ? rank * k_blocks / kCluster : 0;
@@ -146,10 +152,7 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
 
   if (threadIdx.x == 0) {
     ptx::prefetch_tensor_map(&map_w);
-    for (int s = 0; s < T::kStages; ++s) {
-      ptx::mbarrier_init(&full_bar[s], 1);
-      ptx::mbarrier_init(&empty_bar[s], T::kConsumers * (T::kShared ? kCluster : 1));
-    }
+    ptx::init_ring_barriers<T::kStages>(full_bar, empty_bar, T::kConsumers * (T::kShared ? kCluster : 1));
     ptx::mbarrier_init(&reduce_full_bar, (kCluster - 1) * T::kConsumers * 128);
     ptx::mbarrier_init(&reduce_empty_bar, T::kConsumers * 128);
     ptx::fence_mbarrier_init();
@@ -347,9 +350,7 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
     return err;
   }
   static std::atomic<int> resident[64] = {};
-  const int x_tiles_m = (m + kBX - 1) / kBX, w_tiles_n = (n + kBW - 1) / kBW;
-  const int64_t groups = int64_t{T::kShareW ? (x_tiles_m + kCluster - 1) / kCluster : x_tiles_m} *
-                         (T::kShareX ? (w_tiles_n + kCluster - 1) / kCluster : w_tiles_n);
+  const int64_t groups = int64_t{T::x_groups((m + kBX - 1) / kBX)} * T::w_groups((n + kBW - 1) / kBW);
   const int clusters = static_cast<int>(
       std::min<int64_t>(groups, resident_clusters(kernel, kCluster, T::kThreads, T::kSmemBytes, resident)));
   return launch_kernel_in_clusters(kernel, dim3(static_cast<unsigned>(clusters * kCluster)), dim3(T::kThreads),
