@@ -16,6 +16,7 @@ constexpr GemmKernel kAllKernels[] = {
     GemmKernel::kStreamT16,    GemmKernel::kStreamT32,    GemmKernel::kStreamT64,
     GemmKernel::kStreamT16N64, GemmKernel::kStreamT32N64, GemmKernel::kStreamT64N64,
     GemmKernel::kStreamT16N32, GemmKernel::kWgmma128x256, GemmKernel::kWgmma128x128,
+    GemmKernel::kWgmma128x256C2, GemmKernel::kWgmma128x128C2,
     GemmKernel::kWgmmaSk128x256, GemmKernel::kWgmmaSk128x128, GemmKernel::kWgmmaSk64x256,
     GemmKernel::kWgmmaSk128x128x2,
     GemmKernel::kWgmmaDp64x64,   GemmKernel::kWgmmaDp64x96,   GemmKernel::kWgmmaDp64x128,
@@ -29,8 +30,8 @@ enum class Family { kGemv, kStream, kWgmma, kWgmmaSk, kWgmmaDp, kWgmmaSwap };
 // The compiled tile of each kernel: tokens per tile (rows of x; 0 for the split-K wgmma kernels,
 // whose tile is 128), rows of W per tile (1 for the gemv kernels: any n; for the data-parallel
 // wgmma kernels not a divisor of n, which they pad virtually), columns of K per block,
-// CTAs per SM (the stream-K wgmma kernels' persistent grid), CTAs per cluster and what they share
-// (the swapped kernels).
+// CTAs per SM (the stream-K wgmma kernels' persistent grid), CTAs per cluster (the split-K wgmma
+// kernels, along M sharing W; the swapped kernels) and what they share (the swapped kernels).
 struct Tile {
   Family family;
   int tokens, rows, cols;
@@ -56,6 +57,8 @@ Tile tile_of(GemmKernel kernel) {
     case GemmKernel::kStreamT16N32: return {Family::kStream, 16, 32, 256};
     case GemmKernel::kWgmma128x256: return {Family::kWgmma, 0, 256, 64};
     case GemmKernel::kWgmma128x128: return {Family::kWgmma, 0, 128, 64};
+    case GemmKernel::kWgmma128x256C2: return {Family::kWgmma, 0, 256, 64, 1, 2};
+    case GemmKernel::kWgmma128x128C2: return {Family::kWgmma, 0, 128, 64, 1, 2};
     case GemmKernel::kWgmmaSk128x256: return {Family::kWgmmaSk, 128, 256, 64};
     case GemmKernel::kWgmmaSk128x128: return {Family::kWgmmaSk, 128, 128, 64};
     case GemmKernel::kWgmmaSk64x256: return {Family::kWgmmaSk, 64, 256, 64};
@@ -97,6 +100,8 @@ const char* gemm_kernel_name(GemmKernel kernel) {
     case GemmKernel::kStreamT16N32: return "stream_t16_n32";
     case GemmKernel::kWgmma128x256: return "wgmma_128x256";
     case GemmKernel::kWgmma128x128: return "wgmma_128x128";
+    case GemmKernel::kWgmma128x256C2: return "wgmma_128x256_c2";
+    case GemmKernel::kWgmma128x128C2: return "wgmma_128x128_c2";
     case GemmKernel::kWgmmaSk128x256: return "wgmma_sk_128x256";
     case GemmKernel::kWgmmaSk128x128: return "wgmma_sk_128x128";
     case GemmKernel::kWgmmaSk64x256: return "wgmma_sk_64x256";
@@ -159,7 +164,7 @@ size_t gemm_workspace_bytes(GemmKernel kernel, int m, int n, int k) {
   switch (tile.family) {
     case Family::kGemv: return 0;
     case Family::kStream: return gemm_detail::stream_workspace_bytes(tile.tokens, tile.rows, m, n, k);
-    case Family::kWgmma: return gemm_detail::wgmma_workspace_bytes(tile.rows, m, n, k);
+    case Family::kWgmma: return gemm_detail::wgmma_workspace_bytes(tile.rows, tile.cluster, m, n, k);
     case Family::kWgmmaSk:
       return gemm_detail::wgmma_sk_workspace_bytes(tile.tokens, tile.rows, tile.ctas_per_sm, m, n, k);
     case Family::kWgmmaDp: return 0;
@@ -198,7 +203,8 @@ void gemm_launch(GemmKernel kernel, const GemmArgs& a, cudaStream_t stream) {
                                                a.workspace, a.pdl, stream));
       break;
     case Family::kWgmma:  // not PDL-aware: a plain launch whatever a.pdl says
-      XY_CUDA_CHECK(gemm_detail::launch_wgmma(tile.rows, a.x, a.w, a.y, a.m, a.n, a.k, a.workspace, stream));
+      XY_CUDA_CHECK(gemm_detail::launch_wgmma(tile.rows, tile.cluster, a.x, a.w, a.y, a.m, a.n, a.k, a.workspace,
+                                              stream));
       break;
     case Family::kWgmmaSk:
       XY_CUDA_CHECK(gemm_detail::launch_wgmma_sk(tile.tokens, tile.rows, tile.ctas_per_sm, a.x, a.w, a.y, a.m,

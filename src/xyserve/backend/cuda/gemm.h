@@ -40,6 +40,11 @@ enum class GemmKernel {
   // mid and large M.
   kWgmma128x256,
   kWgmma128x128,
+  // The same in clusters of two CTAs along M (neighbouring m-tiles, one W tile) that load W's
+  // box once for both by TMA multicast: half the L2 reads of W, as cuBLASLt's large-M kernels
+  // (256 x 128 of yᵀ in clusters of 1 x 2) do.
+  kWgmma128x256C2,
+  kWgmma128x128C2,
   // TMA + wgmma stream-K: a persistent grid of one CTA per SM, each running an equal share of the
   // (output tile, K block) iterations, partial tiles summed in the workspace; bf16 output through
   // shared memory and TMA stores. 64 x 256 (two consumer warpgroups splitting N) for M <= ~512
@@ -106,8 +111,8 @@ struct GemmArgs {
   // waits for that kernel (griddepcontrol.wait); it reads x, writes y and touches the workspace
   // only after. The previous kernel lets it start early by issuing griddepcontrol.launch_dependents
   // (without it, the launch still waits for its completion, as a plain launch does). Kernels that
-  // are not PDL-aware (kWgmma128x256, kWgmma128x128) ignore the flag. Works inside CUDA graph
-  // capture (a programmatic edge).
+  // are not PDL-aware (kWgmma128x256, kWgmma128x128 and their C2 forms) ignore the flag. Works
+  // inside CUDA graph capture (a programmatic edge).
   bool pdl = false;
 };
 

@@ -10,10 +10,12 @@
 namespace xy::cuda {
 
 // A bf16 tensor of `rank` dimensions (dims[0] innermost, contiguous; strides in bytes of the
-// other rank - 1), boxes of `box` elements with 128-byte swizzle, L2 promotion 256 B, reads past
-// the dims returning zeros. False where the driver has no encoder or refuses the shape.
+// other rank - 1), boxes of `box` elements with 128-byte swizzle (or `swizzle`), L2 promotion
+// 256 B, reads past the dims returning zeros. False where the driver has no encoder or refuses the
+// shape.
 bool encode_bf16_tensor_map(CUtensorMap* map, const void* base, uint32_t rank, const cuuint64_t* dims,
-                            const cuuint64_t* strides, const cuuint32_t* box);
+                            const cuuint64_t* strides, const cuuint32_t* box,
+                            CUtensorMapSwizzle swizzle = CU_TENSOR_MAP_SWIZZLE_128B);
 
 // One layer's paged K (or V) cache [slots][num_kv_heads][head_dim] as a 3-D tensor (head_dim
 // innermost), read in boxes of [64 elements][1 head][box_rows slots]: a box lands as box_rows

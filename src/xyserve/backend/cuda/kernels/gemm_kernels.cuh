@@ -23,6 +23,9 @@ namespace xy::cuda::gemm_detail {
 // swizzle (the wgmma kernels' operand and output tiles); loads past `rows` return zeros, stores
 // past it are dropped.
 bool make_map(CUtensorMap* map, const __nv_bfloat16* base, int rows, int cols, int box_rows);
+// Tensor map of the output y [rows, cols] for TMA stores of boxes of [box_cols, 64 rows]: 128-byte
+// swizzle for 64 columns, none for fewer (store_tile_by_slabs, gemm_wgmma_consumer.cuh).
+bool make_out_map(CUtensorMap* map, const __nv_bfloat16* base, int rows, int cols, int box_cols);
 // Rows of x's box for a kernel whose tiles hold `tile_rows` rows of x: M rounded up to 8 (a whole
 // swizzle atom) when one m-tile holds all of M, else the tile's rows. TMA spends time on every row
 // of a box, zero-filled or not: at small M a tile-high x box cost as many rows per K block as W's
@@ -45,6 +48,33 @@ inline cudaError_t allow_dynamic_smem(const void* kernel, int bytes, std::atomic
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (err == cudaSuccess) done.fetch_or(bit, std::memory_order_acq_rel);
   return err;
+}
+
+// Clusters of `cluster` CTAs of `kernel` that can be resident at once on the current device (the
+// persistent clustered grids' size), asked once per device and kept in `cache` (one per kernel).
+template <class Kernel>
+int resident_clusters(Kernel kernel, int cluster, int threads, int smem_bytes, std::atomic<int> (&cache)[64]) {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  if (device < 64) {
+    if (const int known = cache[device].load(std::memory_order_relaxed); known > 0) return known;
+  }
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim = {static_cast<unsigned>(cluster), 1, 1};
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(cluster));
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
+  config.attrs = &attr;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess || clusters < 1) {
+    (void)cudaGetLastError();
+    clusters = num_sms() / cluster > 0 ? num_sms() / cluster : 1;
+  }
+  if (device < 64) cache[device].store(clusters, std::memory_order_relaxed);
+  return clusters;
 }
 
 using xy::cuda::launch_kernel;  // kernels/launch.cuh
@@ -79,13 +109,14 @@ cudaError_t launch_stream(int tok, int bn, const __nv_bfloat16* x, const __nv_bf
                           __nv_bfloat16* y, int m, int n, int k, void* workspace, bool pdl,
                           cudaStream_t stream);
 
-// TMA + wgmma kernel, 128 x `bn` output tile (bn = 128 or 256), split along K into
+// TMA + wgmma kernel, 128 x `bn` output tile (bn = 128 or 256), in clusters of `cluster` CTAs
+// (1 or 2) along M that load W's box once for both by multicast; split along K into
 // wgmma_splits() parts when there are too few tiles to fill the GPU. Preconditions:
 // n % bn == 0, k % 64 == 0, pointers 16-byte aligned, workspace of wgmma_workspace_bytes()
 // bytes (none when unsplit), zero-filled.
-int wgmma_splits(int bn, int m, int n, int k);
-size_t wgmma_workspace_bytes(int bn, int m, int n, int k);
-cudaError_t launch_wgmma(int bn, const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
+int wgmma_splits(int bn, int cluster, int m, int n, int k);
+size_t wgmma_workspace_bytes(int bn, int cluster, int m, int n, int k);
+cudaError_t launch_wgmma(int bn, int cluster, const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
                          int m, int n, int k, void* workspace, cudaStream_t stream);
 
 // Stream-K TMA + wgmma kernel (gemm_wgmma_sk.cu), bm x bn output tile with (bm, bn, ctas_per_sm)

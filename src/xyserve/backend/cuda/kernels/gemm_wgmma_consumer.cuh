@@ -1,8 +1,11 @@
 // The ring of shared-memory stages shared by the TMA + wgmma GEMM kernels (gemm_wgmma.cu,
 // gemm_wgmma_sk.cu, gemm_wgmma_dp.cu, gemm_wgmma_swap.cu): a producer fills stages by TMA,
 // completing on "full" mbarriers, and consumers release them on "empty" ones. Here: the barriers'
-// initialisation and the consumer warpgroup's main loop.
+// initialisation, the consumer warpgroup's main loop and its store of a tile through shared memory.
 #pragma once
+
+#include <cuda.h>  // CUtensorMap
+#include <cuda_bf16.h>
 
 #include <cstdint>
 
@@ -54,6 +57,75 @@ __device__ __forceinline__ void wgmma_ring_k_blocks(float (&d)[kN / 2], const un
   wgmma_ring_k_blocks<kN, kBK, kStages, kATileBytes, kBTileBytes>(
       d, a_tiles, b_tiles, a_row, b_row, full_bar, [empty_bar](int s) { mbarrier_arrive(&empty_bar[s]); }, g, iters,
       leader);
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Columns of the TMA store boxes of store_tile_by_slabs for a consumer kN columns wide: 64 with
+// 128-byte swizzle when kN is a multiple of 64, else 16 unswizzled (32-byte rows), so any width
+// that is a multiple of 16 (the data-parallel tiles' 48, 96, 144, 224) is stored whole.
+template <int kN>
+inline constexpr int kOutBoxCols = kN % 64 == 0 ? 64 : 16;
+
+// Stores one consumer's 64 x kN accumulators (m64nkNk16 fragment order, PTX 9.7.15.5.1.1: d[4j + r]
+// at row warp*16 + lane/4 (+8 for r >= 2), column 8j + 2*(lane%4) (+1 for odd r)) as bf16 at rows
+// row0.., columns col0.. of `map_y` (a [M, N] map with boxes of kOutBoxCols<kN> columns x 64 rows:
+// TMA drops what lies past M or N): chunks of up to 64 columns converted into `slabs` (two 8 KB
+// buffers, 1024-byte aligned), then stored by TMA, so that a chunk's conversion overlaps the
+// previous one's store and the consumer goes on to its next tile while the last ones drain. A
+// chunk is one 128-byte-swizzled [64 rows][64] box, where 16-byte piece c of row r sits at c ^ (r %
+// 8) and the 8 rows a warp writes at once hit 32 different banks; or up to four [64 rows][16]
+// boxes, 2-way bank conflicts. slabs_stored (the consumer's chunks so far: buffer slabs_stored % 2
+// is next) counts on across tiles; `barrier` is a named barrier of the consumer's 128 threads
+// alone. Before the CTA exits, the leader waits for its stores (bulk_wait_group<0>): shared memory
+// must outlive them.
+template <int kN>
+__device__ __forceinline__ void store_tile_by_slabs(const float (&d)[kN / 2], unsigned char* slabs,
+                                                    uint32_t& slabs_stored, const CUtensorMap* map_y, int col0,
+                                                    int row0, int barrier, bool leader) {
+  constexpr int kBox = kOutBoxCols<kN>;
+  constexpr int kSlabBytes = 64 * 64 * 2;
+  static_assert(kN % 16 == 0, "whole 16-column boxes");
+  const int t = threadIdx.x % 128;
+  const int warp = t / 32, lane = t % 32;
+  // One loop over the 8-column groups j, unrolled whole, so that every index into d is a constant
+  // (an inner loop bounded by the chunk's width left d in local memory). Chunk j / 8 starts at j % 8
+  // == 0 and ends at its 8th group or the last.
+  uint32_t slab_addr = 0;
+  unsigned char* slab = nullptr;
+#pragma unroll
+  for (int j = 0; j < kN / 8; ++j) {
+    const int jj = j % 8;  // group within the chunk
+    if (jj == 0) {
+      slab = slabs + (slabs_stored & 1) * kSlabBytes;
+      slab_addr = smem_addr(slab);
+      if (leader) bulk_wait_group_read<1>();  // this buffer's previous stores have read it
+      named_barrier_sync(barrier, 128);
+    }
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = warp * 16 + half * 8 + (lane >> 2);
+      const int offset = kBox == 64 ? row * 128 + ((jj ^ (row & 7)) << 4) + (lane & 3) * 4
+                                    : (jj / 2) * (64 * 16 * 2) + row * 32 + (jj & 1) * 16 + (lane & 3) * 4;
+      st_shared_b32(slab_addr + offset, pack_bf16x2(d[4 * j + 2 * half], d[4 * j + 2 * half + 1]));
+    }
+    if (jj == 7 || j == kN / 8 - 1) {
+      fence_proxy_async_smem();  // the TMA stores below read what this thread wrote
+      named_barrier_sync(barrier, 128);
+      if (leader) {
+        const int chunk_col = j / 8 * 64;
+#pragma unroll
+        for (int b = 0; b < (jj + 1) * 8 / kBox; ++b) {
+          tma_store_2d(map_y, slab + b * kBox * 64 * 2, col0 + chunk_col + b * kBox, row0);
+        }
+        bulk_commit_group();
+      }
+      ++slabs_stored;
+    }
+  }
 }
 
 }  // namespace xy::cuda::ptx

@@ -31,16 +31,22 @@
 // not be a multiple of kBN, only of 16 (wgmma's n is a multiple of 8; 16 also keeps gemm_check's
 // N = 200 refused), and K a multiple of 64.
 //
-// Epilogue: bf16 pairs straight from the accumulator fragments to global memory (4-byte stores),
-// as gemm_wgmma.cu does: at mid M, y is small next to W.
+// Epilogue, 128-row tiles: bf16 through shared memory and TMA stores (store_tile_by_slabs,
+// gemm_wgmma_consumer.cuh; 16-column boxes for consumer widths that are not multiples of 64), which
+// drop what lies past M or N. 64-row tiles: bf16 pairs straight from the fragments (4-byte stores,
+// rows past M skipped). Measured (H200, 2026-11-25, full sweep against the eighth session's,
+// normalised by cuBLASLt in each run): staging won 5-19% at M >= 777 on every tile and 5-11% on
+// 128 x 192 and 128 x 224 from M = 64 up, but lost 3-13% at M <= 128 on the narrow tiles, whose
+// tiles there are mostly rows past M: the staged store still writes and waits for whole boxes, a
+// tail the fragment stores skip. 64-row tiles serve small M, 128-row ones mid and large M.
 //
 // Programmatic dependent launch: the producer requests the first kStages blocks of W before
 // griddepcontrol.wait (no kernel writes W), x only after it; the consumers wait before they
 // write y.
 //
 // Next steps, not done: clusters of CTAs along M with TMA multicast of the W tile (one L2 read
-// per cluster instead of one per m-tile), a TMA-store epilogue, and two CTAs per SM for the
-// narrow tiles. Stages: as many as fit in 227 KB, at most 8; not tuned yet.
+// per cluster instead of one per m-tile, as gemm_wgmma.cu's C2 tiles), and two CTAs per SM for the
+// narrow tiles. Stages: as many as fit in 227 KB beside the output staging, at most 8; not tuned.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -75,10 +81,13 @@ struct DpTraits {
   static constexpr int kATileBytes = kBM * kBK * 2;
   static constexpr int kBTileBytes = kBN * kBK * 2;
   static constexpr int kStageBytes = kATileBytes + kBTileBytes;
-  // As many stages as fit (+1024 for aligning to the swizzle atom, +1024 for the static barriers),
-  // at most 8: e.g. 8 for 64 x 96, 6 for 128 x 144, 5 for 128 x 192 and 128 x 224.
-  static constexpr int kStages = std::min(8, (kMaxSmemBytes - 2048) / kStageBytes);
-  static constexpr int kSmemBytes = kStages * kStageBytes + 1024;
+  // Output staging (128-row tiles): per consumer two 8 KB chunk buffers (store_tile_by_slabs).
+  static constexpr bool kStagedOut = kBM == 128;
+  static constexpr int kOutBytes = kStagedOut ? kConsumers * 2 * 64 * 64 * 2 : 0;
+  // As many stages as fit beside it (+1024 for aligning to the swizzle atom, +1024 for the static
+  // barriers), at most 8: e.g. 8 for 64 x 96, 5 for 128 x 144, 4 for 128 x 192 and 128 x 224.
+  static constexpr int kStages = std::min(8, (kMaxSmemBytes - 2048 - kOutBytes) / kStageBytes);
+  static constexpr int kSmemBytes = kStages * kStageBytes + kOutBytes + 1024;
   static constexpr int kProducerRegs = 40;
   static constexpr int kConsumerRegs = 232;
   static_assert(kBM == 64 || kBM == 128, "64 rows per consumer warpgroup, split by rows or columns");
@@ -95,7 +104,8 @@ struct DpTraits {
 template <int kBM, int kBN>
 __global__ void __launch_bounds__(DpTraits<kBM, kBN>::kThreads, 1)
     wgmma_dp_kernel(const __grid_constant__ CUtensorMap map_x, const __grid_constant__ CUtensorMap map_w,
-                    __nv_bfloat16* __restrict__ y, int m, int n, int k, int stage_tx_bytes) {
+                    const __grid_constant__ CUtensorMap map_y, __nv_bfloat16* __restrict__ y, int m, int n, int k,
+                    int stage_tx_bytes) {
   using T = DpTraits<kBM, kBN>;
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t full_bar[T::kStages];
@@ -104,6 +114,7 @@ __global__ void __launch_bounds__(DpTraits<kBM, kBN>::kThreads, 1)
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   unsigned char* a_tiles = smem;                                // [stage][kBM rows][64] of x
   unsigned char* b_tiles = smem + T::kStages * T::kATileBytes;  // [stage][kBN rows][64] of W
+  unsigned char* out_slabs = smem + T::kStages * T::kStageBytes;  // [consumer][2][8 KB] bf16
 
   const int num_m_tiles = (m + kBM - 1) / kBM;
   const int num_tiles = num_m_tiles * ((n + kBN - 1) / kBN);
@@ -126,6 +137,7 @@ __global__ void __launch_bounds__(DpTraits<kBM, kBN>::kThreads, 1)
       }
     }
     ptx::prefetch_tensor_map(&map_x);
+    if constexpr (T::kStagedOut) ptx::prefetch_tensor_map(&map_y);
   }
   __syncthreads();
 
@@ -162,6 +174,7 @@ __global__ void __launch_bounds__(DpTraits<kBM, kBN>::kThreads, 1)
   const int row_base = consumer * T::kRowStep;  // this consumer's rows and columns in the tile
   const int col_base = consumer * T::kColStep;
   uint32_t g = 0;
+  uint32_t slabs_stored = 0;
   for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
     if (tile + static_cast<int>(gridDim.x) >= num_tiles) ptx::griddep_launch_dependents();
     // acc[64 rows][kConsumerN columns] of this consumer = x rows · W rowsᵀ over all of K, in wgmma
@@ -174,29 +187,39 @@ __global__ void __launch_bounds__(DpTraits<kBM, kBN>::kThreads, 1)
     ptx::wgmma_wait<0>();
     if (k_iters > 0 && leader) ptx::mbarrier_arrive(&empty_bar[(g - 1) % T::kStages]);
 
-    // Epilogue. Fragment order of m64nNk16 (PTX 9.7.15.5.1.1): d[4j + r] is at row
-    // warp*16 + lane/4 (+8 for r >= 2), column 8j + 2*(lane%4) (+1 for odd r). N % 16 == 0, so a
-    // column pair is either wholly inside y or wholly past N.
     const int m_tile = tile % num_m_tiles;
     const int n_tile = tile / num_m_tiles;
-    const int row0 = m_tile * kBM + row_base + warp * 16 + (lane >> 2);
-    const int tile_col = n_tile * kBN + col_base;  // this consumer's first column
-    const int col0 = tile_col + (lane & 3) * 2;
+    if constexpr (T::kStagedOut) {
+      // Nothing to store where this consumer's rows all lie past M or its columns past N.
+      const int row0 = m_tile * kBM + row_base;
+      const int col0 = n_tile * kBN + col_base;
+      if (row0 >= m || col0 >= n) continue;
+      ptx::store_tile_by_slabs<T::kConsumerN>(d, out_slabs + consumer * 2 * 64 * 64 * 2, slabs_stored, &map_y,
+                                              col0, row0, 2 + consumer, leader);
+    } else {
+      // Fragment order of m64nNk16 (PTX 9.7.15.5.1.1): d[4j + r] is at row warp*16 + lane/4 (+8 for
+      // r >= 2), column 8j + 2*(lane%4) (+1 for odd r). N % 16 == 0, so a column pair is either
+      // wholly inside y or wholly past N.
+      const int row0 = m_tile * kBM + row_base + warp * 16 + (lane >> 2);
+      const int tile_col = n_tile * kBN + col_base;  // this consumer's first column
+      const int col0 = tile_col + (lane & 3) * 2;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = row0 + half * 8;
-      if (row < m) {
-        __nv_bfloat16* dst = y + int64_t{row} * n + col0;
+      for (int half = 0; half < 2; ++half) {
+        const int row = row0 + half * 8;
+        if (row < m) {
+          __nv_bfloat16* dst = y + int64_t{row} * n + col0;
 #pragma unroll
-        for (int j = 0; j < T::kConsumerN / 8; ++j) {
-          if (tile_col + 8 * j < n) {
-            *reinterpret_cast<__nv_bfloat162*>(dst + j * 8) =
-                __floats2bfloat162_rn(d[4 * j + 2 * half], d[4 * j + 2 * half + 1]);
+          for (int j = 0; j < T::kConsumerN / 8; ++j) {
+            if (tile_col + 8 * j < n) {
+              *reinterpret_cast<__nv_bfloat162*>(dst + j * 8) =
+                  __floats2bfloat162_rn(d[4 * j + 2 * half], d[4 * j + 2 * half + 1]);
+            }
           }
         }
       }
     }
   }
+  if (T::kStagedOut && leader) ptx::bulk_wait_group<0>();  // shared memory must outlive the stores
 }
 
 template <int kBM, int kBN>
@@ -204,9 +227,12 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
                    bool pdl, cudaStream_t stream) {
   using T = DpTraits<kBM, kBN>;
   const void* kernel = reinterpret_cast<const void*>(wgmma_dp_kernel<kBM, kBN>);
-  CUtensorMap map_x, map_w;
+  CUtensorMap map_x, map_w, map_y;
   const int x_rows = x_box_rows(m, kBM);
-  if (!make_map(&map_x, x, m, k, x_rows) || !make_map(&map_w, w, n, k, kBN)) return cudaErrorInvalidValue;
+  if (!make_map(&map_x, x, m, k, x_rows) || !make_map(&map_w, w, n, k, kBN) ||
+      !make_out_map(&map_y, y, m, n, ptx::kOutBoxCols<T::kConsumerN>)) {
+    return cudaErrorInvalidValue;
+  }
   const int stage_tx_bytes = T::kBTileBytes + x_rows * T::kBK * 2;
   static std::atomic<uint64_t> smem_allowed{0};
   if (const cudaError_t err = allow_dynamic_smem(kernel, T::kSmemBytes, smem_allowed); err != cudaSuccess) {
@@ -215,7 +241,7 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
   const int64_t tiles = int64_t{(m + kBM - 1) / kBM} * ((n + kBN - 1) / kBN);
   const int grid = static_cast<int>(std::min<int64_t>(tiles, num_sms()));  // 1 CTA per SM (shared memory)
   return launch_kernel(wgmma_dp_kernel<kBM, kBN>, dim3(static_cast<unsigned>(grid)), dim3(T::kThreads),
-                       T::kSmemBytes, stream, pdl, map_x, map_w, y, m, n, k, stage_tx_bytes);
+                       T::kSmemBytes, stream, pdl, map_x, map_w, map_y, y, m, n, k, stage_tx_bytes);
 }
 
 }  // namespace

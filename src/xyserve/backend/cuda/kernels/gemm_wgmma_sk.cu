@@ -255,11 +255,6 @@ __device__ __forceinline__ void tile_coords(const SkSchedule& s, int tile, int& 
   n_tile = in_group / group_m;
 }
 
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
 template <int kBM, int kBN, int kCtasPerSm>
 __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCtasPerSm)
     wgmma_sk_kernel(const __grid_constant__ CUtensorMap map_x, const __grid_constant__ CUtensorMap map_w,
@@ -492,11 +487,9 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
       if constexpr (kTimeline) if (ct == 0) timeline_put_segment(i, kSegFixupDone, clock64());
     }
 
-    // Store: 64 x 64 slabs through shared memory, one TMA store each. Fragment order of
-    // m64nNk16 (PTX 9.7.15.5.1.1): d[4j + r] is at row warp*16 + lane/4 (+8 for r >= 2), column
-    // 8j + 2*(lane%4) (+1 for odd r). In the slab, 16-byte chunk c of row r sits at chunk
-    // c ^ (r % 8) (128-byte swizzle): the 8 rows a warp writes at once hit 32 different banks.
-    // (Never consumer 0, the timeline's recorder: its rows start the tile, which has some below M.)
+    // Store: 64 x 64 slabs through shared memory, one TMA store each (store_tile_by_slabs), or
+    // without staging bf16 pairs straight from the fragments (fragment order there). (Never
+    // consumer 0, the timeline's recorder: its rows start the tile, which has some below M.)
     if (m_tile * T::kBM + row_base >= sched.m) continue;  // all of this consumer's rows past M
     if constexpr (!T::kStagedOut) {
       // No staging (two CTAs per SM): each thread stores its bf16 pairs, rows past M skipped.
@@ -507,32 +500,13 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
         if (row0 + 8 * half >= sched.m) continue;
         uint32_t* row = reinterpret_cast<uint32_t*>(out + int64_t{8 * half} * sched.n);
 #pragma unroll
-        for (int j = 0; j < T::kAcc / 4; ++j) row[4 * j] = pack_bf16x2(d[4 * j + 2 * half], d[4 * j + 2 * half + 1]);
+        for (int j = 0; j < T::kAcc / 4; ++j) {
+          row[4 * j] = ptx::pack_bf16x2(d[4 * j + 2 * half], d[4 * j + 2 * half + 1]);
+        }
       }
     } else {
-#pragma unroll
-      for (int sl = 0; sl < T::kSlabsPerTile; ++sl, ++slabs_stored) {
-        unsigned char* slab = my_slabs + (slabs_stored & 1) * T::kSlabBytes;
-        if (leader) ptx::bulk_wait_group_read<1>();  // this buffer's previous store has read it
-        ptx::named_barrier_sync(2 + consumer, 128);
-        const uint32_t slab_addr = ptx::smem_addr(slab);
-#pragma unroll
-        for (int jj = 0; jj < 8; ++jj) {
-          const int j = sl * 8 + jj;
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const int row = warp * 16 + half * 8 + (lane >> 2);
-            ptx::st_shared_b32(slab_addr + row * 128 + ((jj ^ (row & 7)) << 4) + (lane & 3) * 4,
-                               pack_bf16x2(d[4 * j + 2 * half], d[4 * j + 2 * half + 1]));
-          }
-        }
-        ptx::fence_proxy_async_smem();  // the TMA store below reads what this thread wrote
-        ptx::named_barrier_sync(2 + consumer, 128);
-        if (leader) {
-          ptx::tma_store_2d(&map_y, slab, n_tile * T::kBN + col_base + sl * 64, m_tile * T::kBM + row_base);
-          ptx::bulk_commit_group();
-        }
-      }
+      ptx::store_tile_by_slabs<T::kConsumerN>(d, my_slabs, slabs_stored, &map_y, n_tile * T::kBN + col_base,
+                                              m_tile * T::kBM + row_base, 2 + consumer, leader);
     }
   }
   if constexpr (kTimeline) if (ct == 0) timeline_put_segment(work.num_segments - 1, kSegEpilogueDone, clock64());
@@ -603,7 +577,7 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
   // re-zeroes with the rest of its live warps' parts.
   const int x_rows = x_box_rows(m, T::kBM);
   if (!make_map(&map_x, x, m, k, x_rows) || !make_map(&map_w, w, n, k, T::kBN) ||
-      !make_map(&map_y, y, m, n, 64)) {
+      !make_out_map(&map_y, y, m, n, ptx::kOutBoxCols<T::kConsumerN>)) {
     return cudaErrorInvalidValue;
   }
   static std::atomic<uint64_t> smem_allowed{0};

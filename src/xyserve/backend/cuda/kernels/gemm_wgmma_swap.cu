@@ -303,32 +303,6 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
   }
 }
 
-// Clusters that can be resident at once, per device (0: not asked yet).
-template <class Kernel>
-int resident_clusters(Kernel kernel, int cluster, int threads, int smem_bytes, std::atomic<int> (&cache)[64]) {
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 0;
-  if (device < 64) {
-    if (const int known = cache[device].load(std::memory_order_relaxed); known > 0) return known;
-  }
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim = {static_cast<unsigned>(cluster), 1, 1};
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(cluster));
-  config.blockDim = dim3(static_cast<unsigned>(threads));
-  config.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
-  config.attrs = &attr;
-  config.numAttrs = 1;
-  int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess || clusters < 1) {
-    (void)cudaGetLastError();
-    clusters = std::max(1, num_sms() / cluster);
-  }
-  if (device < 64) cache[device].store(clusters, std::memory_order_relaxed);
-  return clusters;
-}
-
 template <int kBW, int kBX, int kCluster, SwapCluster kMode>
 cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, int m, int n, int k, bool pdl,
                    cudaStream_t stream) {
