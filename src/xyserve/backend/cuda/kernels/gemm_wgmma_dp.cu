@@ -36,9 +36,10 @@
 // drop what lies past M or N. 64-row tiles: bf16 pairs straight from the fragments (4-byte stores,
 // rows past M skipped). Measured (H200, 2026-11-25, full sweep against the eighth session's,
 // normalised by cuBLASLt in each run): staging won 5-19% at M >= 777 on every tile and 5-11% on
-// 128 x 192 and 128 x 224 from M = 64 up, but lost 3-13% at M <= 128 on the narrow tiles, whose
-// tiles there are mostly rows past M: the staged store still writes and waits for whole boxes, a
-// tail the fragment stores skip. 64-row tiles serve small M, 128-row ones mid and large M.
+// 128 x 192 and 128 x 224 from M = 64 up, but lost 3-13% at M <= 128 on the others (64 x 64,
+// 64 x 96, 64 x 192, 128 x 96, 128 x 144), whose tiles there are mostly rows past M: the staged
+// store still writes and waits for whole boxes, a tail the fragment stores skip. The 64-row tiles
+// are the ones that win at small M, the 128-row ones at mid and large M.
 //
 // Programmatic dependent launch: the producer requests the first kStages blocks of W before
 // griddepcontrol.wait (no kernel writes W), x only after it; the consumers wait before they
