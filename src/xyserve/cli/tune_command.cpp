@@ -457,8 +457,8 @@ std::vector<meta::GemmBucket> tune_shape(const LinearShape& s, const std::vector
     double best_us = default_us;  // of the default and every candidate timed so far
     std::string winner_id;        // the fastest candidate, if it beats the default by kMinGain
     double winner_us = kMinGain * default_us;
-    std::string ours_id = "-";  // the fastest kernel of the family that was timed
-    double ours_us = 0;
+    std::string ours_id;  // the fastest kernel of the family that was timed, if any
+    double ours_us = INFINITY;
     for (const Candidate& c : candidates) {
       c.launch(0);  // warm: module load, kernel attributes, cuBLASLt's kernel selection
       const double probe = timer.single_us(c.launch, 1 % ops.sets);
@@ -475,7 +475,7 @@ std::vector<meta::GemmBucket> tune_shape(const LinearShape& s, const std::vector
       }
       const double us = timer.added_us(before, norm_us, c.launch, iters, ops.sets);
       best_us = std::min(best_us, us);
-      if (c.ours && (ours_id == "-" || us < ours_us)) {
+      if (c.ours && us < ours_us) {
         ours_id = c.id;
         ours_us = us;
       }
@@ -487,9 +487,9 @@ std::vector<meta::GemmBucket> tune_shape(const LinearShape& s, const std::vector
     if (!winner_id.empty()) best_id = winner_id;
     const double chosen_us = winner_id.empty() ? default_us : winner_us;
     char ours_us_text[32] = "-";
-    if (ours_id != "-") std::snprintf(ours_us_text, sizeof ours_us_text, "%.2f", ours_us);
+    if (!ours_id.empty()) std::snprintf(ours_us_text, sizeof ours_us_text, "%.2f", ours_us);
     std::printf("%6d  %-15s %10.2f %12.2f %7.2fx  %-20s %10s  %s\n", m, best_id.c_str(), chosen_us, default_us,
-                default_us / chosen_us, ours_id.c_str(), ours_us_text, not_ranked.c_str());
+                default_us / chosen_us, ours_id.empty() ? "-" : ours_id.c_str(), ours_us_text, not_ranked.c_str());
     std::fflush(stdout);
     ctx.speedups.push_back(default_us / chosen_us);
     const auto round2 = [](double us) { return std::round(us * 100) / 100; };

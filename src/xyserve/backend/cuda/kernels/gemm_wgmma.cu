@@ -71,7 +71,7 @@ struct WgmmaTraits {
   static constexpr int kStageBytes = kATileBytes + kBTileBytes;
   static constexpr int kWSliceRows = kBN / kCluster;  // rows of W's box each CTA of a cluster loads
   // Output staging: per consumer two [64 rows][64 columns] bf16 slabs (store_tile_by_slabs).
-  static constexpr int kOutBytes = kConsumers * 2 * 64 * 64 * 2;
+  static constexpr int kOutBytes = kConsumers * ptx::kOutStagingBytes;
   // +1024: dynamic shared memory is only 16-byte aligned; swizzled tiles need 1024.
   static constexpr int kSmemBytes = kStages * kStageBytes + kOutBytes + 1024;
   // Rasterization: CTAs run in groups of kGroupM row tiles, column tiles varying fastest, so
@@ -86,6 +86,8 @@ struct WgmmaTraits {
   static_assert(128 * kProducerRegs + kConsumers * 128 * kConsumerRegs <= 65536,
                 "register file");
   static_assert(kSmemBytes <= 227 * 1024 - 1024, "shared memory per block (and the static barriers)");
+  // Rows of clusters over M: each takes kCluster neighbouring m-tiles (the last may hold fewer).
+  static __host__ __device__ int m_groups(int m) { return ((m + kBM - 1) / kBM + kCluster - 1) / kCluster; }
 };
 
 template <int kBN, int kCluster>
@@ -109,7 +111,7 @@ __global__ void __launch_bounds__(WgmmaTraits<kBN, kCluster>::kThreads, 1)
   const int cluster = kCluster > 1 ? static_cast<int>(ptx::cluster_id_x()) : static_cast<int>(blockIdx.x);
   const int clusters = kCluster > 1 ? static_cast<int>(ptx::num_clusters_x()) : static_cast<int>(gridDim.x);
   const int num_m_tiles = (m + T::kBM - 1) / T::kBM;
-  const int num_m_groups = (num_m_tiles + kCluster - 1) / kCluster;  // a cluster's kCluster m-tiles
+  const int num_m_groups = T::m_groups(m);
   const int num_n_tiles = n / T::kBN;
   const int num_units = num_m_groups * num_n_tiles;
   const int num_work = num_units * splits;
@@ -180,32 +182,13 @@ __global__ void __launch_bounds__(WgmmaTraits<kBN, kCluster>::kThreads, 1)
           }
         }
       }
-      if constexpr (kCluster > 1) {
-        // The other CTA's last arrivals on this CTA's barriers, before it may exit.
-        for (uint32_t last = g > uint32_t{T::kStages} ? g - T::kStages : 0; last < g; ++last) {
-          ptx::mbarrier_wait(&empty_bar[last % T::kStages], (last / T::kStages) & 1);
-        }
-      }
+      if constexpr (kCluster > 1) ptx::wait_last_releases<T::kStages>(empty_bar, g);
     }
   } else {
     ptx::setmaxnreg_inc<T::kConsumerRegs>();
     const int consumer = warpgroup - 1;
     const bool leader = threadIdx.x % 128 == 0;
-    // A stage goes back to every producer that writes it (CTA-scope arrivals: the stage's reads
-    // are done and nothing written needs publishing).
-    uint32_t empty_addr[kCluster];
-#pragma unroll
-    for (int r = 0; r < kCluster; ++r) {
-      empty_addr[r] = kCluster > 1 ? ptx::map_to_rank(ptx::smem_addr(&empty_bar[0]), r) : ptx::smem_addr(&empty_bar[0]);
-    }
-    auto release = [&](int s) {
-      if constexpr (kCluster > 1) {
-#pragma unroll
-        for (int r = 0; r < kCluster; ++r) ptx::mbarrier_arrive_remote(empty_addr[r] + 8 * s);
-      } else {
-        ptx::mbarrier_arrive(&empty_bar[s]);
-      }
-    };
+    const ptx::RingRelease<kCluster> release(empty_bar);  // both CTAs' producers write every stage
     uint32_t g = 0;
     uint32_t slabs_stored = 0;
     for (int work = cluster; work < num_work; work += clusters) {
@@ -261,7 +244,7 @@ __global__ void __launch_bounds__(WgmmaTraits<kBN, kCluster>::kThreads, 1)
       // Epilogue: bf16 through shared memory and TMA stores, which drop the rows past M; a consumer
       // whose rows all lie past M has nothing to store.
       if (!store || w.m_tile * T::kBM + consumer * 64 >= m) continue;
-      ptx::store_tile_by_slabs<kBN>(d, out_slabs + consumer * 2 * 64 * 64 * 2, slabs_stored, &map_y,
+      ptx::store_tile_by_slabs<kBN>(d, out_slabs + consumer * ptx::kOutStagingBytes, slabs_stored, &map_y,
                                     w.n_tile * T::kBN, w.m_tile * T::kBM + consumer * 64, 2 + consumer, leader);
     }
     if (leader) ptx::bulk_wait_group<0>();  // shared memory must outlive the stores
@@ -291,7 +274,7 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
   auto* partials = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) +
                                             counters_bytes(num_tiles));
   if (splits > 1 && workspace == nullptr) return cudaErrorInvalidValue;
-  const int64_t units = int64_t{(m + T::kBM * kCluster - 1) / (T::kBM * kCluster)} * (n / T::kBN) * splits;
+  const int64_t units = int64_t{T::m_groups(m)} * (n / T::kBN) * splits;
   // 1 CTA per SM (shared memory); clusters as many as can be resident.
   static std::atomic<int> resident[64] = {};
   const int64_t slots = kCluster > 1 ? resident_clusters(kernel, kCluster, T::kThreads, T::kSmemBytes, resident)
@@ -333,10 +316,11 @@ int wgmma_splits(int bn, int cluster, int m, int n, int k) {
   constexpr double kFixedBlocks = 4;
   const int tiles = ((m + 128 * cluster - 1) / (128 * cluster)) * cluster * (n / bn);
   const int k_blocks = k / 64;
+  const int sms = num_sms();
   int best = 1;
   double best_cost = 1e300;
   for (int s = 1; s <= 16 && k_blocks / s >= 8; ++s) {
-    const double waves = (int64_t{tiles} * s + num_sms() - 1) / num_sms();
+    const double waves = (int64_t{tiles} * s + sms - 1) / sms;
     const double cost = waves * (double(k_blocks) / s + kFixedBlocks);
     if (cost < best_cost * 0.97) {  // a split must win clearly: it costs a reduction
       best = s;

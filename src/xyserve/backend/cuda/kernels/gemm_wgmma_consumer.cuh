@@ -25,6 +25,44 @@ __device__ __forceinline__ void init_ring_barriers(uint64_t* full_bar, uint64_t*
   }
 }
 
+// Releases a stage of the ring to every producer that writes it: with kSharers > 1 (the stage holds
+// rows multicast by the other CTAs of the cluster, ranks 0 .. kSharers - 1) an arrival on that
+// stage's "empty" barrier in each of those CTAs, else on this CTA's own. Arrivals at CTA scope, as
+// CUTLASS's cluster pipelines make them: the stage's reads are done (wgmma wait) and nothing written
+// needs publishing. (Arrivals at cluster scope with cluster-scope acquire waits, the swapped
+// kernel's first version, cost ~1 us per K block: qkv at M = 1 on 32 x 64 in clusters of 2, 65 us
+// against 19.5 after.) Made once per consumer thread; used as wgmma_ring_k_blocks' release.
+template <int kSharers>
+struct RingRelease {
+  uint64_t* empty_bar;
+  uint32_t empty_addr[kSharers];  // the stage-0 "empty" barrier of each sharing CTA, shared::cluster
+
+  __device__ __forceinline__ explicit RingRelease(uint64_t* bar) : empty_bar(bar) {
+    if constexpr (kSharers > 1) {
+#pragma unroll
+      for (int r = 0; r < kSharers; ++r) empty_addr[r] = map_to_rank(smem_addr(bar), r);
+    }
+  }
+  __device__ __forceinline__ void operator()(int s) const {
+    if constexpr (kSharers > 1) {
+#pragma unroll
+      for (int r = 0; r < kSharers; ++r) mbarrier_arrive_remote(empty_addr[r] + 8 * s);
+    } else {
+      mbarrier_arrive(&empty_bar[s]);
+    }
+  }
+};
+
+// The producer's last step when other CTAs arrive on its "empty" barriers (RingRelease with
+// sharers): after filling ring positions 0 .. g - 1, it waits for the last round of releases of
+// each stage, so that no arrival lands in a CTA that has exited.
+template <int kStages>
+__device__ __forceinline__ void wait_last_releases(uint64_t* empty_bar, uint32_t g) {
+  for (uint32_t last = g > uint32_t{kStages} ? g - kStages : 0; last < g; ++last) {
+    mbarrier_wait(&empty_bar[last % kStages], (last / kStages) & 1);
+  }
+}
+
 // Adds `iters` K blocks into d: ring position g (stage g % kStages, phase g / kStages; g counts on
 // across the CTA's tiles and is advanced here) holds x rows at a_tiles + stage * kATileBytes and W
 // rows at b_tiles + stage * kBTileBytes; this consumer's operands start a_row and b_row rows
@@ -54,9 +92,8 @@ __device__ __forceinline__ void wgmma_ring_k_blocks(float (&d)[kN / 2], const un
                                                     const unsigned char* b_tiles, int a_row, int b_row,
                                                     uint64_t* full_bar, uint64_t* empty_bar, uint32_t& g, int iters,
                                                     bool leader) {
-  wgmma_ring_k_blocks<kN, kBK, kStages, kATileBytes, kBTileBytes>(
-      d, a_tiles, b_tiles, a_row, b_row, full_bar, [empty_bar](int s) { mbarrier_arrive(&empty_bar[s]); }, g, iters,
-      leader);
+  wgmma_ring_k_blocks<kN, kBK, kStages, kATileBytes, kBTileBytes>(d, a_tiles, b_tiles, a_row, b_row, full_bar,
+                                                                  RingRelease<1>(empty_bar), g, iters, leader);
 }
 
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
@@ -69,6 +106,8 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 // that is a multiple of 16 (the data-parallel tiles' 48, 96, 144, 224) is stored whole.
 template <int kN>
 inline constexpr int kOutBoxCols = kN % 64 == 0 ? 64 : 16;
+// Shared memory store_tile_by_slabs needs per consumer: two 8 KB chunk buffers.
+inline constexpr int kOutStagingBytes = 2 * 64 * 64 * 2;
 
 // Stores one consumer's 64 x kN accumulators (m64nkNk16 fragment order, PTX 9.7.15.5.1.1: d[4j + r]
 // at row warp*16 + lane/4 (+8 for r >= 2), column 8j + 2*(lane%4) (+1 for odd r)) as bf16 at rows
@@ -87,7 +126,7 @@ __device__ __forceinline__ void store_tile_by_slabs(const float (&d)[kN / 2], un
                                                     uint32_t& slabs_stored, const CUtensorMap* map_y, int col0,
                                                     int row0, int barrier, bool leader) {
   constexpr int kBox = kOutBoxCols<kN>;
-  constexpr int kSlabBytes = 64 * 64 * 2;
+  constexpr int kSlabBytes = kOutStagingBytes / 2;
   static_assert(kN % 16 == 0, "whole 16-column boxes");
   const int t = threadIdx.x % 128;
   const int warp = t / 32, lane = t % 32;

@@ -84,7 +84,7 @@ struct DpTraits {
   static constexpr int kStageBytes = kATileBytes + kBTileBytes;
   // Output staging (128-row tiles): per consumer two 8 KB chunk buffers (store_tile_by_slabs).
   static constexpr bool kStagedOut = kBM == 128;
-  static constexpr int kOutBytes = kStagedOut ? kConsumers * 2 * 64 * 64 * 2 : 0;
+  static constexpr int kOutBytes = kStagedOut ? kConsumers * ptx::kOutStagingBytes : 0;
   // As many stages as fit beside it (+1024 for aligning to the swizzle atom, +1024 for the static
   // barriers), at most 8: e.g. 8 for 64 x 96, 5 for 128 x 144, 4 for 128 x 192 and 128 x 224.
   static constexpr int kStages = std::min(8, (kMaxSmemBytes - 2048 - kOutBytes) / kStageBytes);
@@ -195,7 +195,7 @@ __global__ void __launch_bounds__(DpTraits<kBM, kBN>::kThreads, 1)
       const int row0 = m_tile * kBM + row_base;
       const int col0 = n_tile * kBN + col_base;
       if (row0 >= m || col0 >= n) continue;
-      ptx::store_tile_by_slabs<T::kConsumerN>(d, out_slabs + consumer * 2 * 64 * 64 * 2, slabs_stored, &map_y,
+      ptx::store_tile_by_slabs<T::kConsumerN>(d, out_slabs + consumer * ptx::kOutStagingBytes, slabs_stored, &map_y,
                                               col0, row0, 2 + consumer, leader);
     } else {
       // Fragment order of m64nNk16 (PTX 9.7.15.5.1.1): d[4j + r] is at row warp*16 + lane/4 (+8 for
@@ -228,10 +228,10 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
                    bool pdl, cudaStream_t stream) {
   using T = DpTraits<kBM, kBN>;
   const void* kernel = reinterpret_cast<const void*>(wgmma_dp_kernel<kBM, kBN>);
-  CUtensorMap map_x, map_w, map_y;
+  CUtensorMap map_x, map_w, map_y{};  // y's map: staged tiles only (the others store through y)
   const int x_rows = x_box_rows(m, kBM);
   if (!make_map(&map_x, x, m, k, x_rows) || !make_map(&map_w, w, n, k, kBN) ||
-      !make_out_map(&map_y, y, m, n, ptx::kOutBoxCols<T::kConsumerN>)) {
+      (T::kStagedOut && !make_out_map(&map_y, y, m, n, ptx::kOutBoxCols<T::kConsumerN>))) {
     return cudaErrorInvalidValue;
   }
   const int stage_tx_bytes = T::kBTileBytes + x_rows * T::kBK * 2;

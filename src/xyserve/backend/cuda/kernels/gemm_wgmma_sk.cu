@@ -146,13 +146,11 @@ struct SkTraits {
   static constexpr int kATileBytes = kBM * kBK * 2;
   static constexpr int kBTileBytes = kBN * kBK * 2;
   static constexpr int kStageBytes = kATileBytes + kBTileBytes;
-  // Output staging: per consumer two [64 rows][64 columns] bf16 slabs of 128-byte rows. With two
+  // Output staging (store_tile_by_slabs): per consumer two 8 KB chunk buffers. With two
   // CTAs per SM the 16-32 KB do not fit beside a 3-stage ring (2 x (96 + 16 + 1 + 1) KB > 228
   // KB): bf16 pairs go from the fragments straight to global memory (at mid M, y is small).
   static constexpr bool kStagedOut = kCtasPerSm == 1;
-  static constexpr int kSlabBytes = 64 * 64 * 2;
-  static constexpr int kSlabsPerTile = kConsumerN / 64;
-  static constexpr int kOutBytes = kStagedOut ? kConsumers * 2 * kSlabBytes : 0;
+  static constexpr int kOutBytes = kStagedOut ? kConsumers * ptx::kOutStagingBytes : 0;
   // Shared memory a CTA may have: the block maximum, or its share of the SM less the driver's KB.
   static constexpr int kSmemBudget = kCtasPerSm == 1 ? kMaxSmemBytes : kSmPerSmBytes / kCtasPerSm - 1024;
   // As many stages as fit beside the staging (+1024 for aligning to the swizzle atom, +1024 for
@@ -174,7 +172,6 @@ struct SkTraits {
       std::min(256, (kThreads * kLaunchRegs - 128 * kProducerRegs) / (kConsumers * 128) / 8 * 8);
   static_assert(kStages >= 3, "pipeline depth");
   static_assert(kConsumerN == 128 || kConsumerN == 256, "wgmma wrappers exist for n = 128 and 256");
-  static_assert(kSlabsPerTile * 64 == kConsumerN, "whole 64-column slabs");
   static_assert(kSmemBytes + 1024 <= kSmemBudget, "shared memory per block");
   static_assert(128 * kProducerRegs + kConsumers * 128 * kConsumerRegs <= kThreads * kLaunchRegs,
                 "register file");
@@ -353,7 +350,7 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
   const int warp = t / 32, lane = t % 32;
   const int row_base = consumer * T::kRowStep;  // this consumer's rows and columns in the tile
   const int col_base = consumer * T::kColStep;
-  unsigned char* my_slabs = out_slabs + consumer * 2 * T::kSlabBytes;
+  unsigned char* my_slabs = out_slabs + consumer * ptx::kOutStagingBytes;
   uint32_t g = 0;
   uint32_t slabs_stored = 0;  // by this consumer: slab buffer slabs_stored % 2 is next
   int fixups = 0;

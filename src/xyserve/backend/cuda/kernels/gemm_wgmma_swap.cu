@@ -198,12 +198,7 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
       }
     }
     ptx::griddep_launch_dependents();
-    if constexpr (T::kShared) {
-      // The other CTAs' last arrivals on this CTA's barriers, before it may exit.
-      for (uint32_t last = g > uint32_t{T::kStages} ? g - T::kStages : 0; last < g; ++last) {
-        ptx::mbarrier_wait(&empty_bar[last % T::kStages], (last / T::kStages) & 1);
-      }
-    }
+    if constexpr (T::kShared) ptx::wait_last_releases<T::kStages>(empty_bar, g);
     return;
   }
 
@@ -212,23 +207,7 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
   const int t = threadIdx.x % 128;  // thread within this consumer
   const bool leader = t == 0;
   const int warp = t / 32, lane = t % 32;
-  uint32_t empty_addr[kCluster];  // the stage-0 "empty" barrier of every CTA this consumer releases
-#pragma unroll
-  for (int r = 0; r < kCluster; ++r) {
-    empty_addr[r] = T::kShared ? ptx::map_to_rank(ptx::smem_addr(&empty_bar[0]), r) : ptx::smem_addr(&empty_bar[0]);
-  }
-  // A stage goes back to every producer that writes it, by CTA-scope arrivals as CUTLASS's cluster
-  // pipelines make them: the stage's reads are done (wgmma wait) and nothing written needs
-  // publishing. (A first version released at cluster scope and waited with cluster-scope acquire:
-  // ~1 us per K block, qkv at M = 1 on 32 x 64 in clusters of 2 65 us against 19.5 after.)
-  auto release = [&](int s) {
-    if constexpr (T::kShared) {
-#pragma unroll
-      for (int r = 0; r < kCluster; ++r) ptx::mbarrier_arrive_remote(empty_addr[r] + 8 * s);
-    } else {
-      ptx::mbarrier_arrive(&empty_bar[s]);
-    }
-  };
+  const ptx::RingRelease<T::kShared ? kCluster : 1> release(empty_bar);
   uint32_t g = 0;
   uint32_t round = 0;  // this CTA's groups so far: the reduction barriers' phase
   for (int grp = cluster; grp < groups; grp += clusters, ++round) {

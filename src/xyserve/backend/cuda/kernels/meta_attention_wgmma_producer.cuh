@@ -150,22 +150,19 @@ __device__ void produce_kv(const AttentionArgs& a, uint32_t* counters, const CUt
         row = page * a.block_size + (slot_of_box & bs_mask & ~(box_rows - 1));
       }
       const uint32_t box_offset = uint32_t(lane * box_rows * 128);
-      const uint32_t k_dst = ptx::smem_addr(k_s + s * T::kKvBytes) + box_offset;
-      const uint32_t v_dst = ptx::smem_addr(v_s + s * T::kKvBytes) + box_offset;
-      if (g >= T::kStages) ptx::mbarrier_wait(&sh.k_empty[s], ((g / T::kStages) - 1) & 1);
-      if (lane == 0) ptx::mbarrier_arrive_expect_tx(&sh.k_full[s], T::kKvBytes);
-      if (lane < num_boxes) {
+      // K's block, then V's: each into stage s of its ring once that stage is free.
+      auto load_block = [&](uint8_t* ring, const CUtensorMap* map, uint64_t* full, uint64_t* empty) {
+        const uint32_t dst = ptx::smem_addr(ring + s * T::kKvBytes) + box_offset;
+        if (g >= T::kStages) ptx::mbarrier_wait(&empty[s], ((g / T::kStages) - 1) & 1);
+        if (lane == 0) ptx::mbarrier_arrive_expect_tx(&full[s], T::kKvBytes);
+        if (lane < num_boxes) {
 #pragma unroll
-        for (int p = 0; p < T::kPanels; ++p)
-          wgmma::tma_load_3d(k_dst + p * T::kKeys * 128, k_map, ptx::smem_addr(&sh.k_full[s]), p * 64, ti.kv_head, row);
-      }
-      if (g >= T::kStages) ptx::mbarrier_wait(&sh.v_empty[s], ((g / T::kStages) - 1) & 1);
-      if (lane == 0) ptx::mbarrier_arrive_expect_tx(&sh.v_full[s], T::kKvBytes);
-      if (lane < num_boxes) {
-#pragma unroll
-        for (int p = 0; p < T::kPanels; ++p)
-          wgmma::tma_load_3d(v_dst + p * T::kKeys * 128, v_map, ptx::smem_addr(&sh.v_full[s]), p * 64, ti.kv_head, row);
-      }
+          for (int p = 0; p < T::kPanels; ++p)
+            wgmma::tma_load_3d(dst + p * T::kKeys * 128, map, ptx::smem_addr(&full[s]), p * 64, ti.kv_head, row);
+        }
+      };
+      load_block(k_s, k_map, sh.k_full, sh.k_empty);
+      load_block(v_s, v_map, sh.v_full, sh.v_empty);
       if (b == 0) {
         next = describe_task<T::kKeys>(a, fetch(t + 1), lane);
         publish(t + 1, next);
