@@ -94,14 +94,6 @@ __device__ __forceinline__ void red_add_v4(float* p, float a, float b, float c, 
                : "memory");
 }
 
-// Load with acquire semantics at GPU scope (PTX: ld.acquire): reads after it see what the writer
-// released before the value was written (a stream-K counter read before a partial tile).
-__device__ __forceinline__ uint32_t ld_acquire_gpu(const uint32_t* p) {
-  uint32_t v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-
 // Relaxed (strong, unordered) load at GPU scope; with fence_acq_rel_gpu after it, an acquire.
 __device__ __forceinline__ uint32_t ld_relaxed_gpu(const uint32_t* p) {
   uint32_t v;
