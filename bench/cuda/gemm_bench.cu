@@ -126,11 +126,12 @@ constexpr size_t kRotateBytes = size_t{200} << 20;  // > 3x the 60 MB L2
 constexpr int kPdlMaxM = 64;                         // M up to which the PDL column is measured
 
 // Past these M the weight-streaming kernels re-read W once per tile of tokens and are not
-// contenders: stream-K tiles hold 16-64 tokens, gemv tiles 8-32, the swapped wgmma tiles 32-128.
+// contenders: stream-K tiles hold 16-64 tokens, gemv tiles 8-32, the small swapped wgmma tiles
+// 32-64 (wgmma_swap_<tokens>x<W rows>_...; those of 72 tokens and more are mid-M tiles).
 int max_m_for(GemmKernel kernel) {
   const char* name = xy::cuda::gemm_kernel_name(kernel);
   if (std::strncmp(name, "stream", 6) == 0) return 512;
-  if (std::strncmp(name, "wgmma_swap", 10) == 0) return 256;
+  if (std::strncmp(name, "wgmma_swap_", 11) == 0) return std::atoi(name + 11) <= 64 ? 256 : kMaxM;
   if (std::strncmp(name, "gemv", 4) == 0) return 64;
   return kMaxM;
 }

@@ -81,12 +81,29 @@ enum class GemmKernel {
   // the K-split tiles win o and down at M <= 64; the sharing ones, correct, run 20-40% behind
   // the unclustered tiles at the same CTA count (docs/PERFORMANCE.md, eighth session) and are
   // kept, one or two tiles each, as the vehicle for finding why.
+  // The tiles of 72 x rows and more (up to 256 W rows: four consumers) are for mid M, where one
+  // wave of tiles whose x side is any multiple of 8 pads M least (cuBLASLt's choice at M = 777:
+  // 192 x 208 of yᵀ in clusters sharing W, 128 x 200 sharing x); they store y through shared
+  // memory and TMA. Measured (tenth session): qkv M = 777 on 200 x 192 M2 53.6 us against
+  // cuBLASLt's 52.4, down M = 257 on 136 x 128 K2 54.5 against 59.1.
   kWgmmaSwap32x64N4,
   kWgmmaSwap32x128N2,
   kWgmmaSwap64x128N2,
   kWgmmaSwap32x64M2,
   kWgmmaSwap32x64K2,
   kWgmmaSwap64x64K2,
+  kWgmmaSwap200x192M2,
+  kWgmmaSwap200x128N2,
+  kWgmmaSwap112x256N2,
+  kWgmmaSwap160x192N2,
+  kWgmmaSwap72x192M2,
+  kWgmmaSwap136x128K2,
+  kWgmmaSwap88x256M2,
+  kWgmmaSwap136x192M2,
+  kWgmmaSwap96x192M2,
+  kWgmmaSwap128x192M2,
+  kWgmmaSwap112x192M2,
+  kWgmmaSwap136x64N2,
 };
 
 // Every kernel of the family, in the order above (for benchmarks and tests).

@@ -23,9 +23,10 @@ namespace xy::cuda::gemm_detail {
 // swizzle (the wgmma kernels' operand and output tiles); loads past `rows` return zeros, stores
 // past it are dropped.
 bool make_map(CUtensorMap* map, const __nv_bfloat16* base, int rows, int cols, int box_rows);
-// Tensor map of the output y [rows, cols] for TMA stores of boxes of [box_cols, 64 rows]: 128-byte
-// swizzle for 64 columns, none for fewer (store_tile_by_slabs, gemm_wgmma_consumer.cuh).
-bool make_out_map(CUtensorMap* map, const __nv_bfloat16* base, int rows, int cols, int box_cols);
+// Tensor map of the output y [rows, cols] for TMA stores of boxes of [box_cols, box_rows]: 128-byte
+// swizzle for 64 columns, none for fewer (store_tile_by_slabs and, with 8-row boxes,
+// store_tile_transposed_by_slabs, gemm_wgmma_consumer.cuh).
+bool make_out_map(CUtensorMap* map, const __nv_bfloat16* base, int rows, int cols, int box_cols, int box_rows = 64);
 // Rows of x's box for a kernel whose tiles hold `tile_rows` rows of x: M rounded up to 8 (a whole
 // swizzle atom) when one m-tile holds all of M, else the tile's rows. TMA spends time on every row
 // of a box, zero-filled or not: at small M a tile-high x box cost as many rows per K block as W's
@@ -141,10 +142,10 @@ cudaError_t launch_wgmma_dp(int bm, int bn, const __nv_bfloat16* x, const __nv_b
 // Swapped TMA + wgmma kernel for small M (gemm_wgmma_swap.cu): tiles of bx rows of x by bw rows of
 // W computed as W · xᵀ (W rows as wgmma's m), in clusters of `cluster` CTAs that share x's box by
 // multicast (kShareX: neighbouring W tiles), share W's (kShareW: neighbouring x tiles), or split
-// the tile's K blocks and add up in distributed shared memory (kSplitK). (bx, bw, cluster, mode)
-// in {(32, 64, 4, kShareX), (32, 128, 2, kShareX), (64, 128, 2, kShareX), (32, 64, 2, kShareW),
-// (32, 64, 2, kSplitK), (64, 64, 2, kSplitK)}. Preconditions as launch_wgmma_dp's. PDL-aware
-// (`pdl`).
+// the tile's K blocks and add up in distributed shared memory (kSplitK). (bx, bw, cluster, mode):
+// the combinations listed in launch_wgmma_swap (gemm_wgmma_swap.cu), bx a multiple of 8 up to 200
+// (those from 72 up store y through shared memory and TMA), bw 64 to 256. Preconditions as
+// launch_wgmma_dp's. PDL-aware (`pdl`).
 enum class SwapCluster { kShareX, kShareW, kSplitK };
 cudaError_t launch_wgmma_swap(int bx, int bw, int cluster, SwapCluster mode, const __nv_bfloat16* x,
                               const __nv_bfloat16* w, __nv_bfloat16* y, int m, int n, int k, bool pdl,

@@ -294,10 +294,10 @@ bool make_map(CUtensorMap* map, const __nv_bfloat16* base, int rows, int cols, i
   return encode_bf16_tensor_map(map, base, 2, dims, strides, box);
 }
 
-bool make_out_map(CUtensorMap* map, const __nv_bfloat16* base, int rows, int cols, int box_cols) {
+bool make_out_map(CUtensorMap* map, const __nv_bfloat16* base, int rows, int cols, int box_cols, int box_rows) {
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * 2};
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(box_cols), 64};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(box_cols), static_cast<cuuint32_t>(box_rows)};
   return encode_bf16_tensor_map(map, base, 2, dims, strides, box,
                                 box_cols == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE);
 }

@@ -167,4 +167,61 @@ __device__ __forceinline__ void store_tile_by_slabs(const float (&d)[kN / 2], un
   }
 }
 
+// The swapped kernel's form of store_tile_by_slabs (gemm_wgmma_swap.cu): one consumer's 64 x kN
+// accumulators hold yᵀ, W rows as wgmma's m (y's columns col0 + 0..63) and x rows as its n (y's rows
+// row0 + 0..kN - 1), in the fragment order above. Chunks of 64 x rows go transposed into `slabs`
+// (kSlabs buffers of 8 KB, 1024-byte aligned) as 128-byte-swizzled [64 x rows][64] boxes, then out
+// by TMA in boxes of 8 rows (`map_y`: [M, N], 64 x 8 boxes, 128-byte swizzle): the tile ends at a
+// multiple of 8 rows, not of 64, and a 64-row box would overwrite the next tile's first rows; groups
+// at or past row m are not stored. Lanes l and l ^ 4 hold W rows c and c + 1 (c even) for the same
+// two x rows and swap one value each, so every thread writes 4-byte pairs along y's rows: the 8 x
+// rows and 4 pairs a warp writes at once land in 32 different banks. slabs_stored, `barrier`,
+// `leader` and the final bulk_wait_group<0> as for store_tile_by_slabs.
+template <int kN, int kSlabs>
+__device__ __forceinline__ void store_tile_transposed_by_slabs(const float (&d)[kN / 2], unsigned char* slabs,
+                                                               uint32_t& slabs_stored, const CUtensorMap* map_y,
+                                                               int col0, int row0, int m, int barrier, bool leader) {
+  constexpr int kSlabBytes = 64 * 64 * 2;
+  static_assert(kN % 8 == 0 && (kSlabs == 1 || kSlabs == 2), "whole 8-row groups; one or two buffers");
+  const int t = threadIdx.x % 128;
+  const int warp = t / 32, lane = t % 32;
+  const bool odd = (lane >> 2) & 1;
+  const int pair_col = warp * 16 + ((lane >> 2) & ~1);  // the W-row pair's first (+8 for the second half)
+  const int group_row = 2 * (lane & 3) + (odd ? 1 : 0);  // the x row within an 8-row group
+  uint32_t slab_addr = 0;
+  unsigned char* slab = nullptr;
+#pragma unroll
+  for (int j = 0; j < kN / 8; ++j) {
+    const int jj = j % 8;  // group within the chunk (as in store_tile_by_slabs: one loop, constant indices)
+    if (jj == 0) {
+      slab = slabs + (slabs_stored % kSlabs) * kSlabBytes;
+      slab_addr = smem_addr(slab);
+      if (leader) bulk_wait_group_read<kSlabs - 1>();  // this buffer's previous stores have read it
+      named_barrier_sync(barrier, 128);
+    }
+    const int row = 8 * jj + group_row;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float v0 = d[4 * j + 2 * h], v1 = d[4 * j + 2 * h + 1];
+      const float other = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
+      const int col = pair_col + 8 * h;
+      st_shared_b32(slab_addr + row * 128 + (((col >> 3) ^ (row & 7)) << 4) + (col & 7) * 2,
+                    odd ? pack_bf16x2(other, v1) : pack_bf16x2(v0, other));
+    }
+    if (jj == 7 || j == kN / 8 - 1) {
+      fence_proxy_async_smem();  // the TMA stores below read what this thread wrote
+      named_barrier_sync(barrier, 128);
+      if (leader) {
+        const int first = j / 8 * 8;  // the chunk's first group
+#pragma unroll
+        for (int g = first; g <= j; ++g) {
+          if (row0 + 8 * g < m) tma_store_2d(map_y, slab + (g - first) * 1024, col0, row0 + 8 * g);
+        }
+        bulk_commit_group();
+      }
+      ++slabs_stored;
+    }
+  }
+}
+
 }  // namespace xy::cuda::ptx

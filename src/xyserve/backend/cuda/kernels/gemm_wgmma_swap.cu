@@ -19,9 +19,10 @@
 //    and no second kernel, so o and down run on 2 x 64 CTAs. (cuBLASLt: split-K 2 for o, 3-4 for
 //    down.)
 //
-// Roles as in gemm_wgmma_dp.cu: warpgroup 0's thread 0 is the producer (TMA loads into a kStages
-// ring of W and x blocks, 64 columns of K, 128-byte swizzle, completing on "full" mbarriers by
-// transaction count); warpgroups 1.. (kBW / 64 of them) are consumers, each 64 W rows x kBX x rows.
+// Roles: warpgroups 0.. (kBW / 64 of them, up to 4) are consumers, each 64 W rows x kBX x rows;
+// one warp after them holds the producer, its first thread (TMA loads into a kStages ring of W and
+// x blocks, 64 columns of K, 128-byte swizzle, completing on "full" mbarriers by transaction count).
+// A producer warp rather than a warpgroup leaves the consumers the registers (SwapTraits::kThreads).
 // Persistent grid of min(groups, co-resident clusters) clusters; cluster c runs groups c, c +
 // clusters, ...; a group is kCluster tiles (sharing modes) or one tile (kSplitK), x tiles varying
 // fastest.
@@ -43,7 +44,16 @@
 // when one tile holds all of M (x_box_rows, gemm_kernels.cuh), and the tile's rows past it keep
 // stale shared memory, which reaches only columns of yᵀ (rows of y) past M, never stored; W rows
 // past N are zero-filled. y is stored where row < M and column < N, as bf16 pairs along N after
-// one shuffle (a thread's fragment holds two rows of y per column). N a multiple of 16, K of 64.
+// one shuffle (a thread's fragment holds two rows of y per column), straight to global memory or,
+// for the mid-M tiles, into shared memory for TMA. N a multiple of 16, K of 64.
+//
+// Mid M (tenth session): with x's side any multiple of 8 up to 200 and W's 64 to 256 rows, one wave
+// of tiles pads M least where the data-parallel tiles' 64 or 128 rows do not (M = 257, 777). Those
+// tiles (kBX >= 72) store y through shared memory and TMA (store_tile_transposed_by_slabs): one
+// tile per CTA leaves the epilogue exposed, and the 4-byte fragment stores cost qkv M = 777 5%.
+// Their x slices (kShareX) may overrun kBX (two 104-row slices of a 200-row tile: T::kXRows), and
+// a slice or W slice that starts past the tensor's last row is loaded from that row instead (its
+// rows lie past M or N and reach nothing stored).
 //
 // Programmatic dependent launch: the producer loads the first kStages W blocks before
 // griddepcontrol.wait (no kernel writes W), x only after; the consumers wait before writing y.
@@ -77,16 +87,34 @@ struct SwapTraits {
   static constexpr bool kShared = kShareX || kShareW;  // stages written by other CTAs' multicasts
   static constexpr int kBK = 64;  // 128 bytes: one swizzle row
   static constexpr int kConsumers = kBW / 64;
-  static constexpr int kThreads = 128 * (1 + kConsumers);
+  // The consumers are warpgroups 0.. and the producer one warp after them: three consumers of 104
+  // accumulators (kBX = 208) get 152 registers a thread at 416 threads, where a producer warpgroup
+  // would leave 128 (ptxas sizes every region by the entry count: setmaxnreg.inc does not raise it).
+  static constexpr int kThreads = 128 * kConsumers + 32;
+  static constexpr int kProducerThread = 128 * kConsumers;
   static constexpr int kAcc = kBX / 2;  // fp32 accumulators per consumer thread
+  // x's rows in shared memory: with kShareX the cluster's ranks load slices of whole swizzle atoms,
+  // which may overrun kBX (200 rows in clusters of 2: two 104-row slices).
+  static constexpr int kXRows = kShareX ? (kBX + 8 * kCluster - 1) / (8 * kCluster) * (8 * kCluster) : kBX;
   static constexpr int kWTileBytes = kBW * kBK * 2;
-  static constexpr int kXTileBytes = kBX * kBK * 2;
+  static constexpr int kXTileBytes = kXRows * kBK * 2;
   static constexpr int kStageBytes = kWTileBytes + kXTileBytes;
   // Rank 0's buffer for the other ranks' accumulators (kSplitK), every consumer thread's kAcc floats.
   static constexpr int kReduceBytes = kSplitK ? (kCluster - 1) * kConsumers * 128 * kAcc * 4 : 0;
-  // As many stages as fit (+1024 to align to the swizzle atom, +1024 for the static barriers), at most 8.
-  static constexpr int kStages = std::min(8, (kMaxSmemBytes - 2048 - kReduceBytes) / kStageBytes);
-  static constexpr int kSmemBytes = kStages * kStageBytes + kReduceBytes + 1024;
+  // The mid-M tiles (72 x rows and more) store y through shared memory and TMA
+  // (store_tile_transposed_by_slabs): with one tile per CTA, their fragment stores were every CTA's
+  // tail. The decode tiles (32, 64 x rows) keep the fragment stores. Two 8 KB staging buffers per
+  // consumer where the ring keeps 4 stages beside them, else one.
+  static constexpr bool kStagedOut = kBX >= 72;
+  static constexpr int kSlabBytes = 64 * 64 * 2;
+  // Beside the reduction buffer: +1024 to align to the swizzle atom, +1024 for the static barriers.
+  static constexpr int kRingAndOutBytes = kMaxSmemBytes - 2048 - kReduceBytes;
+  static constexpr int kOutSlabs =
+      !kStagedOut ? 0 : (kRingAndOutBytes - 2 * kConsumers * kSlabBytes) / kStageBytes >= 4 ? 2 : 1;
+  static constexpr int kOutBytes = kOutSlabs * kConsumers * kSlabBytes;
+  // As many stages as fit, at most 8.
+  static constexpr int kStages = std::min(8, (kRingAndOutBytes - kOutBytes) / kStageBytes);
+  static constexpr int kSmemBytes = kStages * kStageBytes + kReduceBytes + kOutBytes + 1024;
   // Groups of x tiles (x tiles, or clusters of them with kShareW; the fastest-varying) and of W
   // tiles (clusters of them with kShareX): a group is what one cluster runs at a time.
   static __host__ __device__ int x_groups(int x_tiles) {
@@ -95,8 +123,8 @@ struct SwapTraits {
   static __host__ __device__ int w_groups(int w_tiles) {
     return kShareX ? (w_tiles + kCluster - 1) / kCluster : w_tiles;
   }
-  static_assert(kBW == 64 || kBW == 128, "64 W rows per consumer warpgroup");
-  static_assert(kBX % 8 == 0 && kBX <= 256 && kAcc % 4 == 0, "wgmma n: whole swizzle atoms, float4 reduction");
+  static_assert(kBW % 64 == 0 && kBW <= 256, "64 W rows per consumer warpgroup, a TMA box of at most 256 rows");
+  static_assert(kBX % 8 == 0 && kXRows <= 256 && kAcc % 4 == 0, "wgmma n: whole swizzle atoms, float4 reduction");
   static_assert(kCluster == 1 || kCluster == 2 || kCluster == 4, "cluster of 1, 2 or 4 CTAs");
   static_assert(kBW % (8 * kCluster) == 0, "W slices of whole swizzle atoms");
   static_assert(kStages >= 3, "pipeline depth");
@@ -106,7 +134,7 @@ struct SwapTraits {
 template <int kBW, int kBX, int kCluster, SwapCluster kMode>
 __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThreads, 1)
     wgmma_swap_kernel(const __grid_constant__ CUtensorMap map_w, const __grid_constant__ CUtensorMap map_x,
-                      __nv_bfloat16* __restrict__ y, int m, int n, int k, int x_slice_rows, int x_slicers,
+                      const __grid_constant__ CUtensorMap map_y, __nv_bfloat16* __restrict__ y, int m, int n, int k, int x_slice_rows, int x_slicers,
                       int stage_tx_bytes) {
   using T = SwapTraits<kBW, kBX, kCluster, kMode>;
   extern __shared__ unsigned char smem_raw[];
@@ -119,6 +147,7 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
   unsigned char* w_tiles = smem;                                // [stage][kBW rows][64] of W
   unsigned char* x_tiles = smem + T::kStages * T::kWTileBytes;  // [stage][kBX rows][64] of x
   float* reduce_buf = reinterpret_cast<float*>(x_tiles + T::kStages * T::kXTileBytes);
+  unsigned char* out_slabs = x_tiles + T::kStages * T::kXTileBytes + T::kReduceBytes;  // [consumer][kOutSlabs][8 KB]
 
   const int rank = kCluster > 1 ? static_cast<int>(ptx::cluster_ctarank()) : 0;
   const int cluster = kCluster > 1 ? static_cast<int>(ptx::cluster_id_x()) : static_cast<int>(blockIdx.x);
@@ -140,11 +169,14 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
   auto w_row_of = [&](int grp) { return (w_tile_of(grp) < w_tiles_n ? w_tile_of(grp) : w_tiles_n - 1) * kBW; };
   auto x_row_of = [&](int grp) { return (x_tile_of(grp) < x_tiles_m ? x_tile_of(grp) : x_tiles_m - 1) * kBX; };
   // W blocks: the CTA's own box, or (kShareW) its slice of the cluster's, multicast.
+  // A slice that starts past the tensor's last row (in a ragged last tile) is loaded from its last
+  // row instead: its rows lie past N (or M), so their contents reach only what is never stored.
   auto load_w = [&](int s, int grp, int kb) {
     if constexpr (T::kShareW) {
       constexpr int kSlice = kBW / kCluster;
       ptx::tma_load_2d_multicast(w_tiles + s * T::kWTileBytes + rank * kSlice * 128, &map_w, &full_bar[s],
-                                 kb * T::kBK, w_row_of(grp) + rank * kSlice, uint16_t((1u << kCluster) - 1));
+                                 kb * T::kBK, min(w_row_of(grp) + rank * kSlice, n - 1),
+                                 uint16_t((1u << kCluster) - 1));
     } else {
       ptx::tma_load_2d(w_tiles + s * T::kWTileBytes, &map_w, &full_bar[s], kb * T::kBK, w_row_of(grp));
     }
@@ -157,6 +189,7 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
     ptx::mbarrier_init(&reduce_empty_bar, T::kConsumers * 128);
     ptx::fence_mbarrier_init();
     ptx::prefetch_tensor_map(&map_x);
+    if constexpr (T::kStagedOut) ptx::prefetch_tensor_map(&map_y);
   }
   // Barriers initialised in every CTA before any CTA multicasts into or arrives on another's.
   if constexpr (kCluster > 1) {
@@ -165,8 +198,8 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
     __syncthreads();
   }
 
-  if (threadIdx.x < 128) {
-    if (threadIdx.x != 0) return;
+  if (threadIdx.x >= T::kProducerThread) {
+    if (threadIdx.x != T::kProducerThread) return;
     // First fill, W only: before griddepcontrol.wait (no kernel writes W).
     uint32_t g = 0;
     for (int grp = cluster; grp < groups && g < T::kStages; grp += clusters) {
@@ -190,7 +223,7 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
         if constexpr (T::kShareX) {
           if (rank < x_slicers) {
             ptx::tma_load_2d_multicast(x_dst + rank * x_slice_rows * 128, &map_x, &full_bar[s], kb * T::kBK,
-                                       x_row + rank * x_slice_rows, uint16_t((1u << kCluster) - 1));
+                                       min(x_row + rank * x_slice_rows, m - 1), uint16_t((1u << kCluster) - 1));
           }
         } else {
           ptx::tma_load_2d(x_dst, &map_x, &full_bar[s], kb * T::kBK, x_row);
@@ -203,13 +236,14 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
   }
 
   ptx::griddep_wait();  // y from here on
-  const int consumer = threadIdx.x / 128 - 1;
+  const int consumer = threadIdx.x / 128;
   const int t = threadIdx.x % 128;  // thread within this consumer
   const bool leader = t == 0;
   const int warp = t / 32, lane = t % 32;
   const ptx::RingRelease<T::kShared ? kCluster : 1> release(empty_bar);
   uint32_t g = 0;
   uint32_t round = 0;  // this CTA's groups so far: the reduction barriers' phase
+  uint32_t slabs_stored = 0;
   for (int grp = cluster; grp < groups; grp += clusters, ++round) {
     const bool last_group = grp + clusters >= groups;
     if (last_group) ptx::griddep_launch_dependents();
@@ -258,6 +292,15 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
       }
     }
 
+    if constexpr (T::kStagedOut) {
+      const int col0 = w_tile_of(grp) * kBW + consumer * 64;
+      if (x_tile_of(grp) < x_tiles_m && col0 < n) {
+        ptx::store_tile_transposed_by_slabs<kBX, T::kOutSlabs>(d, out_slabs + consumer * T::kOutSlabs * T::kSlabBytes,
+                                                               slabs_stored, &map_y, col0, x_tile_of(grp) * kBX, m,
+                                                               1 + consumer, leader);
+      }
+      continue;
+    }
     // Epilogue. Fragment of m64nkBXk16 (PTX 9.7.15.5.1.1): d[4j + q] is yᵀ at row (W row)
     // warp*16 + lane/4 (+8 for q >= 2), column (x row) 8j + 2*(lane%4) (+1 for odd q). Lanes l and
     // l ^ 4 hold W rows c and c + 1 (c even) for the same two x rows: they swap one value each so
@@ -280,6 +323,7 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
       }
     }
   }
+  if (T::kStagedOut && leader) ptx::bulk_wait_group<0>();  // shared memory must outlive the stores
 }
 
 template <int kBW, int kBX, int kCluster, SwapCluster kMode>
@@ -288,15 +332,16 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
   using T = SwapTraits<kBW, kBX, kCluster, kMode>;
   auto* kernel = wgmma_swap_kernel<kBW, kBX, kCluster, kMode>;
   const int x_rows = x_box_rows(m, kBX);
-  // kShareX: each rank loads a slice of whole swizzle atoms, or rank 0 the whole box.
-  const bool sliced = T::kShareX && x_rows % (8 * kCluster) == 0;
-  const int x_slice_rows = sliced ? x_rows / kCluster : x_rows;
-  const int x_slicers = sliced ? kCluster : 1;
-  CUtensorMap map_w, map_x;
-  if (!make_map(&map_w, w, n, k, T::kShareW ? kBW / kCluster : kBW) || !make_map(&map_x, x, m, k, x_slice_rows)) {
+  // kShareX: the first x_slicers ranks load a slice each of x_slice_rows rows, whole swizzle atoms
+  // (8 rows), together at least x_rows (at most T::kXRows).
+  const int x_slice_rows = T::kShareX ? ((x_rows + kCluster - 1) / kCluster + 7) / 8 * 8 : x_rows;
+  const int x_slicers = (x_rows + x_slice_rows - 1) / x_slice_rows;
+  CUtensorMap map_w, map_x, map_y{};  // y's map: staged tiles only
+  if (!make_map(&map_w, w, n, k, T::kShareW ? kBW / kCluster : kBW) || !make_map(&map_x, x, m, k, x_slice_rows) ||
+      (T::kStagedOut && !make_out_map(&map_y, y, m, n, 64, 8))) {
     return cudaErrorInvalidValue;
   }
-  const int stage_tx_bytes = (kBW + x_rows) * T::kBK * 2;
+  const int stage_tx_bytes = (kBW + x_slicers * x_slice_rows) * T::kBK * 2;
   static std::atomic<uint64_t> smem_allowed{0};
   if (const cudaError_t err = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), T::kSmemBytes, smem_allowed);
       err != cudaSuccess) {
@@ -307,7 +352,7 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
   const int clusters = static_cast<int>(
       std::min<int64_t>(groups, resident_clusters(kernel, kCluster, T::kThreads, T::kSmemBytes, resident)));
   return launch_kernel_in_clusters(kernel, dim3(static_cast<unsigned>(clusters * kCluster)), dim3(T::kThreads),
-                                   T::kSmemBytes, stream, pdl, static_cast<unsigned>(kCluster), map_w, map_x, y, m, n,
+                                   T::kSmemBytes, stream, pdl, static_cast<unsigned>(kCluster), map_w, map_x, map_y, y, m, n,
                                    k, x_slice_rows, x_slicers, stage_tx_bytes);
 }
 
@@ -327,6 +372,18 @@ cudaError_t launch_wgmma_swap(int bx, int bw, int cluster, SwapCluster mode, con
   XY_SWAP_CASE(32, 64, 2, kW)
   XY_SWAP_CASE(32, 64, 2, kK)
   XY_SWAP_CASE(64, 64, 2, kK)
+  XY_SWAP_CASE(200, 192, 2, kW)
+  XY_SWAP_CASE(200, 128, 2, kX)
+  XY_SWAP_CASE(112, 256, 2, kX)
+  XY_SWAP_CASE(160, 192, 2, kX)
+  XY_SWAP_CASE(72, 192, 2, kW)
+  XY_SWAP_CASE(136, 128, 2, kK)
+  XY_SWAP_CASE(88, 256, 2, kW)
+  XY_SWAP_CASE(136, 192, 2, kW)
+  XY_SWAP_CASE(96, 192, 2, kW)
+  XY_SWAP_CASE(128, 192, 2, kW)
+  XY_SWAP_CASE(112, 192, 2, kW)
+  XY_SWAP_CASE(136, 64, 2, kX)
 #undef XY_SWAP_CASE
   return cudaErrorInvalidValue;
 }
