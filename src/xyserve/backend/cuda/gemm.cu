@@ -26,8 +26,8 @@ constexpr GemmKernel kAllKernels[] = {
     GemmKernel::kWgmmaSwap32x64M2, GemmKernel::kWgmmaSwap32x64K2,  GemmKernel::kWgmmaSwap64x64K2,
     GemmKernel::kWgmmaSwap200x192M2, GemmKernel::kWgmmaSwap200x128N2, GemmKernel::kWgmmaSwap112x256N2,
     GemmKernel::kWgmmaSwap160x192N2, GemmKernel::kWgmmaSwap72x192M2, GemmKernel::kWgmmaSwap136x128K2,
-    GemmKernel::kWgmmaSwap88x256M2, GemmKernel::kWgmmaSwap136x192M2, GemmKernel::kWgmmaSwap96x192M2,
-    GemmKernel::kWgmmaSwap128x192M2, GemmKernel::kWgmmaSwap112x192M2, GemmKernel::kWgmmaSwap136x64N2};
+    GemmKernel::kWgmmaSwap136x192M2, GemmKernel::kWgmmaSwap128x192M2, GemmKernel::kWgmmaSwap104x64K2,
+    GemmKernel::kWgmmaSwap72x192, GemmKernel::kWgmmaSwap136x64};
 
 enum class Family { kGemv, kStream, kWgmma, kWgmmaSk, kWgmmaDp, kWgmmaSwap };
 
@@ -88,12 +88,11 @@ Tile tile_of(GemmKernel kernel) {
     case GemmKernel::kWgmmaSwap160x192N2: return {Family::kWgmmaSwap, 160, 192, 64, 1, 2, kShareX};
     case GemmKernel::kWgmmaSwap72x192M2: return {Family::kWgmmaSwap, 72, 192, 64, 1, 2, kShareW};
     case GemmKernel::kWgmmaSwap136x128K2: return {Family::kWgmmaSwap, 136, 128, 64, 1, 2, kSplitK};
-    case GemmKernel::kWgmmaSwap88x256M2: return {Family::kWgmmaSwap, 88, 256, 64, 1, 2, kShareW};
     case GemmKernel::kWgmmaSwap136x192M2: return {Family::kWgmmaSwap, 136, 192, 64, 1, 2, kShareW};
-    case GemmKernel::kWgmmaSwap96x192M2: return {Family::kWgmmaSwap, 96, 192, 64, 1, 2, kShareW};
     case GemmKernel::kWgmmaSwap128x192M2: return {Family::kWgmmaSwap, 128, 192, 64, 1, 2, kShareW};
-    case GemmKernel::kWgmmaSwap112x192M2: return {Family::kWgmmaSwap, 112, 192, 64, 1, 2, kShareW};
-    case GemmKernel::kWgmmaSwap136x64N2: return {Family::kWgmmaSwap, 136, 64, 64, 1, 2, kShareX};
+    case GemmKernel::kWgmmaSwap104x64K2: return {Family::kWgmmaSwap, 104, 64, 64, 1, 2, kSplitK};
+    case GemmKernel::kWgmmaSwap72x192: return {Family::kWgmmaSwap, 72, 192, 64, 1, 1, kShareW};
+    case GemmKernel::kWgmmaSwap136x64: return {Family::kWgmmaSwap, 136, 64, 64, 1, 1, kShareX};
   }
   return {Family::kWgmma, 0, 0, 0};
 }
@@ -143,12 +142,11 @@ const char* gemm_kernel_name(GemmKernel kernel) {
     case GemmKernel::kWgmmaSwap160x192N2: return "wgmma_swap_160x192_n2";
     case GemmKernel::kWgmmaSwap72x192M2: return "wgmma_swap_72x192_m2";
     case GemmKernel::kWgmmaSwap136x128K2: return "wgmma_swap_136x128_k2";
-    case GemmKernel::kWgmmaSwap88x256M2: return "wgmma_swap_88x256_m2";
     case GemmKernel::kWgmmaSwap136x192M2: return "wgmma_swap_136x192_m2";
-    case GemmKernel::kWgmmaSwap96x192M2: return "wgmma_swap_96x192_m2";
     case GemmKernel::kWgmmaSwap128x192M2: return "wgmma_swap_128x192_m2";
-    case GemmKernel::kWgmmaSwap112x192M2: return "wgmma_swap_112x192_m2";
-    case GemmKernel::kWgmmaSwap136x64N2: return "wgmma_swap_136x64_n2";
+    case GemmKernel::kWgmmaSwap104x64K2: return "wgmma_swap_104x64_k2";
+    case GemmKernel::kWgmmaSwap72x192: return "wgmma_swap_72x192";
+    case GemmKernel::kWgmmaSwap136x64: return "wgmma_swap_136x64";
   }
   return "unknown";
 }

@@ -245,27 +245,6 @@ __device__ __forceinline__ void wgmma_m64n72k16_bf16(float (&d)[36], uint64_t de
       : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
 
-// d[64x88] += a[64x16] · b[16x88]; as above with 44 accumulator registers.
-__device__ __forceinline__ void wgmma_m64n88k16_bf16(float (&d)[44], uint64_t desc_a,
-                                                     uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %46, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n88k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
-      "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, "
-      "%36, %37, %38, %39, %40, %41, %42, %43}, %44, %45, p, 1, 1, 0, 0;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43])
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-}
-
 // d[64x112] += a[64x16] · b[16x112]; as above with 56 accumulator registers.
 __device__ __forceinline__ void wgmma_m64n112k16_bf16(float (&d)[56], uint64_t desc_a,
                                                       uint64_t desc_b, int scale_d) {
@@ -374,6 +353,29 @@ __device__ __forceinline__ void wgmma_m64n200k16_bf16(float (&d)[100], uint64_t 
       : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
 
+// d[64x104] += a[64x16] · b[16x104]; as above with 52 accumulator registers.
+__device__ __forceinline__ void wgmma_m64n104k16_bf16(float (&d)[52], uint64_t desc_a,
+                                                      uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %54, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n104k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
+      "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, "
+      "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51}, %52, "
+      "%53, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51])
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
 // d[64 x kN] += a · b through the wrapper for kN (the kernels' tile width as a template parameter).
 template <int kN>
 __device__ __forceinline__ void wgmma_bf16_ss(float (&d)[kN / 2], uint64_t desc_a, uint64_t desc_b,
@@ -382,8 +384,8 @@ __device__ __forceinline__ void wgmma_bf16_ss(float (&d)[kN / 2], uint64_t desc_
   else if constexpr (kN == 48) wgmma_m64n48k16_bf16(d, desc_a, desc_b, scale_d);
   else if constexpr (kN == 64) wgmma_m64n64k16_bf16(d, desc_a, desc_b, scale_d);
   else if constexpr (kN == 72) wgmma_m64n72k16_bf16(d, desc_a, desc_b, scale_d);
-  else if constexpr (kN == 88) wgmma_m64n88k16_bf16(d, desc_a, desc_b, scale_d);
   else if constexpr (kN == 96) wgmma_m64n96k16_bf16(d, desc_a, desc_b, scale_d);
+  else if constexpr (kN == 104) wgmma_m64n104k16_bf16(d, desc_a, desc_b, scale_d);
   else if constexpr (kN == 112) wgmma_m64n112k16_bf16(d, desc_a, desc_b, scale_d);
   else if constexpr (kN == 128) wgmma_m64n128k16_bf16(d, desc_a, desc_b, scale_d);
   else if constexpr (kN == 136) wgmma_m64n136k16_bf16(d, desc_a, desc_b, scale_d);

@@ -378,12 +378,11 @@ cudaError_t launch_wgmma_swap(int bx, int bw, int cluster, SwapCluster mode, con
   XY_SWAP_CASE(160, 192, 2, kX)
   XY_SWAP_CASE(72, 192, 2, kW)
   XY_SWAP_CASE(136, 128, 2, kK)
-  XY_SWAP_CASE(88, 256, 2, kW)
   XY_SWAP_CASE(136, 192, 2, kW)
-  XY_SWAP_CASE(96, 192, 2, kW)
   XY_SWAP_CASE(128, 192, 2, kW)
-  XY_SWAP_CASE(112, 192, 2, kW)
-  XY_SWAP_CASE(136, 64, 2, kX)
+  XY_SWAP_CASE(104, 64, 2, kK)
+  XY_SWAP_CASE(72, 192, 1, kW)
+  XY_SWAP_CASE(136, 64, 1, kX)
 #undef XY_SWAP_CASE
   return cudaErrorInvalidValue;
 }
