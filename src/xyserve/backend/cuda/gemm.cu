@@ -25,9 +25,9 @@ constexpr GemmKernel kAllKernels[] = {
     GemmKernel::kWgmmaSwap32x64N4, GemmKernel::kWgmmaSwap32x128N2, GemmKernel::kWgmmaSwap64x128N2,
     GemmKernel::kWgmmaSwap32x64M2, GemmKernel::kWgmmaSwap32x64K2,  GemmKernel::kWgmmaSwap64x64K2,
     GemmKernel::kWgmmaSwap200x192M2, GemmKernel::kWgmmaSwap200x128N2, GemmKernel::kWgmmaSwap112x256N2,
-    GemmKernel::kWgmmaSwap160x192N2, GemmKernel::kWgmmaSwap72x192M2, GemmKernel::kWgmmaSwap136x128K2,
-    GemmKernel::kWgmmaSwap136x192M2, GemmKernel::kWgmmaSwap128x192M2, GemmKernel::kWgmmaSwap104x64K2,
-    GemmKernel::kWgmmaSwap72x192, GemmKernel::kWgmmaSwap136x64};
+    GemmKernel::kWgmmaSwap160x192N2, GemmKernel::kWgmmaSwap136x128K2, GemmKernel::kWgmmaSwap136x192M2,
+    GemmKernel::kWgmmaSwap128x192M2, GemmKernel::kWgmmaSwap104x64K2, GemmKernel::kWgmmaSwap136x64,
+    GemmKernel::kWgmmaSwap72x192x3};
 
 enum class Family { kGemv, kStream, kWgmma, kWgmmaSk, kWgmmaDp, kWgmmaSwap };
 
@@ -42,6 +42,7 @@ struct Tile {
   int ctas_per_sm = 1;
   int cluster = 1;
   gemm_detail::SwapCluster shares = gemm_detail::SwapCluster::kShareX;
+  int m_blocks = 1;  // the swapped kernels: m64 blocks of W rows per consumer warpgroup
 };
 constexpr auto kShareX = gemm_detail::SwapCluster::kShareX;
 constexpr auto kShareW = gemm_detail::SwapCluster::kShareW;
@@ -86,13 +87,12 @@ Tile tile_of(GemmKernel kernel) {
     case GemmKernel::kWgmmaSwap200x128N2: return {Family::kWgmmaSwap, 200, 128, 64, 1, 2, kShareX};
     case GemmKernel::kWgmmaSwap112x256N2: return {Family::kWgmmaSwap, 112, 256, 64, 1, 2, kShareX};
     case GemmKernel::kWgmmaSwap160x192N2: return {Family::kWgmmaSwap, 160, 192, 64, 1, 2, kShareX};
-    case GemmKernel::kWgmmaSwap72x192M2: return {Family::kWgmmaSwap, 72, 192, 64, 1, 2, kShareW};
     case GemmKernel::kWgmmaSwap136x128K2: return {Family::kWgmmaSwap, 136, 128, 64, 1, 2, kSplitK};
     case GemmKernel::kWgmmaSwap136x192M2: return {Family::kWgmmaSwap, 136, 192, 64, 1, 2, kShareW};
     case GemmKernel::kWgmmaSwap128x192M2: return {Family::kWgmmaSwap, 128, 192, 64, 1, 2, kShareW};
     case GemmKernel::kWgmmaSwap104x64K2: return {Family::kWgmmaSwap, 104, 64, 64, 1, 2, kSplitK};
-    case GemmKernel::kWgmmaSwap72x192: return {Family::kWgmmaSwap, 72, 192, 64, 1, 1, kShareW};
     case GemmKernel::kWgmmaSwap136x64: return {Family::kWgmmaSwap, 136, 64, 64, 1, 1, kShareX};
+    case GemmKernel::kWgmmaSwap72x192x3: return {Family::kWgmmaSwap, 72, 192, 64, 1, 1, kShareW, 3};
   }
   return {Family::kWgmma, 0, 0, 0};
 }
@@ -140,13 +140,12 @@ const char* gemm_kernel_name(GemmKernel kernel) {
     case GemmKernel::kWgmmaSwap200x128N2: return "wgmma_swap_200x128_n2";
     case GemmKernel::kWgmmaSwap112x256N2: return "wgmma_swap_112x256_n2";
     case GemmKernel::kWgmmaSwap160x192N2: return "wgmma_swap_160x192_n2";
-    case GemmKernel::kWgmmaSwap72x192M2: return "wgmma_swap_72x192_m2";
     case GemmKernel::kWgmmaSwap136x128K2: return "wgmma_swap_136x128_k2";
     case GemmKernel::kWgmmaSwap136x192M2: return "wgmma_swap_136x192_m2";
     case GemmKernel::kWgmmaSwap128x192M2: return "wgmma_swap_128x192_m2";
     case GemmKernel::kWgmmaSwap104x64K2: return "wgmma_swap_104x64_k2";
-    case GemmKernel::kWgmmaSwap72x192: return "wgmma_swap_72x192";
     case GemmKernel::kWgmmaSwap136x64: return "wgmma_swap_136x64";
+    case GemmKernel::kWgmmaSwap72x192x3: return "wgmma_swap_72x192_x3";
   }
   return "unknown";
 }
@@ -240,8 +239,8 @@ void gemm_launch(GemmKernel kernel, const GemmArgs& a, cudaStream_t stream) {
       XY_CUDA_CHECK(gemm_detail::launch_wgmma_dp(tile.tokens, tile.rows, a.x, a.w, a.y, a.m, a.n, a.k, a.pdl, stream));
       break;
     case Family::kWgmmaSwap:
-      XY_CUDA_CHECK(gemm_detail::launch_wgmma_swap(tile.tokens, tile.rows, tile.cluster, tile.shares, a.x, a.w, a.y,
-                                                   a.m, a.n, a.k, a.pdl, stream));
+      XY_CUDA_CHECK(gemm_detail::launch_wgmma_swap(tile.tokens, tile.rows, tile.cluster, tile.shares, tile.m_blocks,
+                                                   a.x, a.w, a.y, a.m, a.n, a.k, a.pdl, stream));
       break;
   }
 }

@@ -77,7 +77,8 @@ enum class GemmKernel {
   // kWgmmaSwap<bx>x<bw>M<c>: c neighbouring x tiles share W's box likewise;
   // kWgmmaSwap<bx>x<bw>K<c>: c CTAs split the tile's K blocks and add up in distributed shared
   // memory (split-K without workspace), which puts o and down (N = 4096) on 2 x 64 CTAs;
-  // kWgmmaSwap<bx>x<bw>: no cluster.
+  // kWgmmaSwap<bx>x<bw>: no cluster; kWgmmaSwap<bx>x<bw>x<b>: no cluster, consumer warpgroups of b
+  // m64 blocks (64 W rows each) rather than one, so fewer consumers wait and release per K block.
   // N need not be a multiple of bw (a multiple of 16). PDL-aware. Measured (H200, 2026-11-25):
   // the K-split tiles win o and down at M <= 64; the sharing ones, correct, run 20-40% behind
   // the unclustered tiles at the same CTA count (docs/PERFORMANCE.md, eighth session) and are
@@ -87,8 +88,9 @@ enum class GemmKernel {
   // 192 x 208 of yᵀ in clusters sharing W, 128 x 200 sharing x); they store y through shared
   // memory and TMA. Measured (tenth session): qkv M = 777 on 200 x 192 M2 53.6 us against
   // cuBLASLt's 52.4, down M = 257 on 136 x 128 K2 54.5 against 59.1. At the same tile as
-  // cuBLASLt's (192 x 72 in clusters sharing W, qkv M = 257) ours is 28% slower (31.9 against
-  // 24.6 us), clustered or not: the cause is open (bench/cuda/GEMM_NOTES.md, run 14).
+  // cuBLASLt's (192 x 72 in clusters sharing W, qkv M = 257) ours was 28% slower (31.9 against
+  // 24.6 us) with three consumers, clustered or not, and is 16% slower (28.7) with one consumer
+  // of three blocks (x3): the rest of the gap is open (bench/cuda/GEMM_NOTES.md, run 14).
   kWgmmaSwap32x64N4,
   kWgmmaSwap32x128N2,
   kWgmmaSwap64x128N2,
@@ -99,13 +101,12 @@ enum class GemmKernel {
   kWgmmaSwap200x128N2,
   kWgmmaSwap112x256N2,
   kWgmmaSwap160x192N2,
-  kWgmmaSwap72x192M2,
   kWgmmaSwap136x128K2,
   kWgmmaSwap136x192M2,
   kWgmmaSwap128x192M2,
   kWgmmaSwap104x64K2,
-  kWgmmaSwap72x192,
   kWgmmaSwap136x64,
+  kWgmmaSwap72x192x3,
 };
 
 // Every kernel of the family, in the order above (for benchmarks and tests).

@@ -144,10 +144,11 @@ cudaError_t launch_wgmma_dp(int bm, int bn, const __nv_bfloat16* x, const __nv_b
 // multicast (kShareX: neighbouring W tiles), share W's (kShareW: neighbouring x tiles), or split
 // the tile's K blocks and add up in distributed shared memory (kSplitK). (bx, bw, cluster, mode):
 // the combinations listed in launch_wgmma_swap (gemm_wgmma_swap.cu), bx a multiple of 8 up to 200
-// (those from 72 up store y through shared memory and TMA), bw 64 to 256. Preconditions as
+// (those from 72 up store y through shared memory and TMA), bw 64 to 256, in consumers of
+// m_blocks x 64 W rows. Preconditions as
 // launch_wgmma_dp's. PDL-aware (`pdl`).
 enum class SwapCluster { kShareX, kShareW, kSplitK };
-cudaError_t launch_wgmma_swap(int bx, int bw, int cluster, SwapCluster mode, const __nv_bfloat16* x,
+cudaError_t launch_wgmma_swap(int bx, int bw, int cluster, SwapCluster mode, int m_blocks, const __nv_bfloat16* x,
                               const __nv_bfloat16* w, __nv_bfloat16* y, int m, int n, int k, bool pdl,
                               cudaStream_t stream);
 

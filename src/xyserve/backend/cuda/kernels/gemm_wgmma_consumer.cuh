@@ -96,6 +96,36 @@ __device__ __forceinline__ void wgmma_ring_k_blocks(float (&d)[kN / 2], const un
                                                                   RingRelease<1>(empty_bar), g, iters, leader);
 }
 
+// wgmma_ring_k_blocks for a consumer of kMB m64 blocks: a_row.. a_row + 64 kMB - 1 of a against the
+// same kN rows of b, all kMB x kBK / 16 wgmmas of a K block one group, m-blocks innermost (their
+// accumulators are independent, so the tensor cores need not wait on one chain). One consumer
+// of three blocks reads the same shared-memory bytes as three consumers of one, in a third of
+// the barrier waits and releases.
+template <int kN, int kBK, int kStages, int kATileBytes, int kBTileBytes, int kMB, class Release>
+__device__ __forceinline__ void wgmma_ring_k_blocks_mb(float (&d)[kMB][kN / 2], const unsigned char* a_tiles,
+                                                       const unsigned char* b_tiles, int a_row, int b_row,
+                                                       uint64_t* full_bar, Release&& release, uint32_t& g, int iters,
+                                                       bool leader) {
+  for (int it = 0; it < iters; ++it, ++g) {
+    const int s = g % kStages;
+    mbarrier_wait(&full_bar[s], (g / kStages) & 1);
+    const uint64_t desc_a = wgmma_desc_sw128(a_tiles + s * kATileBytes + a_row * 128);
+    const uint64_t desc_b = wgmma_desc_sw128(b_tiles + s * kBTileBytes + b_row * 128);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kBK / 16; ++ks) {
+#pragma unroll
+      for (int mb = 0; mb < kMB; ++mb) {
+        // 64 rows of 128 bytes further on: +512 in the descriptor's 16-byte address units.
+        wgmma_bf16_ss<kN>(d[mb], desc_a + mb * 512 + 2 * ks, desc_b + 2 * ks, 1);
+      }
+    }
+    wgmma_commit();
+    wgmma_wait<1>();
+    if (it > 0 && leader) release(int((g - 1) % kStages));
+  }
+}
+
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);

@@ -75,7 +75,7 @@ namespace {
 
 constexpr int kMaxSmemBytes = 227 * 1024;  // per block, sm_90
 
-template <int kBW_, int kBX_, int kCluster_, SwapCluster kMode_>
+template <int kBW_, int kBX_, int kCluster_, SwapCluster kMode_, int kMB_>
 struct SwapTraits {
   static constexpr int kBW = kBW_;  // W rows per tile: wgmma m, 64 per consumer
   static constexpr int kBX = kBX_;  // x rows per tile: wgmma n
@@ -86,7 +86,8 @@ struct SwapTraits {
   static constexpr bool kSplitK = kMode == SwapCluster::kSplitK && kCluster > 1;
   static constexpr bool kShared = kShareX || kShareW;  // stages written by other CTAs' multicasts
   static constexpr int kBK = 64;  // 128 bytes: one swizzle row
-  static constexpr int kConsumers = kBW / 64;
+  static constexpr int kMB = kMB_;  // m64 blocks (64 W rows each) per consumer
+  static constexpr int kConsumers = kBW / (64 * kMB);
   // The consumers are warpgroups 0.. and the producer one warp after them: three consumers of 104
   // accumulators (kBX = 208) get 152 registers a thread at 416 threads, where a producer warpgroup
   // would leave 128 (ptxas sizes every region by the entry count: setmaxnreg.inc does not raise it).
@@ -123,7 +124,8 @@ struct SwapTraits {
   static __host__ __device__ int w_groups(int w_tiles) {
     return kShareX ? (w_tiles + kCluster - 1) / kCluster : w_tiles;
   }
-  static_assert(kBW % 64 == 0 && kBW <= 256, "64 W rows per consumer warpgroup, a TMA box of at most 256 rows");
+  static_assert(kBW % (64 * kMB) == 0 && kBW <= 256, "whole m64 blocks per consumer, a TMA box of at most 256 rows");
+  static_assert(kMB == 1 || !kSplitK, "the split-K reduction moves one block per consumer");
   static_assert(kBX % 8 == 0 && kXRows <= 256 && kAcc % 4 == 0, "wgmma n: whole swizzle atoms, float4 reduction");
   static_assert(kCluster == 1 || kCluster == 2 || kCluster == 4, "cluster of 1, 2 or 4 CTAs");
   static_assert(kBW % (8 * kCluster) == 0, "W slices of whole swizzle atoms");
@@ -131,12 +133,12 @@ struct SwapTraits {
   static_assert(kSmemBytes + 1024 <= kMaxSmemBytes, "shared memory per block");
 };
 
-template <int kBW, int kBX, int kCluster, SwapCluster kMode>
-__global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThreads, 1)
+template <int kBW, int kBX, int kCluster, SwapCluster kMode, int kMB>
+__global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode, kMB>::kThreads, 1)
     wgmma_swap_kernel(const __grid_constant__ CUtensorMap map_w, const __grid_constant__ CUtensorMap map_x,
                       const __grid_constant__ CUtensorMap map_y, __nv_bfloat16* __restrict__ y, int m, int n, int k, int x_slice_rows, int x_slicers,
                       int stage_tx_bytes) {
-  using T = SwapTraits<kBW, kBX, kCluster, kMode>;
+  using T = SwapTraits<kBW, kBX, kCluster, kMode, kMB>;
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t full_bar[T::kStages];
   __shared__ __align__(8) uint64_t empty_bar[T::kStages];
@@ -247,13 +249,16 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
   for (int grp = cluster; grp < groups; grp += clusters, ++round) {
     const bool last_group = grp + clusters >= groups;
     if (last_group) ptx::griddep_launch_dependents();
-    // acc[64 W rows][kBX x rows] of this consumer, in wgmma fragment order.
-    float d[T::kAcc];
+    // acc[kMB][64 W rows][kBX x rows] of this consumer, in wgmma fragment order.
+    float d[T::kMB][T::kAcc];
 #pragma unroll
-    for (int j = 0; j < T::kAcc; ++j) d[j] = 0.f;
+    for (int mb = 0; mb < T::kMB; ++mb) {
+#pragma unroll
+      for (int j = 0; j < T::kAcc; ++j) d[mb][j] = 0.f;
+    }
     const int iters = kb_end - kb_begin;
-    ptx::wgmma_ring_k_blocks<kBX, T::kBK, T::kStages, T::kWTileBytes, T::kXTileBytes>(
-        d, w_tiles, x_tiles, consumer * 64, 0, full_bar, release, g, iters, leader);
+    ptx::wgmma_ring_k_blocks_mb<kBX, T::kBK, T::kStages, T::kWTileBytes, T::kXTileBytes, T::kMB>(
+        d, w_tiles, x_tiles, consumer * 64 * T::kMB, 0, full_bar, release, g, iters, leader);
     ptx::wgmma_wait<0>();
     if (iters > 0 && leader) release(int((g - 1) % T::kStages));
 
@@ -265,8 +270,8 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
         const uint32_t base = ptx::map_to_rank(ptx::smem_addr(reduce_buf), 0);
 #pragma unroll
         for (int j4 = 0; j4 < T::kAcc / 4; ++j4) {
-          ptx::st_shared_cluster_v4(base + ((slot * (T::kAcc / 4) + j4) * 128 + t) * 16, d[4 * j4], d[4 * j4 + 1],
-                                    d[4 * j4 + 2], d[4 * j4 + 3]);
+          ptx::st_shared_cluster_v4(base + ((slot * (T::kAcc / 4) + j4) * 128 + t) * 16, d[0][4 * j4],
+                                    d[0][4 * j4 + 1], d[0][4 * j4 + 2], d[0][4 * j4 + 3]);
         }
         ptx::mbarrier_arrive_cluster(ptx::map_to_rank(ptx::smem_addr(&reduce_full_bar), 0));
         continue;
@@ -278,10 +283,10 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
 #pragma unroll
         for (int j4 = 0; j4 < T::kAcc / 4; ++j4) {
           const float4 v = reinterpret_cast<const float4*>(reduce_buf)[(slot * (T::kAcc / 4) + j4) * 128 + t];
-          d[4 * j4] += v.x;
-          d[4 * j4 + 1] += v.y;
-          d[4 * j4 + 2] += v.z;
-          d[4 * j4 + 3] += v.w;
+          d[0][4 * j4] += v.x;
+          d[0][4 * j4 + 1] += v.y;
+          d[0][4 * j4 + 2] += v.z;
+          d[0][4 * j4 + 3] += v.w;
         }
       }
       if (!last_group) {
@@ -293,11 +298,14 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
     }
 
     if constexpr (T::kStagedOut) {
-      const int col0 = w_tile_of(grp) * kBW + consumer * 64;
-      if (x_tile_of(grp) < x_tiles_m && col0 < n) {
-        ptx::store_tile_transposed_by_slabs<kBX, T::kOutSlabs>(d, out_slabs + consumer * T::kOutSlabs * T::kSlabBytes,
-                                                               slabs_stored, &map_y, col0, x_tile_of(grp) * kBX, m,
-                                                               1 + consumer, leader);
+#pragma unroll
+      for (int mb = 0; mb < T::kMB; ++mb) {
+        const int col0 = w_tile_of(grp) * kBW + (consumer * T::kMB + mb) * 64;
+        if (x_tile_of(grp) < x_tiles_m && col0 < n) {
+          ptx::store_tile_transposed_by_slabs<kBX, T::kOutSlabs>(
+              d[mb], out_slabs + consumer * T::kOutSlabs * T::kSlabBytes, slabs_stored, &map_y, col0,
+              x_tile_of(grp) * kBX, m, 1 + consumer, leader);
+        }
       }
       continue;
     }
@@ -306,19 +314,23 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
     // l ^ 4 hold W rows c and c + 1 (c even) for the same two x rows: they swap one value each so
     // that one stores y[x row][c, c + 1] and the other y[x row + 1][c, c + 1], 4 bytes apiece.
     const bool odd = (lane >> 2) & 1;
-    const int col = w_tile_of(grp) * kBW + consumer * 64 + warp * 16 + ((lane >> 2) & ~1);  // the pair's first
     const int row0 = x_tile_of(grp) * kBX + 2 * (lane & 3) + (odd ? 1 : 0);
 #pragma unroll
-    for (int j = 0; j < kBX / 8; ++j) {
+    for (int mb = 0; mb < T::kMB; ++mb) {
+      // The pair's first column.
+      const int col = w_tile_of(grp) * kBW + (consumer * T::kMB + mb) * 64 + warp * 16 + ((lane >> 2) & ~1);
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const float v0 = d[4 * j + 2 * h], v1 = d[4 * j + 2 * h + 1];
-        const float other = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
-        const int row = row0 + 8 * j;
-        const int c = col + 8 * h;
-        if (row < m && c < n) {
-          *reinterpret_cast<__nv_bfloat162*>(y + int64_t{row} * n + c) =
-              odd ? __floats2bfloat162_rn(other, v1) : __floats2bfloat162_rn(v0, other);
+      for (int j = 0; j < kBX / 8; ++j) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float v0 = d[mb][4 * j + 2 * h], v1 = d[mb][4 * j + 2 * h + 1];
+          const float other = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
+          const int row = row0 + 8 * j;
+          const int c = col + 8 * h;
+          if (row < m && c < n) {
+            *reinterpret_cast<__nv_bfloat162*>(y + int64_t{row} * n + c) =
+                odd ? __floats2bfloat162_rn(other, v1) : __floats2bfloat162_rn(v0, other);
+          }
         }
       }
     }
@@ -326,11 +338,11 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode>::kThread
   if (T::kStagedOut && leader) ptx::bulk_wait_group<0>();  // shared memory must outlive the stores
 }
 
-template <int kBW, int kBX, int kCluster, SwapCluster kMode>
+template <int kBW, int kBX, int kCluster, SwapCluster kMode, int kMB>
 cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, int m, int n, int k, bool pdl,
                    cudaStream_t stream) {
-  using T = SwapTraits<kBW, kBX, kCluster, kMode>;
-  auto* kernel = wgmma_swap_kernel<kBW, kBX, kCluster, kMode>;
+  using T = SwapTraits<kBW, kBX, kCluster, kMode, kMB>;
+  auto* kernel = wgmma_swap_kernel<kBW, kBX, kCluster, kMode, kMB>;
   const int x_rows = x_box_rows(m, kBX);
   // kShareX: the first x_slicers ranks load a slice each of x_slice_rows rows, whole swizzle atoms
   // (8 rows), together at least x_rows (at most T::kXRows).
@@ -358,31 +370,30 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
 
 }  // namespace
 
-cudaError_t launch_wgmma_swap(int bx, int bw, int cluster, SwapCluster mode, const __nv_bfloat16* x,
+cudaError_t launch_wgmma_swap(int bx, int bw, int cluster, SwapCluster mode, int m_blocks, const __nv_bfloat16* x,
                               const __nv_bfloat16* w, __nv_bfloat16* y, int m, int n, int k, bool pdl,
                               cudaStream_t stream) {
   constexpr SwapCluster kX = SwapCluster::kShareX, kW = SwapCluster::kShareW, kK = SwapCluster::kSplitK;
-#define XY_SWAP_CASE(BX, BW, C, MODE)                              \
-  if (bx == BX && bw == BW && cluster == C && mode == MODE) {      \
-    return launch<BW, BX, C, MODE>(x, w, y, m, n, k, pdl, stream); \
+#define XY_SWAP_CASE(BX, BW, C, MODE, MB)                                           \
+  if (bx == BX && bw == BW && cluster == C && mode == MODE && m_blocks == MB) {      \
+    return launch<BW, BX, C, MODE, MB>(x, w, y, m, n, k, pdl, stream);              \
   }
-  XY_SWAP_CASE(32, 64, 4, kX)
-  XY_SWAP_CASE(32, 128, 2, kX)
-  XY_SWAP_CASE(64, 128, 2, kX)
-  XY_SWAP_CASE(32, 64, 2, kW)
-  XY_SWAP_CASE(32, 64, 2, kK)
-  XY_SWAP_CASE(64, 64, 2, kK)
-  XY_SWAP_CASE(200, 192, 2, kW)
-  XY_SWAP_CASE(200, 128, 2, kX)
-  XY_SWAP_CASE(112, 256, 2, kX)
-  XY_SWAP_CASE(160, 192, 2, kX)
-  XY_SWAP_CASE(72, 192, 2, kW)
-  XY_SWAP_CASE(136, 128, 2, kK)
-  XY_SWAP_CASE(136, 192, 2, kW)
-  XY_SWAP_CASE(128, 192, 2, kW)
-  XY_SWAP_CASE(104, 64, 2, kK)
-  XY_SWAP_CASE(72, 192, 1, kW)
-  XY_SWAP_CASE(136, 64, 1, kX)
+  XY_SWAP_CASE(32, 64, 4, kX, 1)
+  XY_SWAP_CASE(32, 128, 2, kX, 1)
+  XY_SWAP_CASE(64, 128, 2, kX, 1)
+  XY_SWAP_CASE(32, 64, 2, kW, 1)
+  XY_SWAP_CASE(32, 64, 2, kK, 1)
+  XY_SWAP_CASE(64, 64, 2, kK, 1)
+  XY_SWAP_CASE(200, 192, 2, kW, 1)
+  XY_SWAP_CASE(200, 128, 2, kX, 1)
+  XY_SWAP_CASE(112, 256, 2, kX, 1)
+  XY_SWAP_CASE(160, 192, 2, kX, 1)
+  XY_SWAP_CASE(136, 128, 2, kK, 1)
+  XY_SWAP_CASE(136, 192, 2, kW, 1)
+  XY_SWAP_CASE(128, 192, 2, kW, 1)
+  XY_SWAP_CASE(104, 64, 2, kK, 1)
+  XY_SWAP_CASE(136, 64, 1, kX, 1)
+  XY_SWAP_CASE(72, 192, 1, kW, 3)
 #undef XY_SWAP_CASE
   return cudaErrorInvalidValue;
 }
