@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "xyserve/backend/cuda/kernels/gemm_ptx.cuh"
 #include "xyserve/backend/cuda/kernels/gemm_wgmma_ptx.cuh"
@@ -66,63 +67,49 @@ __device__ __forceinline__ void wait_last_releases(uint64_t* empty_bar, uint32_t
 // Adds `iters` K blocks into d: ring position g (stage g % kStages, phase g / kStages; g counts on
 // across the CTA's tiles and is advanced here) holds x rows at a_tiles + stage * kATileBytes and W
 // rows at b_tiles + stage * kBTileBytes; this consumer's operands start a_row and b_row rows
-// (128-byte, swizzled) into them. Each block's wgmmas stay in flight while the next block's are
-// issued, and a stage goes back to the producer (release(stage) by the leader; by default its
-// arrival on empty_bar[stage]) once its wgmmas are done. The last block's wgmmas are left in flight
-// and its stage held: the caller waits (wgmma_wait<0>) and then, when iters > 0, releases stage
-// (g - 1) % kStages, with other work in between if it likes (the stream-K fix-up reads its counter
-// there). (The swapped kernel, gemm_wgmma_swap.cu, passes W as a and x as b.)
+// (128-byte, swizzled) into them, and it owns kMB m64 blocks of a (a_row.. a_row + 64 kMB - 1)
+// against the same kN rows of b: one consumer of three blocks reads the same shared-memory bytes
+// as three consumers of one, with a third of the barrier waits and releases. Each block's wgmmas
+// stay in flight while the next block's are issued, and a stage goes back to the producer
+// (release(stage) by the leader; by default its arrival on empty_bar[stage]) once its wgmmas are
+// done. The last block's wgmmas are left in flight and its stage held: the caller waits
+// (wgmma_wait<0>) and then, when iters > 0, releases stage (g - 1) % kStages, with other work in
+// between if it likes (the stream-K fix-up reads its counter there). (The swapped kernel,
+// gemm_wgmma_swap.cu, passes W as a and x as b.) Stage 0's descriptors are made once and a stage's
+// are these plus its offset (in 16-byte units; shared memory ends below 2^18 bytes, so the 14-bit
+// address field never carries): the per-block generic-to-shared conversion showed in ncu's stall
+// samples (ninth session), and hoisting it gained 0-3% on the swapped tiles (tenth session).
+template <int kN, int kBK, int kStages, int kATileBytes, int kBTileBytes, int kMB, class Release>
+__device__ __forceinline__ void wgmma_ring_k_blocks(float (&d)[kMB][kN / 2], const unsigned char* a_tiles,
+                                                    const unsigned char* b_tiles, int a_row, int b_row,
+                                                    uint64_t* full_bar, Release&& release, uint32_t& g, int iters,
+                                                    bool leader) {
+  const uint64_t desc_a0 = wgmma_desc_sw128(a_tiles + a_row * 128);
+  const uint64_t desc_b0 = wgmma_desc_sw128(b_tiles + b_row * 128);
+  int s = static_cast<int>(g % kStages);
+  uint32_t phase = (g / kStages) & 1;
+  for (int it = 0; it < iters; ++it, ++g) {
+    mbarrier_wait(&full_bar[s], phase);
+    wgmma_k_block<kN, kBK, kMB>(d, desc_a0 + s * (kATileBytes >> 4), desc_b0 + s * (kBTileBytes >> 4));
+    wgmma_wait<1>();
+    if (it > 0 && leader) release(s == 0 ? kStages - 1 : s - 1);
+    if (++s == kStages) s = 0, phase ^= 1;
+  }
+}
+// One accumulator (kMB = 1); `release` may also be this CTA's empty barriers (uint64_t*), each
+// stage released by the leader's arrival.
 template <int kN, int kBK, int kStages, int kATileBytes, int kBTileBytes, class Release>
 __device__ __forceinline__ void wgmma_ring_k_blocks(float (&d)[kN / 2], const unsigned char* a_tiles,
                                                     const unsigned char* b_tiles, int a_row, int b_row,
                                                     uint64_t* full_bar, Release&& release, uint32_t& g, int iters,
                                                     bool leader) {
-  for (int it = 0; it < iters; ++it, ++g) {
-    const int s = g % kStages;
-    mbarrier_wait(&full_bar[s], (g / kStages) & 1);
-    const uint64_t desc_a = wgmma_desc_sw128(a_tiles + s * kATileBytes + a_row * 128);
-    const uint64_t desc_b = wgmma_desc_sw128(b_tiles + s * kBTileBytes + b_row * 128);
-    wgmma_k_block<kN, kBK>(d, desc_a, desc_b);
-    wgmma_wait<1>();
-    if (it > 0 && leader) release(int((g - 1) % kStages));
-  }
-}
-template <int kN, int kBK, int kStages, int kATileBytes, int kBTileBytes>
-__device__ __forceinline__ void wgmma_ring_k_blocks(float (&d)[kN / 2], const unsigned char* a_tiles,
-                                                    const unsigned char* b_tiles, int a_row, int b_row,
-                                                    uint64_t* full_bar, uint64_t* empty_bar, uint32_t& g, int iters,
-                                                    bool leader) {
-  wgmma_ring_k_blocks<kN, kBK, kStages, kATileBytes, kBTileBytes>(d, a_tiles, b_tiles, a_row, b_row, full_bar,
-                                                                  RingRelease<1>(empty_bar), g, iters, leader);
-}
-
-// wgmma_ring_k_blocks for a consumer of kMB m64 blocks: a_row.. a_row + 64 kMB - 1 of a against the
-// same kN rows of b, all kMB x kBK / 16 wgmmas of a K block one group, m-blocks innermost (their
-// accumulators are independent, so the tensor cores need not wait on one chain). One consumer
-// of three blocks reads the same shared-memory bytes as three consumers of one, in a third of
-// the barrier waits and releases.
-template <int kN, int kBK, int kStages, int kATileBytes, int kBTileBytes, int kMB, class Release>
-__device__ __forceinline__ void wgmma_ring_k_blocks_mb(float (&d)[kMB][kN / 2], const unsigned char* a_tiles,
-                                                       const unsigned char* b_tiles, int a_row, int b_row,
-                                                       uint64_t* full_bar, Release&& release, uint32_t& g, int iters,
-                                                       bool leader) {
-  for (int it = 0; it < iters; ++it, ++g) {
-    const int s = g % kStages;
-    mbarrier_wait(&full_bar[s], (g / kStages) & 1);
-    const uint64_t desc_a = wgmma_desc_sw128(a_tiles + s * kATileBytes + a_row * 128);
-    const uint64_t desc_b = wgmma_desc_sw128(b_tiles + s * kBTileBytes + b_row * 128);
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < kBK / 16; ++ks) {
-#pragma unroll
-      for (int mb = 0; mb < kMB; ++mb) {
-        // 64 rows of 128 bytes further on: +512 in the descriptor's 16-byte address units.
-        wgmma_bf16_ss<kN>(d[mb], desc_a + mb * 512 + 2 * ks, desc_b + 2 * ks, 1);
-      }
-    }
-    wgmma_commit();
-    wgmma_wait<1>();
-    if (it > 0 && leader) release(int((g - 1) % kStages));
+  auto& d1 = reinterpret_cast<float(&)[1][kN / 2]>(d);
+  if constexpr (std::is_same_v<std::decay_t<Release>, uint64_t*>) {
+    wgmma_ring_k_blocks<kN, kBK, kStages, kATileBytes, kBTileBytes, 1>(d1, a_tiles, b_tiles, a_row, b_row, full_bar,
+                                                                       RingRelease<1>(release), g, iters, leader);
+  } else {
+    wgmma_ring_k_blocks<kN, kBK, kStages, kATileBytes, kBTileBytes, 1>(d1, a_tiles, b_tiles, a_row, b_row, full_bar,
+                                                                       release, g, iters, leader);
   }
 }
 

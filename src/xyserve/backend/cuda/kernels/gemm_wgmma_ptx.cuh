@@ -398,15 +398,20 @@ __device__ __forceinline__ void wgmma_bf16_ss(float (&d)[kN / 2], uint64_t desc_
   else static_assert(kN == 256, "no wgmma wrapper for this n");
 }
 
-// One K block of a consumer's 64 x kN accumulator: kBK / 16 wgmmas with both operands in 128-byte
-// swizzled shared memory, issued as one wgmma group (fence, issue, commit). Moving 16 columns
-// along K inside the swizzled row is +32 bytes, i.e. +2 in a descriptor's address field (16-byte
-// units). The GEMM kernels (gemm_wgmma.cu, gemm_wgmma_sk.cu, gemm_wgmma_dp.cu) all run this step.
-template <int kN, int kBK>
-__device__ __forceinline__ void wgmma_k_block(float (&d)[kN / 2], uint64_t desc_a, uint64_t desc_b) {
+// One K block of a consumer's kMB accumulators of 64 x kN (kMB m64 blocks of a, 64 rows of 128
+// bytes apart, against the same kN rows of b): kBK / 16 x kMB wgmmas with both operands in
+// 128-byte swizzled shared memory, issued as one wgmma group (fence, issue, commit), m-blocks
+// innermost so that consecutive wgmmas feed independent accumulators. Moving 16 columns along K
+// inside the swizzled row is +32 bytes, i.e. +2 in a descriptor's address field (16-byte units);
+// moving 64 rows is +8 KB, +512. Every wgmma GEMM kernel runs this step (wgmma_ring_k_blocks).
+template <int kN, int kBK, int kMB>
+__device__ __forceinline__ void wgmma_k_block(float (&d)[kMB][kN / 2], uint64_t desc_a, uint64_t desc_b) {
   wgmma_fence();
 #pragma unroll
-  for (int ks = 0; ks < kBK / 16; ++ks) wgmma_bf16_ss<kN>(d, desc_a + 2 * ks, desc_b + 2 * ks, 1);
+  for (int ks = 0; ks < kBK / 16; ++ks) {
+#pragma unroll
+    for (int mb = 0; mb < kMB; ++mb) wgmma_bf16_ss<kN>(d[mb], desc_a + mb * 512 + 2 * ks, desc_b + 2 * ks, 1);
+  }
   wgmma_commit();
 }
 

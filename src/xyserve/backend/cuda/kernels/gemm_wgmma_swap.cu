@@ -257,7 +257,7 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode, kMB>::kT
       for (int j = 0; j < T::kAcc; ++j) d[mb][j] = 0.f;
     }
     const int iters = kb_end - kb_begin;
-    ptx::wgmma_ring_k_blocks_mb<kBX, T::kBK, T::kStages, T::kWTileBytes, T::kXTileBytes, T::kMB>(
+    ptx::wgmma_ring_k_blocks<kBX, T::kBK, T::kStages, T::kWTileBytes, T::kXTileBytes, T::kMB>(
         d, w_tiles, x_tiles, consumer * 64 * T::kMB, 0, full_bar, release, g, iters, leader);
     ptx::wgmma_wait<0>();
     if (iters > 0 && leader) release(int((g - 1) % T::kStages));
