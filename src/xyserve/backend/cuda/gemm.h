@@ -89,8 +89,9 @@ enum class GemmKernel {
   // memory and TMA. Measured (tenth session): qkv M = 777 on 200 x 192 M2 53.6 us against
   // cuBLASLt's 52.4, down M = 257 on 136 x 128 K2 54.5 against 59.1. At the same tile as
   // cuBLASLt's (192 x 72 in clusters sharing W, qkv M = 257) ours was 28% slower (31.9 against
-  // 24.6 us) with three consumers, clustered or not, and is 16% slower (28.7) with one consumer
-  // of three blocks (x3): the rest of the gap is open (bench/cuda/GEMM_NOTES.md, run 14).
+  // 24.6 us) with three consumers, clustered or not, and is 11% slower (28.1 against 25.2) with
+  // one consumer of three blocks (x3): the rest of the gap is open (bench/cuda/GEMM_NOTES.md,
+  // run 14).
   kWgmmaSwap32x64N4,
   kWgmmaSwap32x128N2,
   kWgmmaSwap64x128N2,
