@@ -41,8 +41,10 @@
 // and split cuBLASLt runs where our kernels lose to it.
 //
 // --timeline KERNEL (a build with the CMake option XY_GEMM_TIMELINE, or -DXY_GEMM_TIMELINE=1 on
-// nvcc's line for gemm_wgmma_sk.cu and this file; KERNEL a stream-K kernel as the sweep names it,
-// e.g. wgmma_sk_128x256): instead of all the above (no CSV), where that kernel's CTAs spend their
+// nvcc's line for gemm_wgmma_sk.cu, gemm_wgmma_swap.cu and this file; KERNEL a stream-K or swapped
+// kernel as the sweep names it, e.g. wgmma_sk_128x256; a swapped kernel prints its ring's
+// timeline, print_swap_timeline in gemm_timeline_report.cuh): instead of all the above (no CSV),
+// where that kernel's CTAs spend their
 // time. Per (shape, M) of the sweep's list (all shapes; M as --quick / --ms choose): one warm-up
 // launch, then one launch outside CUDA graphs on another buffer set (cold W, as in the sweep),
 // whose timeline (gemm_kernels.cuh: SkSegmentField, SkCtaField) prints as
@@ -99,6 +101,7 @@ using xy::bench::LtHeuristic;
 using xy::bench::lt_config_text;
 #if XY_GEMM_TIMELINE
 using xy::bench::print_sk_timeline;
+using xy::bench::print_swap_timeline;
 #endif
 using xy::cuda::GemmKernel;
 using bf16 = __nv_bfloat16;
@@ -714,10 +717,15 @@ void run_timeline(GemmKernel kernel, const std::vector<int>& ms, cudaStream_t st
                                       ws.as<void>(), ws.bytes()};
         xy::cuda::gemm_launch(kernel, args, stream);
       };
-      launch(0);               // module load, attributes, plans; warms the clocks
-      gd::take_sk_timeline();  // waits for it; clears
+      const bool swapped = std::strncmp(name, "wgmma_swap_", 11) == 0;
+      launch(0);  // module load, attributes, plans; warms the clocks
+      swapped ? (void)gd::take_swap_timeline() : (void)gd::take_sk_timeline();  // waits for it; clears
       launch(1 % b.sets);
-      print_sk_timeline(gd::take_sk_timeline(), num_sms, khz);
+      if (swapped) {
+        print_swap_timeline(gd::take_swap_timeline(), 8);
+      } else {
+        print_sk_timeline(gd::take_sk_timeline(), num_sms, khz);
+      }
       std::fflush(stdout);
     }
   }
@@ -769,13 +777,17 @@ int main(int argc, char** argv) {
     const auto it = std::find_if(kernels.begin(), kernels.end(), [&](GemmKernel k) {
       return std::strcmp(xy::cuda::gemm_kernel_name(k), timeline) == 0;
     });
-    if (it == kernels.end() || std::strncmp(timeline, "wgmma_sk_", 9) != 0) {
+    if (it == kernels.end() ||
+        (std::strncmp(timeline, "wgmma_sk_", 9) != 0 && std::strncmp(timeline, "wgmma_swap_", 11) != 0)) {
       std::string names;
       for (GemmKernel k : kernels) {
         const char* n = xy::cuda::gemm_kernel_name(k);
-        if (std::strncmp(n, "wgmma_sk_", 9) == 0) names += xy::cat(names.empty() ? "" : ", ", n);
+        if (std::strncmp(n, "wgmma_sk_", 9) == 0 || std::strncmp(n, "wgmma_swap_", 11) == 0) {
+          names += xy::cat(names.empty() ? "" : ", ", n);
+        }
       }
-      std::fprintf(stderr, "gemm_bench: --timeline: no stream-K kernel named '%s' (%s)\n", timeline, names.c_str());
+      std::fprintf(stderr, "gemm_bench: --timeline: no stream-K or swapped kernel named '%s' (%s)\n", timeline,
+                   names.c_str());
       return 2;
     }
     cudaDeviceProp prop{};

@@ -150,5 +150,61 @@ void print_sk_timeline(const xy::cuda::gemm_detail::SkTimeline& t, int num_sms, 
   std::printf("\n");
 }
 
+// The swapped kernel's ring (take_swap_timeline; fields SwapBlockField): per CTA over the K blocks
+// of its first group past the first `skip` (the ring's fill), the period between consumer 0's
+// successive waits for data, and the shares of it spent waiting for data and in the rest (issuing
+// the block's MMAs and waiting for the previous block's); the producer's wait for a stage's
+// release; the load latency (loads issued to data in) where the consumer was waiting; the first
+// data after the first issue. Medians over CTAs of per-CTA means, in cycles of the SM's clock
+// (clock64: under a heavy tensor load the H200 runs below its nominal clock, so no conversion).
+void print_swap_timeline(const std::vector<long long>& t, int skip) {
+  namespace gd = xy::cuda::gemm_detail;
+  auto at = [&](int c, int b, int f) { return t[(size_t(c) * gd::kSwapTimelineBlocks + b) * gd::kSwapBlockFields + f]; };
+  std::vector<double> period, starve, rest, empty_wait, latency, first, span;
+  int ctas = 0, blocks = 0;
+  for (int c = 0; c < gd::kSwapTimelineCtas; ++c) {
+    int n = 0;
+    while (n < gd::kSwapTimelineBlocks && at(c, n, gd::kSwapFullWait) >= 0 && at(c, n, gd::kSwapPrevDone) >= 0) ++n;
+    if (n == 0) continue;
+    ++ctas;
+    blocks = std::max(blocks, n);
+    if (at(c, 0, gd::kSwapIssued) >= 0) first.push_back(double(at(c, 0, gd::kSwapFullDone) - at(c, 0, gd::kSwapIssued)));
+    span.push_back(double(at(c, n - 1, gd::kSwapPrevDone) - at(c, 0, gd::kSwapFullWait)));
+    double p = 0, s = 0, r = 0, e = 0, l = 0;
+    int np = 0, ne = 0, nl = 0;
+    for (int b = std::min(skip, n - 1); b + 1 < n; ++b) {
+      const double fw = double(at(c, b, gd::kSwapFullWait)), fd = double(at(c, b, gd::kSwapFullDone));
+      p += double(at(c, b + 1, gd::kSwapFullWait)) - fw;
+      s += fd - fw;
+      r += double(at(c, b + 1, gd::kSwapFullWait)) - fd;
+      ++np;
+      if (at(c, b, gd::kSwapEmptyWait) >= 0 && at(c, b, gd::kSwapIssued) >= 0) {
+        e += double(at(c, b, gd::kSwapIssued) - at(c, b, gd::kSwapEmptyWait));
+        ++ne;
+        if (fd - fw > 50) {  // the consumer waited: the data came in at about fd
+          l += fd - double(at(c, b, gd::kSwapIssued));
+          ++nl;
+        }
+      }
+    }
+    if (np > 0) period.push_back(p / np), starve.push_back(s / np), rest.push_back(r / np);
+    if (ne > 0) empty_wait.push_back(e / ne);
+    if (nl > 0) latency.push_back(l / nl);
+  }
+  if (ctas == 0) {
+    std::printf("  no CTA stamped\n");
+    return;
+  }
+  const double pm = median_of(period);
+  std::printf("  %d CTAs, %d K blocks in the first group (the first %d left out); medians over CTAs, cycles:\n",
+              ctas, blocks, skip);
+  std::printf("  K block period %.0f: consumer 0 waiting for data %.0f (%.0f%%), issuing and waiting for the "
+              "previous block's MMAs %.0f (%.0f%%)\n",
+              pm, median_of(starve), 100 * median_of(starve) / pm, median_of(rest), 100 * median_of(rest) / pm);
+  std::printf("  producer: wait for a release + issue %.0f per block; load latency (issue to data, blocks the "
+              "consumer waited for: %zu CTAs) %.0f; first data %.0f after the first issue; group span %.0f\n",
+              median_of(empty_wait), latency.size(), median_of(latency), median_of(first), median_of(span));
+}
+
 }  // namespace xy::bench
 #endif

@@ -187,7 +187,26 @@ inline constexpr int kSkCtaFields = 8;
 // (Named apart from the attention instrument's kTimelineCtas in xy::cuda, which is 132.)
 inline constexpr int kSkTimelineCtas = 2 * 132;
 inline constexpr int kSkTimelineSegments = 16;
+// The swapped kernel's ring instrument (same option): per CTA (the first kSwapTimelineCtas) and
+// K block of its first group (the first kSwapTimelineBlocks), clock64() stamps of the producer
+// (before it waits for the block's stage to be released, and once its loads are issued; the first
+// kStages blocks need no wait: both stamps are at their issue) and of consumer 0's leader (before
+// its wait for the block's data, after it, and after the block's wgmma_wait<1>, i.e. once the
+// previous block's MMAs are done).
+enum SwapBlockField : int {
+  kSwapEmptyWait,  // producer
+  kSwapIssued,
+  kSwapFullWait,   // consumer 0
+  kSwapFullDone,
+  kSwapPrevDone,
+};
+inline constexpr int kSwapBlockFields = 5;
+inline constexpr int kSwapTimelineCtas = 132;
+inline constexpr int kSwapTimelineBlocks = 256;
 #if XY_GEMM_TIMELINE
+// [kSwapTimelineCtas][kSwapTimelineBlocks][kSwapBlockFields], -1 where nothing was stamped;
+// taken (and cleared) as take_sk_timeline does.
+std::vector<long long> take_swap_timeline();
 struct SkTimeline {
   std::vector<long long> segments;  // [kSkTimelineCtas][kSkTimelineSegments][kSkSegmentFields]
   std::vector<long long> ctas;      // [kSkTimelineCtas][kSkCtaFields]

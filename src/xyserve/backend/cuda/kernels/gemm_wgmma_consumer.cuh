@@ -79,19 +79,28 @@ __device__ __forceinline__ void wait_last_releases(uint64_t* empty_bar, uint32_t
 // are these plus its offset (in 16-byte units; shared memory ends below 2^18 bytes, so the 14-bit
 // address field never carries): the per-block generic-to-shared conversion showed in ncu's stall
 // samples (ninth session), and hoisting it gained 0-3% on the swapped tiles (tenth session).
-template <int kN, int kBK, int kStages, int kATileBytes, int kBTileBytes, int kMB, class Release>
+// `stamp(it, event)` (an instrument's; none by default) runs before the wait for block it's data
+// (event 0), after it (1) and after the block's wgmma_wait<1> (2).
+struct NoRingStamps {
+  __device__ __forceinline__ void operator()(int, int) const {}
+};
+template <int kN, int kBK, int kStages, int kATileBytes, int kBTileBytes, int kMB, class Release,
+          class Stamp = NoRingStamps>
 __device__ __forceinline__ void wgmma_ring_k_blocks(float (&d)[kMB][kN / 2], const unsigned char* a_tiles,
                                                     const unsigned char* b_tiles, int a_row, int b_row,
                                                     uint64_t* full_bar, Release&& release, uint32_t& g, int iters,
-                                                    bool leader) {
+                                                    bool leader, const Stamp& stamp = Stamp{}) {
   const uint64_t desc_a0 = wgmma_desc_sw128(a_tiles + a_row * 128);
   const uint64_t desc_b0 = wgmma_desc_sw128(b_tiles + b_row * 128);
   int s = static_cast<int>(g % kStages);
   uint32_t phase = (g / kStages) & 1;
   for (int it = 0; it < iters; ++it, ++g) {
+    stamp(it, 0);
     mbarrier_wait(&full_bar[s], phase);
+    stamp(it, 1);
     wgmma_k_block<kN, kBK, kMB>(d, desc_a0 + s * (kATileBytes >> 4), desc_b0 + s * (kBTileBytes >> 4));
     wgmma_wait<1>();
+    stamp(it, 2);
     if (it > 0 && leader) release(s == 0 ? kStages - 1 : s - 1);
     if (++s == kStages) s = 0, phase ^= 1;
   }

@@ -77,6 +77,31 @@ namespace {
 
 constexpr int kMaxSmemBytes = 227 * 1024;  // per block, sm_90
 
+// The ring instrument (CMake option XY_GEMM_TIMELINE, bench builds only; SwapBlockField in
+// gemm_kernels.cuh): each stamp goes straight to global memory, as the stream-K kernel's do.
+#ifndef XY_GEMM_TIMELINE
+#define XY_GEMM_TIMELINE 0
+#endif
+#if XY_GEMM_TIMELINE
+__device__ long long g_swap_timeline[kSwapTimelineCtas][kSwapTimelineBlocks][kSwapBlockFields];
+#endif
+__device__ __forceinline__ void swap_stamp(uint32_t block, int field) {
+#if XY_GEMM_TIMELINE
+  if (blockIdx.x < kSwapTimelineCtas && block < kSwapTimelineBlocks) {
+    g_swap_timeline[blockIdx.x][block][field] = clock64();
+  }
+#else
+  (void)block, (void)field;
+#endif
+}
+// Consumer 0's leader stamps the K blocks of its CTA's first group.
+struct ConsumerStamps {
+  bool on;
+  __device__ __forceinline__ void operator()(int it, int event) const {
+    if (on) swap_stamp(static_cast<uint32_t>(it), kSwapFullWait + event);
+  }
+};
+
 template <int kBW_, int kBX_, int kCluster_, SwapCluster kMode_, int kMB_>
 struct SwapTraits {
   static constexpr int kBW = kBW_;  // W rows per tile: wgmma m, 64 per consumer
@@ -218,6 +243,8 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode, kMB>::kT
       const int x_row = x_row_of(grp);
       for (int kb = kb_begin; kb < kb_end; ++kb, ++g) {
         const int s = g % T::kStages;
+        const bool stamp = XY_GEMM_TIMELINE && g < uint32_t(kb_end - kb_begin);  // the first group's blocks
+        if (stamp) swap_stamp(g, kSwapEmptyWait);
         if (g >= T::kStages) {  // stage s is refilled once every consumer it serves released it
           ptx::mbarrier_wait(&empty_bar[s], ((g / T::kStages) - 1) & 1);
           ptx::mbarrier_arrive_expect_tx(&full_bar[s], stage_tx_bytes);
@@ -232,6 +259,7 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode, kMB>::kT
         } else {
           ptx::tma_load_2d(x_dst, &map_x, &full_bar[s], kb * T::kBK, x_row);
         }
+        if (stamp) swap_stamp(g, kSwapIssued);
       }
     }
     ptx::griddep_launch_dependents();
@@ -260,7 +288,8 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode, kMB>::kT
     }
     const int iters = kb_end - kb_begin;
     ptx::wgmma_ring_k_blocks<kBX, T::kBK, T::kStages, T::kWTileBytes, T::kXTileBytes, T::kMB>(
-        d, w_tiles, x_tiles, consumer * 64 * T::kMB, 0, full_bar, release, g, iters, leader);
+        d, w_tiles, x_tiles, consumer * 64 * T::kMB, 0, full_bar, release, g, iters, leader,
+        ConsumerStamps{XY_GEMM_TIMELINE && round == 0 && consumer == 0 && leader});
     ptx::wgmma_wait<0>();
     if (iters > 0 && leader) release(int((g - 1) % T::kStages));
 
@@ -371,6 +400,20 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
 }
 
 }  // namespace
+
+#if XY_GEMM_TIMELINE
+std::vector<long long> take_swap_timeline() {
+  std::vector<long long> t(size_t(kSwapTimelineCtas) * kSwapTimelineBlocks * kSwapBlockFields);
+  if (cudaDeviceSynchronize() != cudaSuccess ||
+      cudaMemcpyFromSymbol(t.data(), g_swap_timeline, t.size() * sizeof(long long)) != cudaSuccess) {
+    t.assign(t.size(), -1);
+  }
+  const std::vector<long long> empty(t.size(), -1);
+  (void)cudaMemcpyToSymbol(g_swap_timeline, empty.data(), empty.size() * sizeof(long long));
+  (void)cudaDeviceSynchronize();  // a copy from pageable memory may return before it lands
+  return t;
+}
+#endif
 
 cudaError_t launch_wgmma_swap(int bx, int bw, int cluster, SwapCluster mode, int m_blocks, const __nv_bfloat16* x,
                               const __nv_bfloat16* w, __nv_bfloat16* y, int m, int n, int k, bool pdl,
