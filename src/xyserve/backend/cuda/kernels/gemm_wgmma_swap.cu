@@ -140,8 +140,12 @@ struct SwapTraits {
   static constexpr int kOutSlabs =
       !kStagedOut ? 0 : (kRingAndOutBytes - 2 * kConsumers * kSlabBytes) / kStageBytes >= 4 ? 2 : 1;
   static constexpr int kOutBytes = kOutSlabs * kConsumers * kSlabBytes;
-  // As many stages as fit, at most 8.
-  static constexpr int kStages = std::min(8, (kRingAndOutBytes - kOutBytes) / kStageBytes);
+  // As many stages as fit, at most 16 for the K-split tiles and 8 for the others. The decode
+  // tiles wait for data a third to three fifths of each K block with 8 stages (gemm_bench
+  // --timeline); 16 made the K-split ones 4-17% faster with PDL, but the sharing tiles' plain
+  // launches 15-40% slower (tenth session).
+  static constexpr int kMaxStages = kSplitK ? 16 : 8;
+  static constexpr int kStages = std::min(kMaxStages, (kRingAndOutBytes - kOutBytes) / kStageBytes);
   static constexpr int kSmemBytes = kStages * kStageBytes + kReduceBytes + kOutBytes + 1024;
   // Groups of x tiles (x tiles, or clusters of them with kShareW; the fastest-varying) and of W
   // tiles (clusters of them with kShareX): a group is what one cluster runs at a time.
