@@ -159,7 +159,9 @@ void print_sk_timeline(const xy::cuda::gemm_detail::SkTimeline& t, int num_sms, 
 // (clock64: under a heavy tensor load the H200 runs below its nominal clock, so no conversion).
 void print_swap_timeline(const std::vector<long long>& t, int skip) {
   namespace gd = xy::cuda::gemm_detail;
-  auto at = [&](int c, int b, int f) { return t[(size_t(c) * gd::kSwapTimelineBlocks + b) * gd::kSwapBlockFields + f]; };
+  auto at = [&](int c, int b, int f) {
+    return t[(size_t(c) * gd::kSwapTimelineBlocks + b) * gd::kSwapBlockFields + f];
+  };
   std::vector<double> period, starve, rest, empty_wait, latency, first, span;
   int ctas = 0, blocks = 0;
   for (int c = 0; c < gd::kSwapTimelineCtas; ++c) {
@@ -168,7 +170,9 @@ void print_swap_timeline(const std::vector<long long>& t, int skip) {
     if (n == 0) continue;
     ++ctas;
     blocks = std::max(blocks, n);
-    if (at(c, 0, gd::kSwapIssued) >= 0) first.push_back(double(at(c, 0, gd::kSwapFullDone) - at(c, 0, gd::kSwapIssued)));
+    if (at(c, 0, gd::kSwapIssued) >= 0) {
+      first.push_back(double(at(c, 0, gd::kSwapFullDone) - at(c, 0, gd::kSwapIssued)));
+    }
     span.push_back(double(at(c, n - 1, gd::kSwapPrevDone) - at(c, 0, gd::kSwapFullWait)));
     double p = 0, s = 0, r = 0, e = 0, l = 0;
     int np = 0, ne = 0, nl = 0;

@@ -8,7 +8,6 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
-#include <type_traits>
 
 #include "xyserve/backend/cuda/kernels/gemm_ptx.cuh"
 #include "xyserve/backend/cuda/kernels/gemm_wgmma_ptx.cuh"
@@ -105,21 +104,15 @@ __device__ __forceinline__ void wgmma_ring_k_blocks(float (&d)[kMB][kN / 2], con
     if (++s == kStages) s = 0, phase ^= 1;
   }
 }
-// One accumulator (kMB = 1); `release` may also be this CTA's empty barriers (uint64_t*), each
-// stage released by the leader's arrival.
+// One accumulator (kMB = 1).
 template <int kN, int kBK, int kStages, int kATileBytes, int kBTileBytes, class Release>
 __device__ __forceinline__ void wgmma_ring_k_blocks(float (&d)[kN / 2], const unsigned char* a_tiles,
                                                     const unsigned char* b_tiles, int a_row, int b_row,
                                                     uint64_t* full_bar, Release&& release, uint32_t& g, int iters,
                                                     bool leader) {
-  auto& d1 = reinterpret_cast<float(&)[1][kN / 2]>(d);
-  if constexpr (std::is_same_v<std::decay_t<Release>, uint64_t*>) {
-    wgmma_ring_k_blocks<kN, kBK, kStages, kATileBytes, kBTileBytes, 1>(d1, a_tiles, b_tiles, a_row, b_row, full_bar,
-                                                                       RingRelease<1>(release), g, iters, leader);
-  } else {
-    wgmma_ring_k_blocks<kN, kBK, kStages, kATileBytes, kBTileBytes, 1>(d1, a_tiles, b_tiles, a_row, b_row, full_bar,
-                                                                       release, g, iters, leader);
-  }
+  wgmma_ring_k_blocks<kN, kBK, kStages, kATileBytes, kBTileBytes, 1>(reinterpret_cast<float(&)[1][kN / 2]>(d),
+                                                                     a_tiles, b_tiles, a_row, b_row, full_bar, release,
+                                                                     g, iters, leader);
 }
 
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {

@@ -184,7 +184,8 @@ __global__ void __launch_bounds__(DpTraits<kBM, kBN>::kThreads, 1)
 #pragma unroll
     for (int j = 0; j < T::kAcc; ++j) d[j] = 0.f;
     ptx::wgmma_ring_k_blocks<T::kConsumerN, T::kBK, T::kStages, T::kATileBytes, T::kBTileBytes>(
-        d, a_tiles, b_tiles, row_base, col_base, full_bar, empty_bar, g, k_iters, leader);
+        d, a_tiles, b_tiles, row_base, col_base, full_bar, ptx::RingRelease<1>(empty_bar), g, k_iters,
+        leader);
     ptx::wgmma_wait<0>();
     if (k_iters > 0 && leader) ptx::mbarrier_arrive(&empty_bar[(g - 1) % T::kStages]);
 

@@ -386,7 +386,8 @@ __global__ void __launch_bounds__(SkTraits<kBM, kBN, kCtasPerSm>::kThreads, kCta
       }
     }
     ptx::wgmma_ring_k_blocks<T::kConsumerN, T::kBK, T::kStages, T::kATileBytes, T::kBTileBytes>(
-        d, a_tiles, b_tiles, row_base, col_base, full_bar, empty_bar, g, num_iters, leader);
+        d, a_tiles, b_tiles, row_base, col_base, full_bar, ptx::RingRelease<1>(empty_bar), g, num_iters,
+        leader);
     const Segment seg = segment_of(sched, work, i);
     const bool split = seg.kb_begin != 0 || seg.kb_end != sched.k_iters;
     const int slot = split ? slot_of(sched, seg.tile) : 0;

@@ -1,7 +1,7 @@
-// Small-M GEMM for Hopper with the operands swapped and CTAs in clusters: yᵀ tiles = W · xᵀ by
-// TMA and wgmma (sm_90a), W rows as wgmma's m (64 per consumer warpgroup) and x rows as its n
-// (kBX: 32 or 64), so a tile of M <= 64 tokens costs the tensor cores n = kBX, not m = 64 rows of
-// mostly zeros.
+// Small- and mid-M GEMM for Hopper with the operands swapped and CTAs in clusters: yᵀ tiles = W · xᵀ
+// by TMA and wgmma (sm_90a), W rows as wgmma's m (64 kMB per consumer warpgroup) and x rows as its
+// n (kBX: any multiple of 8 up to 200), so a tile of M <= 64 tokens costs the tensor cores n = kBX,
+// not m = 64 rows of mostly zeros, and a mid-M tile can be sized to fill one wave (below).
 //
 // Why: at M <= 128 the data-parallel kernel (gemm_wgmma_dp.cu) puts x in wgmma's m64 and spends one
 // CTA per 64 or 128 W rows, so o and down (N = 4096) run on 64 of 132 SMs, and every CTA loads its
@@ -9,9 +9,9 @@
 // session). cuBLASLt's choices there (gemm_bench --lt-algos, log 2026-11-25_h200_s7_cublaslt_algos_
 // small_m.txt) are this kernel's three cluster modes (SwapCluster, gemm_kernels.cuh):
 //  - kShareX: a cluster of kCluster CTAs takes kCluster neighbouring W tiles of one x tile, and x's
-//    box is loaded once for all of them: each CTA loads a slice of its rows and multicasts it to
-//    the cluster, or, when the slices would be under 8 rows (M <= 8 x kCluster), rank 0 loads it
-//    whole. (cuBLASLt, qkv: 64 x M tiles in clusters of 4.)
+//    box is loaded once for all of them: the first ranks load a slice each of whole 8-row swizzle
+//    atoms and multicast it to the cluster (fewer ranks when the box has fewer atoms than the
+//    cluster has CTAs). (cuBLASLt, qkv: 64 x M tiles in clusters of 4.)
 //  - kShareW: a cluster takes kCluster neighbouring x tiles of one W tile, each CTA loading a slice
 //    of W's box for all. (cuBLASLt, o at M = 64-100: 64 x 32 tiles in clusters of 2 along M.)
 //  - kSplitK: a cluster splits one tile's K blocks, and ranks 1.. add their fp32 accumulators into
@@ -24,7 +24,6 @@
 // releases a third as often as three of one, and ran 7% faster (qkv M = 257, tenth session);
 // one warp after them holds the producer, its first thread (TMA loads into a kStages ring of W and
 // x blocks, 64 columns of K, 128-byte swizzle, completing on "full" mbarriers by transaction count).
-// A producer warp rather than a warpgroup leaves the consumers the registers (SwapTraits::kThreads).
 // Persistent grid of min(groups, co-resident clusters) clusters; cluster c runs groups c, c +
 // clusters, ...; a group is kCluster tiles (sharing modes) or one tile (kSplitK), x tiles varying
 // fastest.
@@ -104,7 +103,7 @@ struct ConsumerStamps {
 
 template <int kBW_, int kBX_, int kCluster_, SwapCluster kMode_, int kMB_>
 struct SwapTraits {
-  static constexpr int kBW = kBW_;  // W rows per tile: wgmma m, 64 per consumer
+  static constexpr int kBW = kBW_;  // W rows per tile: wgmma m, 64 kMB per consumer
   static constexpr int kBX = kBX_;  // x rows per tile: wgmma n
   static constexpr int kCluster = kCluster_;
   static constexpr SwapCluster kMode = kMode_;
@@ -115,9 +114,11 @@ struct SwapTraits {
   static constexpr int kBK = 64;  // 128 bytes: one swizzle row
   static constexpr int kMB = kMB_;  // m64 blocks (64 W rows each) per consumer
   static constexpr int kConsumers = kBW / (64 * kMB);
-  // The consumers are warpgroups 0.. and the producer one warp after them: three consumers of 104
-  // accumulators (kBX = 208) get 152 registers a thread at 416 threads, where a producer warpgroup
-  // would leave 128 (ptxas sizes every region by the entry count: setmaxnreg.inc does not raise it).
+  // The consumers are warpgroups 0.. and the producer one warp after them (one thread issues the
+  // loads). Registers: the file is split among the SM's four sub-partitions, so three consumers
+  // get 128 a thread whether the producer is a warp or a warpgroup, and setmaxnreg.inc cannot give
+  // them more (ptxas sizes every region by the entry count): 100 accumulators (kBX = 200) fit,
+  // 104 (kBX = 208, cuBLASLt's tile at qkv M = 777) do not.
   static constexpr int kThreads = 128 * kConsumers + 32;
   static constexpr int kProducerThread = 128 * kConsumers;
   static constexpr int kAcc = kBX / 2;  // fp32 accumulators per consumer thread
@@ -167,8 +168,8 @@ struct SwapTraits {
 template <int kBW, int kBX, int kCluster, SwapCluster kMode, int kMB>
 __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode, kMB>::kThreads, 1)
     wgmma_swap_kernel(const __grid_constant__ CUtensorMap map_w, const __grid_constant__ CUtensorMap map_x,
-                      const __grid_constant__ CUtensorMap map_y, __nv_bfloat16* __restrict__ y, int m, int n, int k, int x_slice_rows, int x_slicers,
-                      int stage_tx_bytes) {
+                      const __grid_constant__ CUtensorMap map_y, __nv_bfloat16* __restrict__ y, int m, int n, int k,
+                      int x_slice_rows, int x_slicers, int stage_tx_bytes) {
   using T = SwapTraits<kBW, kBX, kCluster, kMode, kMB>;
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t full_bar[T::kStages];
@@ -399,8 +400,8 @@ cudaError_t launch(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16
   const int clusters = static_cast<int>(
       std::min<int64_t>(groups, resident_clusters(kernel, kCluster, T::kThreads, T::kSmemBytes, resident)));
   return launch_kernel_in_clusters(kernel, dim3(static_cast<unsigned>(clusters * kCluster)), dim3(T::kThreads),
-                                   T::kSmemBytes, stream, pdl, static_cast<unsigned>(kCluster), map_w, map_x, map_y, y, m, n,
-                                   k, x_slice_rows, x_slicers, stage_tx_bytes);
+                                   T::kSmemBytes, stream, pdl, static_cast<unsigned>(kCluster), map_w, map_x, map_y, y,
+                                   m, n, k, x_slice_rows, x_slicers, stage_tx_bytes);
 }
 
 }  // namespace
