@@ -162,7 +162,7 @@ void print_swap_timeline(const std::vector<long long>& t, int skip) {
   auto at = [&](int c, int b, int f) {
     return t[(size_t(c) * gd::kSwapTimelineBlocks + b) * gd::kSwapBlockFields + f];
   };
-  std::vector<double> period, starve, rest, empty_wait, latency, first, span;
+  std::vector<double> period, starve, rest, mma, release, empty_wait, latency, first, span, mhz;
   int ctas = 0, blocks = 0;
   for (int c = 0; c < gd::kSwapTimelineCtas; ++c) {
     int n = 0;
@@ -174,13 +174,18 @@ void print_swap_timeline(const std::vector<long long>& t, int skip) {
       first.push_back(double(at(c, 0, gd::kSwapFullDone) - at(c, 0, gd::kSwapIssued)));
     }
     span.push_back(double(at(c, n - 1, gd::kSwapPrevDone) - at(c, 0, gd::kSwapFullWait)));
-    double p = 0, s = 0, r = 0, e = 0, l = 0;
+    if (n > 1 && at(c, n - 1, gd::kSwapFullWaitNs) > at(c, 0, gd::kSwapFullWaitNs)) {
+      mhz.push_back(1e3 * double(at(c, n - 1, gd::kSwapFullWait) - at(c, 0, gd::kSwapFullWait)) /
+                    double(at(c, n - 1, gd::kSwapFullWaitNs) - at(c, 0, gd::kSwapFullWaitNs)));
+    }
+    double p = 0, s = 0, r = 0, q = 0, e = 0, l = 0;
     int np = 0, ne = 0, nl = 0;
     for (int b = std::min(skip, n - 1); b + 1 < n; ++b) {
       const double fw = double(at(c, b, gd::kSwapFullWait)), fd = double(at(c, b, gd::kSwapFullDone));
       p += double(at(c, b + 1, gd::kSwapFullWait)) - fw;
       s += fd - fw;
       r += double(at(c, b + 1, gd::kSwapFullWait)) - fd;
+      q += double(at(c, b, gd::kSwapPrevDone)) - fd;
       ++np;
       if (at(c, b, gd::kSwapEmptyWait) >= 0 && at(c, b, gd::kSwapIssued) >= 0) {
         e += double(at(c, b, gd::kSwapIssued) - at(c, b, gd::kSwapEmptyWait));
@@ -191,7 +196,10 @@ void print_swap_timeline(const std::vector<long long>& t, int skip) {
         }
       }
     }
-    if (np > 0) period.push_back(p / np), starve.push_back(s / np), rest.push_back(r / np);
+    if (np > 0) {
+      period.push_back(p / np), starve.push_back(s / np), rest.push_back(r / np);
+      mma.push_back(q / np), release.push_back((r - q) / np);
+    }
     if (ne > 0) empty_wait.push_back(e / ne);
     if (nl > 0) latency.push_back(l / nl);
   }
@@ -205,6 +213,9 @@ void print_swap_timeline(const std::vector<long long>& t, int skip) {
   std::printf("  K block period %.0f: consumer 0 waiting for data %.0f (%.0f%%), issuing and waiting for the "
               "previous block's MMAs %.0f (%.0f%%)\n",
               pm, median_of(starve), 100 * median_of(starve) / pm, median_of(rest), 100 * median_of(rest) / pm);
+  std::printf("  of which issuing + wgmma_wait<1> %.0f, releasing the previous stage and looping %.0f; SM clock %.0f MHz "
+              "(clock64 over %%globaltimer, the group's span)\n",
+              median_of(mma), median_of(release), mhz.empty() ? 0.0 : median_of(mhz));
   std::printf("  producer: wait for a release + issue %.0f per block; load latency (issue to data, blocks the "
               "consumer waited for: %zu CTAs) %.0f; first data %.0f after the first issue; group span %.0f\n",
               median_of(empty_wait), latency.size(), median_of(latency), median_of(first), median_of(span));

@@ -27,7 +27,7 @@ constexpr GemmKernel kAllKernels[] = {
     GemmKernel::kWgmmaSwap200x192M2, GemmKernel::kWgmmaSwap200x128N2, GemmKernel::kWgmmaSwap112x256N2,
     GemmKernel::kWgmmaSwap160x192N2, GemmKernel::kWgmmaSwap136x128K2, GemmKernel::kWgmmaSwap136x192M2,
     GemmKernel::kWgmmaSwap128x192M2, GemmKernel::kWgmmaSwap104x64K2, GemmKernel::kWgmmaSwap136x64,
-    GemmKernel::kWgmmaSwap72x192x3};
+    GemmKernel::kWgmmaSwap72x192x3,  GemmKernel::kWgmmaSwap32x192,   GemmKernel::kWgmmaSwap32x224};
 
 enum class Family { kGemv, kStream, kWgmma, kWgmmaSk, kWgmmaDp, kWgmmaSwap };
 
@@ -93,6 +93,8 @@ Tile tile_of(GemmKernel kernel) {
     case GemmKernel::kWgmmaSwap104x64K2: return {Family::kWgmmaSwap, 104, 64, 64, 1, 2, kSplitK};
     case GemmKernel::kWgmmaSwap136x64: return {Family::kWgmmaSwap, 136, 64, 64, 1, 1, kShareX};
     case GemmKernel::kWgmmaSwap72x192x3: return {Family::kWgmmaSwap, 72, 192, 64, 1, 1, kShareW, 3};
+    case GemmKernel::kWgmmaSwap32x192: return {Family::kWgmmaSwap, 32, 192, 64, 1, 1, kShareX};
+    case GemmKernel::kWgmmaSwap32x224: return {Family::kWgmmaSwap, 32, 224, 64, 1, 1, kShareX};
   }
   return {Family::kWgmma, 0, 0, 0};
 }
@@ -146,6 +148,8 @@ const char* gemm_kernel_name(GemmKernel kernel) {
     case GemmKernel::kWgmmaSwap104x64K2: return "wgmma_swap_104x64_k2";
     case GemmKernel::kWgmmaSwap136x64: return "wgmma_swap_136x64";
     case GemmKernel::kWgmmaSwap72x192x3: return "wgmma_swap_72x192_x3";
+    case GemmKernel::kWgmmaSwap32x192: return "wgmma_swap_32x192";
+    case GemmKernel::kWgmmaSwap32x224: return "wgmma_swap_32x224";
   }
   return "unknown";
 }

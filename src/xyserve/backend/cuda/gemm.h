@@ -108,6 +108,10 @@ enum class GemmKernel {
   kWgmmaSwap104x64K2,
   kWgmmaSwap136x64,
   kWgmmaSwap72x192x3,
+  // Decode tiles of one x box per 192 or 224 W rows, which put gate_up (N = 24576, 28672) on 128
+  // CTAs: not whole m64 blocks (224 rows: the last consumer's block is half empty).
+  kWgmmaSwap32x192,
+  kWgmmaSwap32x224,
 };
 
 // Every kernel of the family, in the order above (for benchmarks and tests).

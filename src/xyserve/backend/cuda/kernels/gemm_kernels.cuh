@@ -192,15 +192,17 @@ inline constexpr int kSkTimelineSegments = 16;
 // (before it waits for the block's stage to be released, and once its loads are issued; the first
 // kStages blocks need no wait: both stamps are at their issue) and of consumer 0's leader (before
 // its wait for the block's data, after it, and after the block's wgmma_wait<1>, i.e. once the
-// previous block's MMAs are done).
+// previous block's MMAs are done), and %globaltimer beside the first (ns: the SM clock is the
+// ratio of the two over a group).
 enum SwapBlockField : int {
   kSwapEmptyWait,  // producer
   kSwapIssued,
   kSwapFullWait,   // consumer 0
   kSwapFullDone,
   kSwapPrevDone,
+  kSwapFullWaitNs,
 };
-inline constexpr int kSwapBlockFields = 5;
+inline constexpr int kSwapBlockFields = 6;
 inline constexpr int kSwapTimelineCtas = 132;
 inline constexpr int kSwapTimelineBlocks = 256;
 #if XY_GEMM_TIMELINE

@@ -88,6 +88,11 @@ __device__ __forceinline__ void swap_stamp(uint32_t block, int field) {
 #if XY_GEMM_TIMELINE
   if (blockIdx.x < kSwapTimelineCtas && block < kSwapTimelineBlocks) {
     g_swap_timeline[blockIdx.x][block][field] = clock64();
+    if (field == kSwapFullWait) {
+      long long ns;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+      g_swap_timeline[blockIdx.x][block][kSwapFullWaitNs] = ns;
+    }
   }
 #else
   (void)block, (void)field;
@@ -103,7 +108,7 @@ struct ConsumerStamps {
 
 template <int kBW_, int kBX_, int kCluster_, SwapCluster kMode_, int kMB_>
 struct SwapTraits {
-  static constexpr int kBW = kBW_;  // W rows per tile: wgmma m, 64 kMB per consumer
+  static constexpr int kBW = kBW_;  // W rows per tile: wgmma m, 64 kMB per consumer (the last: at most)
   static constexpr int kBX = kBX_;  // x rows per tile: wgmma n
   static constexpr int kCluster = kCluster_;
   static constexpr SwapCluster kMode = kMode_;
@@ -113,7 +118,11 @@ struct SwapTraits {
   static constexpr bool kShared = kShareX || kShareW;  // stages written by other CTAs' multicasts
   static constexpr int kBK = 64;  // 128 bytes: one swizzle row
   static constexpr int kMB = kMB_;  // m64 blocks (64 W rows each) per consumer
-  static constexpr int kConsumers = kBW / (64 * kMB);
+  // A decode tile's W side need not be whole m64 blocks (224 rows: Llama's gate_up on 128 CTAs):
+  // the last consumer's block then reads rows past kBW, which the ring allocates (kWRows) but never
+  // loads; their results belong to no column of this tile and are not stored.
+  static constexpr int kConsumers = (kBW + 64 * kMB - 1) / (64 * kMB);
+  static constexpr int kWRows = kConsumers * 64 * kMB;
   // The consumers are warpgroups 0.. and the producer one warp after them (one thread issues the
   // loads). Registers: the file is split among the SM's four sub-partitions, so three consumers
   // get 128 a thread whether the producer is a warp or a warpgroup, and setmaxnreg.inc cannot give
@@ -125,7 +134,7 @@ struct SwapTraits {
   // x's rows in shared memory: with kShareX the cluster's ranks load slices of whole swizzle atoms,
   // which may overrun kBX (200 rows in clusters of 2: two 104-row slices).
   static constexpr int kXRows = kShareX ? (kBX + 8 * kCluster - 1) / (8 * kCluster) * (8 * kCluster) : kBX;
-  static constexpr int kWTileBytes = kBW * kBK * 2;
+  static constexpr int kWTileBytes = kWRows * kBK * 2;
   static constexpr int kXTileBytes = kXRows * kBK * 2;
   static constexpr int kStageBytes = kWTileBytes + kXTileBytes;
   // Rank 0's buffer for the other ranks' accumulators (kSplitK), every consumer thread's kAcc floats.
@@ -156,7 +165,8 @@ struct SwapTraits {
   static __host__ __device__ int w_groups(int w_tiles) {
     return kShareX ? (w_tiles + kCluster - 1) / kCluster : w_tiles;
   }
-  static_assert(kBW % (64 * kMB) == 0 && kBW <= 256, "whole m64 blocks per consumer, a TMA box of at most 256 rows");
+  static_assert(kBW % 8 == 0 && kBW <= 256, "W: whole swizzle atoms, a TMA box of at most 256 rows");
+  static_assert(kBW == kWRows || !kStagedOut, "the staged epilogue stores whole m64 blocks");
   static_assert(kMB == 1 || !kSplitK, "the split-K reduction moves one block per consumer");
   static_assert(kBX % 8 == 0 && kXRows <= 256 && kAcc % 4 == 0, "wgmma n: whole swizzle atoms, float4 reduction");
   static_assert(kCluster == 1 || kCluster == 2 || kCluster == 4, "cluster of 1, 2 or 4 CTAs");
@@ -351,6 +361,8 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode, kMB>::kT
     // that one stores y[x row][c, c + 1] and the other y[x row + 1][c, c + 1], 4 bytes apiece.
     const bool odd = (lane >> 2) & 1;
     const int row0 = x_tile_of(grp) * kBX + 2 * (lane & 3) + (odd ? 1 : 0);
+    // Past N, and past kBW in a partial last block.
+    const int col_end = T::kWRows == kBW ? n : min(n, w_tile_of(grp) * kBW + kBW);
 #pragma unroll
     for (int mb = 0; mb < T::kMB; ++mb) {
       // The pair's first column.
@@ -363,7 +375,7 @@ __global__ void __launch_bounds__(SwapTraits<kBW, kBX, kCluster, kMode, kMB>::kT
           const float other = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
           const int row = row0 + 8 * j;
           const int c = col + 8 * h;
-          if (row < m && c < n) {
+          if (row < m && c < col_end) {
             *reinterpret_cast<__nv_bfloat162*>(y + int64_t{row} * n + c) =
                 odd ? __floats2bfloat162_rn(other, v1) : __floats2bfloat162_rn(v0, other);
           }
@@ -444,6 +456,8 @@ cudaError_t launch_wgmma_swap(int bx, int bw, int cluster, SwapCluster mode, int
   XY_SWAP_CASE(104, 64, 2, kK, 1)
   XY_SWAP_CASE(136, 64, 1, kX, 1)
   XY_SWAP_CASE(72, 192, 1, kW, 3)
+  XY_SWAP_CASE(32, 192, 1, kX, 1)
+  XY_SWAP_CASE(32, 224, 1, kX, 1)
 #undef XY_SWAP_CASE
   return cudaErrorInvalidValue;
 }
