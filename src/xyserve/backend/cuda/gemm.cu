@@ -27,7 +27,8 @@ constexpr GemmKernel kAllKernels[] = {
     GemmKernel::kWgmmaSwap200x192M2, GemmKernel::kWgmmaSwap200x128N2, GemmKernel::kWgmmaSwap112x256N2,
     GemmKernel::kWgmmaSwap160x192N2, GemmKernel::kWgmmaSwap136x128K2, GemmKernel::kWgmmaSwap136x192M2,
     GemmKernel::kWgmmaSwap128x192M2, GemmKernel::kWgmmaSwap104x64K2, GemmKernel::kWgmmaSwap136x64,
-    GemmKernel::kWgmmaSwap72x192x3,  GemmKernel::kWgmmaSwap32x192,   GemmKernel::kWgmmaSwap32x224};
+    GemmKernel::kWgmmaSwap72x192x3,  GemmKernel::kWgmmaSwap32x192,   GemmKernel::kWgmmaSwap32x224,
+    GemmKernel::kWgmmaSwap136x256x2};
 
 enum class Family { kGemv, kStream, kWgmma, kWgmmaSk, kWgmmaDp, kWgmmaSwap };
 
@@ -95,6 +96,7 @@ Tile tile_of(GemmKernel kernel) {
     case GemmKernel::kWgmmaSwap72x192x3: return {Family::kWgmmaSwap, 72, 192, 64, 1, 1, kShareW, 3};
     case GemmKernel::kWgmmaSwap32x192: return {Family::kWgmmaSwap, 32, 192, 64, 1, 1, kShareX};
     case GemmKernel::kWgmmaSwap32x224: return {Family::kWgmmaSwap, 32, 224, 64, 1, 1, kShareX};
+    case GemmKernel::kWgmmaSwap136x256x2: return {Family::kWgmmaSwap, 136, 256, 64, 1, 1, kShareX, 2};
   }
   return {Family::kWgmma, 0, 0, 0};
 }
@@ -150,6 +152,7 @@ const char* gemm_kernel_name(GemmKernel kernel) {
     case GemmKernel::kWgmmaSwap72x192x3: return "wgmma_swap_72x192_x3";
     case GemmKernel::kWgmmaSwap32x192: return "wgmma_swap_32x192";
     case GemmKernel::kWgmmaSwap32x224: return "wgmma_swap_32x224";
+    case GemmKernel::kWgmmaSwap136x256x2: return "wgmma_swap_136x256_x2";
   }
   return "unknown";
 }

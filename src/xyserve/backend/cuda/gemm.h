@@ -112,6 +112,10 @@ enum class GemmKernel {
   // CTAs: not whole m64 blocks (224 rows: the last consumer's block is half empty).
   kWgmmaSwap32x192,
   kWgmmaSwap32x224,
+  // Two consumers of two m64 blocks (256 W rows) x 136 x rows, unclustered: Llama's gate_up at
+  // M = 257, cuBLASLt's 256 x 136 there (eleventh session: 98.1 us against 115.4 before, cuBLASLt
+  // 91.6).
+  kWgmmaSwap136x256x2,
 };
 
 // Every kernel of the family, in the order above (for benchmarks and tests).

@@ -19,9 +19,10 @@
 //    and no second kernel, so o and down run on 2 x 64 CTAs. (cuBLASLt: split-K 2 for o, 3-4 for
 //    down.)
 //
-// Roles: warpgroups 0.. (kBW / (64 kMB) of them, up to 4) are consumers, each kMB m64 blocks of W
-// rows (64 kMB rows) x kBX x rows; one consumer of three blocks for a 192-row tile waits and
-// releases a third as often as three of one, and ran 7% faster (qkv M = 257, tenth session);
+// Roles: warpgroups 0.. (kBW / (64 kMB) of them rounded up, up to 4) are consumers, each kMB m64
+// blocks of W rows (64 kMB rows; the last consumer's may be partly empty) x kBX x rows; one
+// consumer of three blocks for a 192-row tile waits and releases a third as often as three of one,
+// and ran 7% faster (qkv M = 257, tenth session); two of two blocks hold 256 x 136 (167 registers);
 // one warp after them holds the producer, its first thread (TMA loads into a kStages ring of W and
 // x blocks, 64 columns of K, 128-byte swizzle, completing on "full" mbarriers by transaction count).
 // Persistent grid of min(groups, co-resident clusters) clusters; cluster c runs groups c, c +
@@ -458,6 +459,7 @@ cudaError_t launch_wgmma_swap(int bx, int bw, int cluster, SwapCluster mode, int
   XY_SWAP_CASE(72, 192, 1, kW, 3)
   XY_SWAP_CASE(32, 192, 1, kX, 1)
   XY_SWAP_CASE(32, 224, 1, kX, 1)
+  XY_SWAP_CASE(136, 256, 1, kX, 2)
 #undef XY_SWAP_CASE
   return cudaErrorInvalidValue;
 }
