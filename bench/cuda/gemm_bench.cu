@@ -83,6 +83,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -777,14 +778,13 @@ int main(int argc, char** argv) {
     const auto it = std::find_if(kernels.begin(), kernels.end(), [&](GemmKernel k) {
       return std::strcmp(xy::cuda::gemm_kernel_name(k), timeline) == 0;
     });
-    if (it == kernels.end() ||
-        (std::strncmp(timeline, "wgmma_sk_", 9) != 0 && std::strncmp(timeline, "wgmma_swap_", 11) != 0)) {
+    // The kernels with a timeline instrument: the stream-K and the swapped ones.
+    auto instrumented = [](std::string_view n) { return n.starts_with("wgmma_sk_") || n.starts_with("wgmma_swap_"); };
+    if (it == kernels.end() || !instrumented(timeline)) {
       std::string names;
       for (GemmKernel k : kernels) {
         const char* n = xy::cuda::gemm_kernel_name(k);
-        if (std::strncmp(n, "wgmma_sk_", 9) == 0 || std::strncmp(n, "wgmma_swap_", 11) == 0) {
-          names += xy::cat(names.empty() ? "" : ", ", n);
-        }
+        if (instrumented(n)) names += xy::cat(names.empty() ? "" : ", ", n);
       }
       std::fprintf(stderr, "gemm_bench: --timeline: no stream-K or swapped kernel named '%s' (%s)\n", timeline,
                    names.c_str());

@@ -152,11 +152,13 @@ void print_sk_timeline(const xy::cuda::gemm_detail::SkTimeline& t, int num_sms, 
 
 // The swapped kernel's ring (take_swap_timeline; fields SwapBlockField): per CTA over the K blocks
 // of its first group past the first `skip` (the ring's fill), the period between consumer 0's
-// successive waits for data, and the shares of it spent waiting for data and in the rest (issuing
-// the block's MMAs and waiting for the previous block's); the producer's wait for a stage's
-// release; the load latency (loads issued to data in) where the consumer was waiting; the first
-// data after the first issue. Medians over CTAs of per-CTA means, in cycles of the SM's clock
-// (clock64: under a heavy tensor load the H200 runs below its nominal clock, so no conversion).
+// successive waits for data, and the shares of it spent waiting for data and in the rest, split
+// into issuing the block's MMAs with waiting for the previous block's, and releasing a stage with
+// the loop; the producer's wait for a stage's release; the load latency (loads issued to data in)
+// where the consumer was waiting; the first data after the first issue. Medians over CTAs of
+// per-CTA means, in cycles of the SM's clock (clock64: under a heavy tensor load the H200 runs
+// below its nominal clock, so no conversion), and that clock itself (clock64 over %globaltimer
+// across the group).
 void print_swap_timeline(const std::vector<long long>& t, int skip) {
   namespace gd = xy::cuda::gemm_detail;
   auto at = [&](int c, int b, int f) {

@@ -109,7 +109,9 @@ enum class GemmKernel {
   kWgmmaSwap136x64,
   kWgmmaSwap72x192x3,
   // Decode tiles of one x box per 192 or 224 W rows, which put gate_up (N = 24576, 28672) on 128
-  // CTAs: not whole m64 blocks (224 rows: the last consumer's block is half empty).
+  // CTAs: not whole m64 blocks (224 rows: the last consumer's block is half empty). Measured
+  // (eleventh session): Llama gate_up M <= 32 with PDL 1.00x cuBLASLt (dp_64x128 0.91x), plainly
+  // ~1% ahead of dp_64x128; not picked in the tuner's context, where stream_t16_n64 stays ours.
   kWgmmaSwap32x192,
   kWgmmaSwap32x224,
   // Two consumers of two m64 blocks (256 W rows) x 136 x rows, unclustered: Llama's gate_up at

@@ -144,9 +144,9 @@ cudaError_t launch_wgmma_dp(int bm, int bn, const __nv_bfloat16* x, const __nv_b
 // multicast (kShareX: neighbouring W tiles), share W's (kShareW: neighbouring x tiles), or split
 // the tile's K blocks and add up in distributed shared memory (kSplitK). (bx, bw, cluster, mode):
 // the combinations listed in launch_wgmma_swap (gemm_wgmma_swap.cu), bx a multiple of 8 up to 200
-// (those from 72 up store y through shared memory and TMA), bw 64 to 256, in consumers of
-// m_blocks x 64 W rows. Preconditions as
-// launch_wgmma_dp's. PDL-aware (`pdl`).
+// (those from 72 up store y through shared memory and TMA), bw a multiple of 8 up to 256, in
+// consumers of m_blocks x 64 W rows (the last one's partly empty where bw is not a multiple of
+// that). Preconditions as launch_wgmma_dp's. PDL-aware (`pdl`).
 enum class SwapCluster { kShareX, kShareW, kSplitK };
 cudaError_t launch_wgmma_swap(int bx, int bw, int cluster, SwapCluster mode, int m_blocks, const __nv_bfloat16* x,
                               const __nv_bfloat16* w, __nv_bfloat16* y, int m, int n, int k, bool pdl,
